@@ -1,0 +1,46 @@
+# The README's commands: `make lab` (bring the lab up and deploy), `make test`, `make lab-down`.
+SHELL := /bin/bash
+PYTHON := /usr/bin/python3
+VENV := .venv
+APT_PACKAGES := debootstrap systemd-container dpkg-dev iproute2 nftables python3-venv \
+	python3-dev util-linux
+PYTEST_ARGS ?=
+
+.PHONY: lab lab-down test test-unit lint deps apt venv
+
+lab: deps
+	bin/lab up
+
+lab-down:
+	bin/lab down
+
+test: deps
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test-unit: venv
+	$(VENV)/bin/pytest -m "not lab" $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/yamllint -s .
+	find salt -name '*.sls' -print0 | xargs -0 -r $(VENV)/bin/salt-lint
+
+deps: apt venv
+
+# Debian packages the lab needs on this machine; installed only when one is missing.
+apt:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
+		| grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing: $$missing"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	fi
+
+# The Salt environment: Debian's own python3 (3.11, as in the lab hosts, which run their
+# minions from it read-only). Rebuilt when requirements.txt changes.
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q -r requirements.txt
+	touch $@

@@ -1,0 +1,230 @@
+"""bin/lab: bring the lab up and down, look at it, and inject faults.
+
+    bin/lab up                      build what is missing, start the salt-master, create the
+                                    hosts from the lab map with salt-cloud, wait for the minions
+    bin/lab down                    remove everything the lab made (keeps the caches)
+    bin/lab status [--json]         hosts, addresses, states, memory
+    bin/lab exec HOST -- CMD...     run a command inside a host
+    bin/lab stop|start HOST         clean power-off / boot
+    bin/lab crash HOST              power cut: every process at once, the address goes silent
+    bin/lab partition|heal HOST     cut the host off the lab network / plug it back
+    bin/lab create NAME ADDRESS [--seed DIR]   (used by the salt-cloud lab driver)
+    bin/lab destroy NAME                       (used by the salt-cloud lab driver)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from . import host as hosts
+from . import image, master, network, settings
+from .system import (
+    LabError,
+    log,
+    machine_lock,
+    require_commands,
+    require_kernel_features,
+    require_root,
+    run,
+    umount_tree,
+)
+
+LAB_MAP = settings.REPO / "cloud.maps.d/lab.map"
+
+
+def _salt(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    """A Salt command from the repo root, where the Saltfile points it at etc/salt."""
+    return run(settings.VENV / "bin" / args[0], *args[1:], cwd=settings.REPO, **kwargs)
+
+
+def preflight() -> None:
+    require_root()
+    require_commands("systemd-nspawn", "debootstrap", "dpkg-scanpackages", "ip", "nft", "nsenter")
+    require_kernel_features()
+    if not (settings.VENV / "bin/salt-master").exists():
+        raise LabError(f"no Salt environment at {settings.VENV}: run `make lab`, which creates it")
+
+
+def recover() -> None:
+    """Clean up what a killed or half-finished run left, so `up` can carry on from it."""
+    for h in hosts.all_hosts():
+        if h.repo != str(settings.REPO):
+            # Its minion runs from another clone's Salt environment: start it afresh.
+            log(f"removing {h.name}, made from another clone ({h.repo})")
+            h.destroy()
+        elif h.nspawn_pid() is None:
+            h.release_runtime()
+    if settings.HOSTS_DIR.exists():
+        for folder in settings.HOSTS_DIR.iterdir():
+            if not (folder / "host.json").exists():
+                log(f"removing half-created host folder {folder}")
+                run("umount", "-l", folder / "root", check=False, quiet=True)
+                shutil.rmtree(folder, ignore_errors=True)
+    known = {network.netns_name(h.name) for h in hosts.all_hosts()}
+    for ns in network.stale_namespaces():
+        if ns not in known:
+            run("ip", "netns", "del", ns, check=False, quiet=True)
+    known_veths = {network.veth_name(h.address) for h in hosts.all_hosts()}
+    for veth in network.stale_veths():
+        if veth not in known_veths:
+            run("ip", "link", "del", veth, check=False, quiet=True)
+
+
+def wait_for_minions(names: list[str], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    missing = set(names)
+    while missing:
+        result = _salt("salt", "*", "test.ping", "--out=json", "--static", "-t", "5",
+                       check=False, capture=True)
+        try:
+            answered = {k for k, v in json.loads(result.stdout or "{}").items() if v is True}
+        except json.JSONDecodeError:
+            answered = set()
+        missing = set(names) - answered
+        if missing and time.monotonic() > deadline:
+            raise LabError(f"minions did not answer within {timeout:.0f}s: {', '.join(sorted(missing))}")
+        if missing:
+            time.sleep(1)
+
+
+def cmd_up(args: argparse.Namespace) -> None:
+    preflight()
+    started = time.monotonic()
+    recover()
+    build_caches()
+    network.ensure_bridge()
+    master.start()
+    for h in hosts.all_hosts():
+        if h.nspawn_pid() is None:
+            log(f"booting {h.name} again")
+            h.start()
+    log("creating the hosts of the lab map with salt-cloud")
+    cloud = _salt("salt-cloud", "-m", LAB_MAP, "-P", "-y", "--log-level=warning",
+                  "--out=json", check=False, capture=True)
+    names = [h.name for h in hosts.all_hosts()]
+    if not names or cloud.returncode != 0:
+        raise LabError("salt-cloud did not create the lab's hosts:\n"
+                       f"{(cloud.stdout + cloud.stderr).strip()[-3000:]}")
+    wait_for_minions(names)
+    log(f"lab up in {time.monotonic() - started:.0f}s")
+    print_status()
+
+
+def cmd_down(args: argparse.Namespace) -> None:
+    require_root()
+    for h in hosts.all_hosts():
+        log(f"removing {h.name}")
+        h.destroy()
+    master.stop()
+    recover()
+    network.remove_bridge()
+    hosts.release_nspawn_runtime()
+    for hierarchy in settings.CGROUP_HIERARCHIES:
+        lab_cgroup = settings.CGROUP_ROOT / hierarchy / settings.NAME
+        hosts._rmdir_tree(lab_cgroup)
+    for path in (settings.STATE, settings.RUN):
+        umount_tree(path)
+        shutil.rmtree(path, ignore_errors=True)
+    for generated in ("master.d/paths.conf", "minion.d/paths.conf", "cloud.conf.d/paths.conf"):
+        (master.CONFIG_DIR / generated).unlink(missing_ok=True)
+    log("lab removed (the image, apt repository and wheelhouse stay cached in "
+        f"{settings.CACHE})")
+
+
+def status_rows() -> list[dict]:
+    rows = []
+    for h in hosts.all_hosts():
+        memory = h.memory_bytes() if h.nspawn_pid() else None
+        rows.append({
+            "name": h.name,
+            "address": h.address,
+            "state": h.state(),
+            "pid": h.nspawn_pid(),
+            "memory_mib": round(memory / 2**20) if memory is not None else None,
+        })
+    return rows
+
+
+def print_status() -> None:
+    rows = status_rows()
+    if not rows:
+        print("the lab has no hosts (bin/lab up creates them)")
+        return
+    print(f"{'HOST':<16}{'ADDRESS':<14}{'STATE':<13}{'MEMORY':>8}")
+    for r in rows:
+        memory = f"{r['memory_mib']} MiB" if r["memory_mib"] is not None else "-"
+        print(f"{r['name']:<16}{r['address']:<14}{r['state']:<13}{memory:>8}")
+    pid = master.running_pid()
+    print(f"salt-master: {'running on ' + settings.GATEWAY if pid else 'stopped'}")
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    if args.json:
+        print(json.dumps(status_rows(), indent=2))
+    else:
+        print_status()
+
+
+def build_caches() -> None:
+    with machine_lock(settings.STATE / "build.lock"):
+        image.build_image()
+        image.build_apt_repo()
+        image.build_wheelhouse()
+
+
+def cmd_create(args: argparse.Namespace) -> None:
+    preflight()
+    build_caches()
+    hosts.Host(args.name, args.address).create(seed=Path(args.seed) if args.seed else None)
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        raise LabError("nothing to run: bin/lab exec HOST -- CMD...")
+    return hosts.load(args.host).exec(command).returncode
+
+
+def _verb(method: str):
+    def handler(args: argparse.Namespace) -> None:
+        require_root()
+        getattr(hosts.load(args.host), method)()
+    return handler
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bin/lab", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="verb", required=True)
+    sub.add_parser("up", help="create the lab (idempotent)").set_defaults(func=cmd_up)
+    sub.add_parser("down", help="remove everything the lab made").set_defaults(func=cmd_down)
+    p = sub.add_parser("status", help="list the hosts")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+    p = sub.add_parser("exec", help="run a command in a host")
+    p.add_argument("host")
+    p.add_argument("command", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_exec)
+    for verb in ("start", "stop", "crash", "partition", "heal", "destroy"):
+        p = sub.add_parser(verb, help=f"{verb} a host")
+        p.add_argument("host")
+        p.set_defaults(func=_verb(verb))
+    p = sub.add_parser("create", help="create a host (the salt-cloud driver calls this)")
+    p.add_argument("name")
+    p.add_argument("address")
+    p.add_argument("--seed", help="a folder whose tree is copied into the host before it boots")
+    p.set_defaults(func=cmd_create)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except (LabError, OSError) as exc:
+        print(f"lab: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

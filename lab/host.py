@@ -1,0 +1,403 @@
+"""A lab host: an overlay on the cached image, booted by systemd-nspawn in its own namespace.
+
+A host is a folder under STATE/hosts/<name> (host.json, the overlay's upper layer) plus, while it
+runs, a mount, a network namespace, cgroup folders and the systemd-nspawn process whose PID is
+kept in RUN/<name>.pid. `stop` and `crash` leave the folder (the disk survives a power cut),
+`destroy` removes it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import image, network, settings
+from .system import (
+    LabError,
+    children,
+    descendants,
+    is_mounted,
+    log,
+    machine_lock,
+    pid_alive,
+    pid_cmdline,
+    run,
+    umount_tree,
+    wait_for,
+)
+
+LOCK = settings.STATE / "lock"
+HOSTNAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,61}[a-z0-9]$")
+
+MINION_UNIT = """\
+[Unit]
+Description=The Salt Minion (lab: from the machine's read-only Salt environment)
+Documentation=man:salt-minion(1)
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+Type=simple
+KillMode=process
+Restart=on-failure
+RestartSec=2
+LimitNOFILE=8192
+ExecStart={venv}/bin/salt-minion -c /etc/salt
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+@dataclass
+class Host:
+    name: str
+    address: str
+    # The clone whose Salt environment the host's minion runs from (mounted read-only).
+    repo: str = str(settings.REPO)
+
+    @property
+    def folder(self) -> Path:
+        return settings.HOSTS_DIR / self.name
+
+    @property
+    def root(self) -> Path:
+        return self.folder / "root"
+
+    @property
+    def pidfile(self) -> Path:
+        return settings.RUN / f"{self.name}.pid"
+
+    # -- what is running ------------------------------------------------------------------
+
+    def nspawn_pid(self) -> int | None:
+        """The PID of this host's systemd-nspawn, if it is alive and really ours."""
+        try:
+            pid = int(self.pidfile.read_text())
+        except (OSError, ValueError):
+            return None
+        cmdline = pid_cmdline(pid)
+        if pid_alive(pid) and cmdline and cmdline[0].endswith("systemd-nspawn") \
+                and f"--machine={self.name}" in cmdline:
+            return pid
+        return None
+
+    def init_pid(self) -> int | None:
+        """The PID (on the machine) of the host's own systemd, PID 1 inside it."""
+        pid = self.nspawn_pid()
+        if pid is None:
+            return None
+        # nspawn's short-lived helper children live in the machine's PID namespace; the
+        # host's systemd is the child in a namespace of its own, once it has exec'd.
+        own_ns = os.readlink("/proc/self/ns/pid")
+        for kid in children(pid):
+            try:
+                in_container = os.readlink(f"/proc/{kid}/ns/pid") != own_ns
+                comm = Path(f"/proc/{kid}/comm").read_text().strip()
+            except OSError:
+                continue
+            if in_container and comm in ("systemd", "init") and pid_alive(kid):
+                return kid
+        return None
+
+    def state(self) -> str:
+        if self.nspawn_pid() is None:
+            return "stopped"
+        if network.is_partitioned(self.address):
+            return "partitioned"
+        return "running"
+
+    def cgroup_dirs(self) -> list[Path]:
+        return [settings.CGROUP_ROOT / h / settings.NAME / self.name
+                for h in settings.CGROUP_HIERARCHIES]
+
+    def memory_bytes(self) -> int | None:
+        """Resident memory (RSS, without page cache) of everything in the host."""
+        stat = settings.CGROUP_ROOT / "memory" / settings.NAME / self.name / "memory.stat"
+        try:
+            fields = dict(line.split() for line in stat.read_text().splitlines())
+        except OSError:
+            return None
+        return int(fields.get("total_rss", 0))
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def create(self, seed: Path | None = None) -> None:
+        if not HOSTNAME_RE.match(self.name):
+            raise LabError(
+                f"'{self.name}' is not a valid host name: lower-case letters, digits and '-', "
+                "starting with a letter, at most 63 characters"
+            )
+        network.validate_address(self.address)
+        with machine_lock(LOCK):
+            if self.folder.exists():
+                raise LabError(f"host {self.name} already exists (bin/lab status)")
+            for other in all_hosts():
+                if other.address == self.address:
+                    raise LabError(f"address {self.address} is already taken by host {other.name}")
+            for sub in ("upper", "work", "root"):
+                (self.folder / sub).mkdir(parents=True)
+            (self.folder / "host.json").write_text(
+                json.dumps({"name": self.name, "address": self.address, "repo": self.repo,
+                            "created": time.time()})
+                + "\n"
+            )
+        try:
+            self._mount()
+            self._provision(seed)
+            self.start()
+        except BaseException:
+            self.destroy()
+            raise
+
+    def start(self, wait: bool = True) -> None:
+        with machine_lock(LOCK):
+            if self.nspawn_pid() is not None:
+                return
+            self.release_runtime()
+            network.ensure_host_network(self.name, self.address)
+            self._mount()
+            _ensure_nspawn_runtime()
+            for d in self.cgroup_dirs():
+                d.mkdir(parents=True, exist_ok=True)
+            settings.RUN.mkdir(parents=True, exist_ok=True)
+            self._launch()
+        if wait:
+            self.wait_booted()
+
+    def _launch(self) -> None:
+        cmd = [
+            "systemd-nspawn", "--boot", "--register=no", "--keep-unit", "--quiet",
+            f"--machine={self.name}", f"--hostname={self.name}",
+            "--directory", str(self.root),
+            f"--network-namespace-path={network.netns_path(self.name)}",
+            f"--bind-ro={image.apt_repo_dir()}:{settings.HOST_APT_DIR}",
+            f"--bind-ro={image.wheelhouse_dir()}:{settings.HOST_WHEEL_DIR}",
+            f"--bind-ro={settings.VENV}",
+            "--resolv-conf=off", "--timezone=off", "--link-journal=no", "--console=read-only",
+        ]
+        console = open(self.folder / "console.log", "ab")
+        cgroup_procs = [d / "cgroup.procs" for d in self.cgroup_dirs()]
+
+        def enter_cgroups() -> None:
+            # Each host gets cgroups of its own before nspawn starts (lab.md pitfall 4).
+            for procs in cgroup_procs:
+                with open(procs, "w") as f:
+                    f.write(str(os.getpid()))
+
+        # bin/lab runs no threads, so preexec_fn is safe here.
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=console, stderr=console,
+                                preexec_fn=enter_cgroups,  # noqa: PLW1509
+                                start_new_session=True, close_fds=True)
+        console.close()
+        self.pidfile.write_text(f"{proc.pid}\n")
+
+    def wait_booted(self, timeout: float = 90) -> None:
+        wait_for(lambda: self.init_pid() or self._failed_to_start(), 20, f"{self.name} to start")
+        # systemctl needs the manager's private socket, which appears a moment after exec.
+        wait_for(lambda: self.exec(["test", "-S", "/run/systemd/private"], check=False).returncode == 0
+                 or self._failed_to_start(), 30, f"{self.name}'s systemd to listen")
+        result = self.exec(["systemctl", "is-system-running", "--wait"], capture=True,
+                           timeout=timeout, check=False)
+        state = result.stdout.strip()
+        if state not in ("running", "degraded"):
+            raise LabError(f"{self.name} did not boot: systemd says '{state}' "
+                           f"{result.stderr.strip()}; see "
+                           f"{self.folder / 'console.log'}")
+        if state == "degraded":
+            failed = self.exec(["systemctl", "--failed", "--no-legend", "--plain"], capture=True,
+                               check=False)
+            log(f"{self.name} booted degraded; failed units: {failed.stdout.strip()}")
+
+    def _failed_to_start(self) -> bool:
+        if self.nspawn_pid() is None:
+            tail = (self.folder / "console.log").read_text(errors="replace")[-1500:]
+            raise LabError(f"systemd-nspawn for {self.name} exited at start:\n{tail}")
+        return False
+
+    def stop(self, timeout: float = 60) -> None:
+        """Clean power-off: SIGTERM makes nspawn shut the host's systemd down in order."""
+        pid = self.nspawn_pid()
+        if pid is not None:
+            os.kill(pid, signal.SIGTERM)
+            try:
+                wait_for(lambda: not pid_alive(pid), timeout, f"{self.name} to power off")
+            except LabError:
+                log(f"{self.name} did not power off in {timeout:.0f}s; cutting the power")
+                self.crash()
+                return
+        self.release_runtime()
+
+    def crash(self) -> None:
+        """Power cut: the address goes silent and every process of the host dies at once."""
+        network.partition(self.address)
+        victims = self._all_pids()
+        # Freeze everything first so nothing forks or reacts while the kills land.
+        for sig in (signal.SIGSTOP, signal.SIGKILL):
+            for pid in victims:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            if sig == signal.SIGSTOP:
+                victims = sorted(set(victims) | set(self._all_pids()))
+        wait_for(lambda: not any(pid_alive(p) for p in victims), 10, f"{self.name}'s processes to die")
+        self.release_runtime()
+
+    def destroy(self) -> None:
+        self.crash()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def partition(self) -> None:
+        if self.nspawn_pid() is None:
+            raise LabError(f"{self.name} is not running")
+        network.partition(self.address)
+
+    def heal(self) -> None:
+        network.heal(self.address)
+
+    def exec(self, argv: list[str], capture: bool = False, timeout: float | None = None,
+             check: bool = True) -> subprocess.CompletedProcess:
+        pid = self.init_pid()
+        if pid is None:
+            raise LabError(f"{self.name} is not running (bin/lab start {self.name})")
+        env = ["env", "-i", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+               "HOME=/root", "LANG=C.UTF-8", f"TERM={os.environ.get('TERM', 'dumb')}"]
+        try:
+            result = subprocess.run(["nsenter", "-t", str(pid), "-a", *env, *argv], check=False, text=True,
+                                    capture_output=capture, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise LabError(f"`{' '.join(argv)}` on {self.name} took longer than {timeout}s") from None
+        if check and capture and result.returncode != 0:
+            raise LabError(f"`{' '.join(argv)}` on {self.name} failed: {result.stderr.strip()}")
+        return result
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _all_pids(self) -> list[int]:
+        pids: set[int] = set()
+        nspawn = self.nspawn_pid()
+        if nspawn is not None:
+            pids.add(nspawn)
+            pids.update(descendants(nspawn))
+        for d in self.cgroup_dirs():
+            for procs in d.rglob("cgroup.procs") if d.exists() else []:
+                try:
+                    pids.update(int(p) for p in procs.read_text().split())
+                except OSError:
+                    continue
+        pids.discard(os.getpid())
+        return sorted(pids)
+
+    def _mount(self) -> None:
+        if is_mounted(self.root):
+            return
+        lower = image.build_image()
+        run("mount", "-t", "overlay", f"{settings.NAME}-{self.name}", "-o",
+            f"lowerdir={lower},upperdir={self.folder / 'upper'},workdir={self.folder / 'work'}",
+            self.root)
+
+    def release_runtime(self) -> None:
+        """Undo what a running host holds on the machine; keep its disk."""
+        umount_tree(self.root)
+        network.remove_host_network(self.name, self.address)
+        for d in self.cgroup_dirs():
+            _rmdir_tree(d)
+        self.pidfile.unlink(missing_ok=True)
+
+    def _provision(self, seed: Path | None) -> None:
+        """What a cloud image and its cloud-init would set up: identity and package sources."""
+        root = self.root
+        (root / "etc/machine-id").write_text(uuid.uuid4().hex + "\n")
+        (root / "etc/hostname").write_text(self.name + "\n")
+        (root / "etc/hosts").write_text(
+            "127.0.0.1\tlocalhost\n"
+            f"{self.address}\t{self.name}\n"
+            "::1\tlocalhost ip6-localhost ip6-loopback\n"
+        )
+        (root / "etc/resolv.conf").unlink(missing_ok=True)
+        (root / "etc/resolv.conf").write_text("# the lab has no DNS: hosts are reached by address\n")
+        # Package sources: the lab's offline repository and wheelhouse instead of the internet.
+        (root / "etc/apt/sources.list").unlink(missing_ok=True)
+        (root / "etc/apt/sources.list.d").mkdir(parents=True, exist_ok=True)
+        (root / "etc/apt/sources.list.d/pglab.list").write_text(
+            f"deb [trusted=yes] file:{settings.HOST_APT_DIR} ./\n"
+        )
+        (root / "etc/pip.conf").write_text(
+            f"[global]\nno-index = true\nfind-links = {settings.HOST_WHEEL_DIR}\n"
+        )
+        # The salt-minion, as salt-cloud's bootstrap would install it.
+        unit = root / "etc/systemd/system/salt-minion.service"
+        unit.write_text(MINION_UNIT.format(venv=settings.VENV))
+        wants = root / "etc/systemd/system/multi-user.target.wants"
+        wants.mkdir(parents=True, exist_ok=True)
+        (wants / "salt-minion.service").symlink_to("/etc/systemd/system/salt-minion.service")
+        for tool in ("salt-call", "salt-minion"):
+            link = root / "usr/local/bin" / tool
+            link.unlink(missing_ok=True)
+            link.symlink_to(settings.VENV / "bin" / tool)
+        if seed is not None:
+            _overlay_files(seed, root)
+
+
+def _overlay_files(seed: Path, root: Path) -> None:
+    """Copy seed's files into root, creating missing folders (0755) but never changing the mode
+    or owner of a folder that root already has: the seed is often a private 0700 temp folder."""
+    for src in sorted(seed.rglob("*")):
+        dest = root / src.relative_to(seed)
+        if src.is_dir() and not src.is_symlink():
+            if not dest.exists():
+                dest.mkdir(mode=0o755, parents=True)
+        else:
+            dest.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+            shutil.copy2(src, dest, follow_symlinks=False)
+
+
+def _rmdir_tree(path: Path) -> None:
+    if not path.exists():
+        return
+    for sub in sorted((p for p in path.rglob("*") if p.is_dir()), key=lambda p: len(p.parts),
+                      reverse=True):
+        try:
+            sub.rmdir()
+        except OSError:
+            pass
+    try:
+        path.rmdir()
+    except OSError as exc:
+        log(f"could not remove cgroup {path}: {exc}")
+
+
+def _ensure_nspawn_runtime() -> None:
+    if not is_mounted(settings.NSPAWN_RUNTIME):
+        settings.NSPAWN_RUNTIME.mkdir(parents=True, exist_ok=True)
+        run("mount", "-t", "tmpfs", "-o", "mode=0755", f"{settings.NAME}-nspawn",
+            settings.NSPAWN_RUNTIME)
+
+
+def release_nspawn_runtime() -> None:
+    if is_mounted(settings.NSPAWN_RUNTIME):
+        run("umount", "-l", settings.NSPAWN_RUNTIME, check=False, quiet=True)
+
+
+def load(name: str) -> Host:
+    record = settings.HOSTS_DIR / name / "host.json"
+    try:
+        data = json.loads(record.read_text())
+    except FileNotFoundError:
+        raise LabError(f"no lab host named '{name}' (bin/lab status lists them)") from None
+    return Host(name=data["name"], address=data["address"], repo=data.get("repo", ""))
+
+
+def all_hosts() -> list[Host]:
+    if not settings.HOSTS_DIR.exists():
+        return []
+    return [load(p.parent.name) for p in sorted(settings.HOSTS_DIR.glob("*/host.json"))]

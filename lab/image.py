@@ -1,0 +1,177 @@
+"""The three things built once and cached: the Debian image, the apt repository, the wheelhouse.
+
+Each lands in a folder named after a hash of its recipe and is only renamed into place once
+complete, so an interrupted build is never mistaken for a finished one.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from . import settings
+from .system import LabError, log, run, umount_tree
+
+
+def _digest(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def debian_sources() -> list[tuple[str, str]]:
+    """(URI, suite) pairs for Debian from the machine's own apt configuration.
+
+    debootstrap and the apt repository reach Debian exactly as this machine's apt does.
+    """
+    found = _deb822_sources() + _one_line_sources()
+    if not any(suite == settings.SUITE for _, suite in found):
+        raise LabError(
+            f"no Debian '{settings.SUITE}' source in /etc/apt: the lab takes its mirror from "
+            "the machine's apt configuration"
+        )
+    return found
+
+
+def _deb822_sources() -> list[tuple[str, str]]:
+    found: list[tuple[str, str]] = []
+    for path in sorted(glob.glob("/etc/apt/sources.list.d/*.sources")):
+        for stanza in Path(path).read_text().split("\n\n"):
+            fields = {}
+            for line in stanza.splitlines():
+                if ":" in line and not line.lstrip().startswith("#"):
+                    key, value = line.split(":", 1)
+                    fields[key.strip().lower()] = value.strip()
+            if "deb" not in fields.get("types", "").split():
+                continue
+            for uri in fields.get("uris", "").split():
+                for suite in fields.get("suites", "").split():
+                    if suite.startswith(settings.SUITE):
+                        found.append((uri, suite))
+    return found
+
+
+def _one_line_sources() -> list[tuple[str, str]]:
+    found: list[tuple[str, str]] = []
+    lists = [Path("/etc/apt/sources.list"), *map(Path, glob.glob("/etc/apt/sources.list.d/*.list"))]
+    for path in lists:
+        if not path.exists():
+            continue
+        for line in path.read_text().splitlines():
+            m = re.match(r"^deb\s+(?:\[[^\]]*\]\s+)?(\S+)\s+(\S+)", line)
+            if m and m.group(2).startswith(settings.SUITE):
+                found.append((m.group(1), m.group(2)))
+    return found
+
+
+def _mirror() -> str:
+    return next(uri for uri, suite in debian_sources() if suite == settings.SUITE)
+
+
+def image_dir() -> Path:
+    return settings.CACHE / f"image-{_digest(settings.SUITE, settings.IMAGE_PACKAGES, _mirror())}"
+
+
+def build_image() -> Path:
+    target = image_dir()
+    if (target / "etc/os-release").exists():
+        return target
+    settings.CACHE.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="image-build-", dir=settings.CACHE))
+    log(f"building the Debian {settings.SUITE} image with debootstrap (about a minute, once)")
+    started = time.monotonic()
+    try:
+        run("debootstrap", "--variant=minbase", f"--include={','.join(settings.IMAGE_PACKAGES)}",
+            settings.SUITE, work, _mirror(), quiet=True)
+    except LabError as exc:
+        shutil.rmtree(work, ignore_errors=True)
+        raise LabError(f"building the image failed; check that {_mirror()} is reachable. {exc}") from exc
+    # Each host gets its own machine id (lab.md pitfall 2); none may inherit one.
+    (work / "etc/machine-id").write_text("")
+    for stale in ("var/lib/dbus/machine-id",):
+        (work / stale).unlink(missing_ok=True)
+    work.rename(target)
+    log(f"image ready in {time.monotonic() - started:.0f}s: {target}")
+    return target
+
+
+def _sources_for_chroot() -> str:
+    lines = []
+    for uri, suite in debian_sources():
+        lines.append(f"deb {uri} {suite} main")
+    return "\n".join(dict.fromkeys(lines)) + "\n"
+
+
+def apt_repo_dir() -> Path:
+    return settings.CACHE / f"apt-{_digest(image_dir().name, settings.APT_PACKAGES, _sources_for_chroot())}"
+
+
+def build_apt_repo() -> Path:
+    """Download the packages with every dependency a bare host lacks, and index them."""
+    target = apt_repo_dir()
+    if (target / "Packages").exists():
+        return target
+    image = build_image()
+    log("building the lab's apt repository (downloads the packages once)")
+    started = time.monotonic()
+    scratch = Path(tempfile.mkdtemp(prefix="apt-build-", dir=settings.CACHE))
+    upper, workdir, root = scratch / "upper", scratch / "work", scratch / "root"
+    for d in (upper, workdir, root):
+        d.mkdir()
+    try:
+        run("mount", "-t", "overlay", "overlay", "-o",
+            f"lowerdir={image},upperdir={upper},workdir={workdir}", root)
+        run("mount", "-t", "proc", "proc", root / "proc")
+        (root / "etc/apt/sources.list").write_text(_sources_for_chroot())
+        shutil.copy("/etc/resolv.conf", root / "etc/resolv.conf")
+        env = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+        run("chroot", root, "apt-get", "update", "-q", env=env, quiet=True)
+        run("chroot", root, "apt-get", "install", "-y", "-q", "--download-only",
+            "--no-install-recommends", *settings.APT_PACKAGES, env=env, quiet=True)
+        debs = sorted((root / "var/cache/apt/archives").glob("*.deb"))
+        if not debs:
+            raise LabError("apt downloaded no packages")
+        out = scratch / "repo"
+        out.mkdir()
+        for deb in debs:
+            shutil.copy2(deb, out / deb.name)
+        index = run("dpkg-scanpackages", "--multiversion", ".", cwd=out, capture=True).stdout
+        (out / "Packages").write_text(index)
+        umount_tree(root)
+        out.rename(target)
+    except LabError as exc:
+        raise LabError(f"building the apt repository failed: {exc}") from exc
+    finally:
+        umount_tree(root)
+        shutil.rmtree(scratch, ignore_errors=True)
+    log(f"apt repository ready in {time.monotonic() - started:.0f}s: {len(debs)} packages")
+    return target
+
+
+def wheelhouse_dir() -> Path:
+    return settings.CACHE / f"wheels-{_digest(settings.WHEELS)}"
+
+
+def build_wheelhouse() -> Path:
+    """Wheels for what the states pip-install in the hosts (same Python 3.11 as Debian 12)."""
+    target = wheelhouse_dir()
+    if (target / ".complete").exists():
+        return target
+    log("building the lab's Python wheelhouse (downloads once)")
+    scratch = Path(tempfile.mkdtemp(prefix="wheels-build-", dir=settings.CACHE))
+    try:
+        # Debian's own python3 (what the hosts run), so the wheels match their interpreter;
+        # `pip wheel` also builds the few projects that ship only a source archive.
+        run(settings.VENV / "bin/python", "-m", "pip", "wheel", "-q", "--wheel-dir", scratch,
+            *settings.WHEELS, quiet=True)
+        (scratch / ".complete").write_text("")
+        scratch.rename(target)
+    except LabError as exc:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise LabError(f"building the wheelhouse failed: {exc}") from exc
+    log(f"wheelhouse ready: {len(list(target.glob('*.whl')))} wheels")
+    return target

@@ -1,0 +1,132 @@
+"""The lab's salt-master: the repo's etc/salt config plus the paths of this clone.
+
+The static configuration is committed in etc/salt; bin/lab only writes the small files that hold
+this clone's absolute paths (master.d/paths.conf, minion.d/paths.conf, cloud.conf.d/paths.conf),
+which git ignores.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+from pathlib import Path
+
+from . import settings
+from .system import LabError, descendants, log, pid_alive, pid_cmdline, run, wait_for
+
+CONFIG_DIR = settings.REPO / "etc/salt"
+PORTS = (4505, 4506)
+
+
+def pidfile() -> Path:
+    return settings.MASTER_ROOT / "var/run/salt-master.pid"
+
+
+def write_paths() -> None:
+    repo = settings.REPO
+    generated = "# Written by bin/lab for this clone; not in git.\n"
+    (CONFIG_DIR / "master.d").mkdir(exist_ok=True)
+    (CONFIG_DIR / "master.d/paths.conf").write_text(
+        generated
+        + f"root_dir: {settings.MASTER_ROOT}\n"
+        + f"file_roots:\n  base:\n    - {repo / 'salt'}\n"
+        + f"pillar_roots:\n  base:\n    - {repo / 'pillar'}\n"
+        + f"cloud_dirs:\n  - {repo / '_clouds'}\n"
+    )
+    (CONFIG_DIR / "cloud.conf.d").mkdir(exist_ok=True)
+    (CONFIG_DIR / "cloud.conf.d/paths.conf").write_text(
+        generated
+        + f"cachedir: {settings.MASTER_ROOT / 'var/cache/salt/cloud'}\n"
+        # The files need not exist: their .d folders beside them are what is read.
+        + f"providers_config: {repo / 'cloud.providers'}\n"
+        + f"profiles_config: {repo / 'cloud.profiles'}\n"
+    )
+    (CONFIG_DIR / "minion.d").mkdir(exist_ok=True)
+    (CONFIG_DIR / "minion.d/paths.conf").write_text(
+        generated
+        + f"root_dir: {settings.STATE / 'local-minion'}\n"
+        + f"file_roots:\n  base:\n    - {repo / 'salt'}\n"
+        + f"pillar_roots:\n  base:\n    - {repo / 'pillar'}\n"
+    )
+
+
+def running_pid() -> int | None:
+    try:
+        pid = int(pidfile().read_text())
+    except (OSError, ValueError):
+        return None
+    cmdline = " ".join(pid_cmdline(pid))
+    if pid_alive(pid) and "salt-master" in cmdline:
+        return pid
+    return None
+
+
+def _port_taken(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((settings.GATEWAY, port))
+        except OSError:
+            return True
+    return False
+
+
+def start() -> int:
+    write_paths()
+    pid = running_pid()
+    if pid is not None:
+        return pid
+    clear_orphans()
+    pidfile().unlink(missing_ok=True)
+    for port in PORTS:
+        if _port_taken(port):
+            raise LabError(
+                f"port {port} on {settings.GATEWAY} is already taken by another process "
+                f"(`ss -ltnp 'sport = :{port}'` shows which): stop it and run again"
+            )
+    log("starting the salt-master")
+    run(settings.VENV / "bin/salt-master", "-c", CONFIG_DIR, "-d", "--log-level=warning")
+    wait_for(running_pid, 30, "the salt-master to write its PID")
+    wait_for(lambda: all(_port_taken(p) for p in PORTS), 60, "the salt-master to listen")
+    return running_pid()  # type: ignore[return-value]
+
+
+def our_processes() -> list[int]:
+    """Every salt-master process started from this clone's config, including orphans of a
+    master that was killed: the lab started them, so the lab may end them."""
+    mine = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        # setproctitle rewrites the command line into one string: match on the text.
+        cmdline = " ".join(pid_cmdline(int(proc.name)))
+        if "salt-master" in cmdline and f"-c {CONFIG_DIR} " in cmdline + " ":
+            mine.append(int(proc.name))
+    return mine
+
+
+def stop() -> None:
+    pid = running_pid()
+    family = set(our_processes())
+    if pid is not None:
+        family.update([pid, *descendants(pid)])
+        os.kill(pid, signal.SIGTERM)
+        try:
+            wait_for(lambda: not any(pid_alive(p) for p in family), 30, "the salt-master to stop")
+        except LabError:
+            pass
+    for p in family:
+        if pid_alive(p):
+            os.kill(p, signal.SIGKILL)
+    shutil.rmtree(settings.MASTER_ROOT, ignore_errors=True)
+
+
+def clear_orphans() -> None:
+    """A master whose main process died leaves workers holding the ports: end them."""
+    if running_pid() is None and our_processes():
+        log("ending the processes of a salt-master that was killed")
+        for p in our_processes():
+            os.kill(p, signal.SIGKILL)
+        wait_for(lambda: not our_processes(), 10, "the old salt-master's processes to end")

@@ -1,0 +1,81 @@
+"""Where the lab keeps things and how its network is laid out.
+
+One lab per machine: names (bridge, namespaces, cgroups) are fixed so that a later run can
+always find and clean up what an earlier one left, even if that run was killed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+NAME = "pglab"
+
+REPO = Path(__file__).resolve().parent.parent
+VENV = REPO / ".venv"
+
+# Built once and kept across `make lab-down`: the Debian image, the apt repository and the
+# Python wheelhouse. Each is keyed by a hash of its recipe, so a changed recipe rebuilds it.
+CACHE = Path(os.environ.get("PGLAB_CACHE", "/var/cache/pglab"))
+# Everything below goes away with `make lab-down`.
+STATE = Path("/var/lib/pglab")
+HOSTS_DIR = STATE / "hosts"
+MASTER_ROOT = STATE / "master"
+RUN = Path("/run/pglab")
+NSPAWN_RUNTIME = Path("/run/systemd/nspawn")  # nspawn needs a tmpfs here (lab.md pitfall 3)
+
+# The original task's addresses (10.0.0.11-13), as in the Yandex map: one pillar serves both.
+BRIDGE = f"{NAME}0"
+SUBNET_PREFIX = "10.0.0"
+PREFIXLEN = 24
+GATEWAY = f"{SUBNET_PREFIX}.1"  # the bridge: the salt-master listens here
+SUBNET = f"{SUBNET_PREFIX}.0/{PREFIXLEN}"
+
+# Inside every host: where the read-only package sources are mounted.
+HOST_APT_DIR = "/srv/pglab/apt"
+HOST_WHEEL_DIR = "/srv/pglab/wheels"
+
+# cgroup v1 hierarchies the lab makes a folder in per host (lab.md pitfall 4); memory gives
+# per-host figures for `bin/lab status`.
+CGROUP_HIERARCHIES = ("systemd", "unified", "memory")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+SUITE = "bookworm"
+IMAGE_PACKAGES = (
+    "systemd",
+    "systemd-sysv",
+    "dbus",
+    "iproute2",
+    "python3",
+    "ca-certificates",
+    "procps",
+    "iputils-ping",
+)
+
+# What the states install on the hosts, fetched once with every dependency into the lab's
+# apt repository. The image itself stays bare: the states install these, as on a fresh VM.
+APT_PACKAGES = (
+    "postgresql-15",
+    "postgresql-client-15",
+    "postgresql-contrib",
+    "etcd-server",
+    "etcd-client",
+    "haproxy",
+    "nginx",
+    "pgbouncer",
+    "gunicorn",
+    "python3-psycopg2",
+    "python3-venv",
+    "python3-pip",
+    "nftables",
+    "curl",
+    "jq",
+    "less",
+    "rsync",
+)
+
+# What the states install from PyPI, fetched once for the hosts' Python (Debian 12's 3.11).
+WHEELS = (
+    "patroni[etcd3]==4.1.5",
+    "psycopg2-binary==2.9.13",
+)

@@ -1,0 +1,50 @@
+"""Shared test helpers: the repo, and Salt commands run from its root as a user would."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+VENV_BIN = REPO / ".venv" / "bin"
+
+
+def run(*cmd, check=True, timeout=600, **kwargs) -> subprocess.CompletedProcess:
+    result = subprocess.run([str(c) for c in cmd], cwd=REPO, capture_output=True, text=True,
+                            timeout=timeout, check=False, **kwargs)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(map(str, cmd))} exited {result.returncode}\n"
+            f"stdout:\n{result.stdout[-4000:]}\nstderr:\n{result.stderr[-4000:]}"
+        )
+    return result
+
+
+def salt_json(*args, tool="salt", timeout=300, check=True) -> dict:
+    """`.venv/bin/<tool> ARGS --out=json` from the repo root, parsed. With check=False a
+    command that failed (a minion that did not answer) gives what it printed, or {}."""
+    extra = ["--static"] if tool == "salt" else []
+    result = run(VENV_BIN / tool, *args, "--out=json", *extra, timeout=timeout, check=check)
+    try:
+        return json.loads(result.stdout or "{}")
+    except json.JSONDecodeError:
+        if check:
+            raise
+        return {}
+
+
+def pytest_collection_modifyitems(config, items):
+    lab_dir = REPO / "tests" / "lab"
+    for item in items:
+        if lab_dir in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.lab)
+    # Tests that take the lab down run after all others.
+    items.sort(key=lambda item: item.get_closest_marker("lab_last") is not None)
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return REPO

@@ -1,0 +1,208 @@
+"""The lab itself: four Debian 12 hosts, each with its own systemd, network and minion."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, VENV_BIN, run, salt_json
+from tests.lab.conftest import LAB, lab_exec
+
+HOSTS = {
+    "postgres-srv1": "10.0.0.11",
+    "postgres-srv2": "10.0.0.12",
+    "postgres-srv3": "10.0.0.13",
+    "web": "10.0.0.10",
+}
+
+
+def status() -> dict:
+    return {h["name"]: h for h in json.loads(run(LAB, "status", "--json").stdout)}
+
+
+def ping_all() -> dict:
+    return salt_json("*", "test.ping", "-t", "15")
+
+
+def tcp_probe(host: str, address: str, port: int, timeout: float = 3) -> str:
+    """From inside a lab host: 'open', 'refused' (a live host said no) or 'silent' (no answer:
+    the connection timed out, or ARP found nobody), as with a dead or cut-off machine."""
+    code = (
+        "import errno, socket\n"
+        f"s = socket.socket(); s.settimeout({timeout})\n"
+        "try:\n"
+        f"    s.connect(('{address}', {port})); print('open')\n"
+        "except ConnectionRefusedError: print('refused')\n"
+        "except TimeoutError: print('silent')\n"
+        "except OSError as e: print('silent' if e.errno == errno.EHOSTUNREACH else repr(e))\n"
+    )
+    return lab_exec(host, "python3", "-c", code, timeout=timeout + 30).stdout.strip()
+
+
+def host_pids(name: str) -> set[int]:
+    """Every process of a host: its systemd-nspawn and all in its cgroup tree."""
+    pids = {status()[name]["pid"]}
+    for procs in Path(f"/sys/fs/cgroup/systemd/pglab/{name}").rglob("cgroup.procs"):
+        pids.update(int(p) for p in procs.read_text().split())
+    return pids
+
+
+def test_every_minion_answers(lab):
+    assert ping_all() == {name: True for name in HOSTS}
+
+
+def test_hosts_are_booted_debian_12_with_their_own_identity(lab):
+    grains = salt_json("*", "grains.item", "os", "osrelease", "init", "virtual", "host",
+                       "ipv4", "machine_id")
+    assert set(grains) == set(HOSTS)
+    for name, g in grains.items():
+        assert (g["os"], g["osrelease"], g["init"]) == ("Debian", "12", "systemd")
+        assert g["virtual"] == "systemd-nspawn"
+        assert g["host"] == name
+        assert HOSTS[name] in g["ipv4"]
+    assert len({g["machine_id"] for g in grains.values()}) == len(HOSTS)
+    hosts_file = lab_exec("web", "getent", "hosts", "web").stdout
+    assert hosts_file.split()[0] == HOSTS["web"]
+
+
+def test_salt_cloud_lists_four_running_nodes(lab):
+    nodes = salt_json("-Q", tool="salt-cloud")["lab"]["lab"]
+    assert set(nodes) == set(HOSTS)
+    for name, node in nodes.items():
+        assert node["state"] == "running"
+        assert node["private_ips"] == [HOSTS[name]]
+        assert node["image"] == "debian-12"
+
+
+def test_running_the_map_again_creates_nothing(lab):
+    before = {name: h["pid"] for name, h in status().items()}
+    out = run(VENV_BIN / "salt-cloud", "-m", "cloud.maps.d/lab.map", "-P", "-y")
+    assert "already exists" in out.stdout + out.stderr
+    assert {name: h["pid"] for name, h in status().items()} == before
+
+
+def test_packages_come_from_the_lab_repository_and_are_not_preinstalled(lab):
+    lab_exec("postgres-srv1", "apt-get", "update", "-q")
+    policy = lab_exec("postgres-srv1", "apt-cache", "policy", "postgresql-15").stdout
+    assert "file:/srv/pglab/apt" in policy
+    # The image is bare: what the cluster needs, the states install.
+    assert "Installed: (none)" in policy
+    pip = lab_exec("postgres-srv1", "cat", "/etc/pip.conf").stdout
+    assert "find-links = /srv/pglab/wheels" in pip
+    wheels = lab_exec("postgres-srv1", "ls", "/srv/pglab/wheels").stdout
+    assert re.search(r"^patroni-4\.1\.\d+-", wheels, re.M)
+
+
+def test_hosts_reach_each_other_and_nothing_beyond_the_lab(lab):
+    assert "default" not in lab_exec("web", "ip", "route").stdout
+    assert lab_exec("web", "ping", "-c1", "-W2", HOSTS["postgres-srv1"], check=False).returncode == 0
+    # No route out: an address beyond the lab subnet is unreachable at once.
+    out = lab_exec("web", "ping", "-c1", "-W1", "192.0.2.1", check=False)
+    assert out.returncode != 0
+    assert "unreachable" in (out.stdout + out.stderr).lower()
+
+
+def test_partition_cuts_a_host_off_silently_and_heal_restores_it(lab):
+    run(LAB, "partition", "postgres-srv3")
+    try:
+        assert status()["postgres-srv3"]["state"] == "partitioned"
+        # Silence, not resets: even a closed port of the cut-off host does not answer...
+        assert tcp_probe("postgres-srv1", HOSTS["postgres-srv3"], 22) == "silent"
+        # ...and it cannot reach the others or the salt-master.
+        assert tcp_probe("postgres-srv3", "10.0.0.1", 4506) == "silent"
+        answer = salt_json("postgres-srv3", "test.ping", "-t", "5", check=False)
+        assert answer.get("postgres-srv3") is not True
+    finally:
+        run(LAB, "heal", "postgres-srv3")
+    assert status()["postgres-srv3"]["state"] == "running"
+    assert tcp_probe("postgres-srv1", HOSTS["postgres-srv3"], 22) == "refused"
+    _wait_minion("postgres-srv3", timeout=60)
+
+
+def test_crash_kills_everything_at_once_and_the_address_goes_silent(lab):
+    family = host_pids("postgres-srv2")
+    assert len(family) > 5  # nspawn, systemd, journald, the minion...
+    run(LAB, "crash", "postgres-srv2")
+    assert status()["postgres-srv2"]["state"] == "stopped"
+    for p in family:
+        assert not _alive(p), f"process {p} of the crashed host survived"
+    assert tcp_probe("postgres-srv1", HOSTS["postgres-srv2"], 22) == "silent"
+    run(LAB, "start", "postgres-srv2")
+    assert status()["postgres-srv2"]["state"] == "running"
+    _wait_minion("postgres-srv2")
+
+
+def test_clean_stop_and_start_through_salt_cloud_actions(lab):
+    out = salt_json("-a", "stop", "web", "-y", tool="salt-cloud")
+    assert "stopped" in json.dumps(out)
+    assert status()["web"]["state"] == "stopped"
+    salt_json("-a", "start", "web", "-y", tool="salt-cloud")
+    assert status()["web"]["state"] == "running"
+    _wait_minion("web")
+    # The disk survived the power-off: the machine id is the one the host was created with.
+    assert lab_exec("web", "test", "-s", "/etc/machine-id").returncode == 0
+
+
+def test_destroy_and_recreate_through_salt_cloud(lab):
+    run(VENV_BIN / "salt-cloud", "-d", "web", "-y")
+    assert "web" not in status()
+    keys = salt_json("-L", tool="salt-key")
+    assert "web" not in keys.get("minions", [])
+    run(VENV_BIN / "salt-cloud", "-m", "cloud.maps.d/lab.map", "-P", "-y")
+    assert status()["web"]["state"] == "running"
+    _wait_minion("web")
+
+
+@pytest.mark.lab_last
+def test_up_recovers_from_a_killed_lab(lab):
+    """Everything the lab started dies at once (as when a session is ended): `up` carries on."""
+    victims = set()
+    for name in HOSTS:
+        victims |= host_pids(name)
+    victims |= set(map(int, subprocess.run(["pgrep", "-f", f"salt-master -c {REPO}/etc/salt"],
+                                           capture_output=True, text=True, check=False).stdout.split()))
+    subprocess.run(["kill", "-KILL", *map(str, victims)], check=False)
+    time.sleep(1)
+    assert not any(_alive(p) for p in victims)
+    run(LAB, "up", timeout=600)
+    assert ping_all() == {name: True for name in HOSTS}
+
+
+@pytest.mark.lab_last
+def test_down_leaves_nothing_behind(lab):
+    run(LAB, "down")
+    assert "pglab" not in run("ip", "netns", "list").stdout
+    assert "pglab" not in run("ip", "-o", "link").stdout
+    mounts = open("/proc/mounts").read()
+    assert "pglab" not in mounts and "/run/systemd/nspawn" not in mounts
+    for hierarchy in ("systemd", "unified", "memory"):
+        assert not Path(f"/sys/fs/cgroup/{hierarchy}/pglab").exists()
+    leftovers = subprocess.run(["pgrep", "-f", f"systemd-nspawn.*--machine=|salt-master -c {REPO}"],
+                               capture_output=True, text=True, check=False).stdout
+    assert leftovers == ""
+    assert "pglab" not in run("nft", "list", "tables").stdout
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def _wait_minion(name: str, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while salt_json(name, "test.ping", "-t", "5", check=False).get(name) is not True:
+        assert time.monotonic() < deadline, f"{name}'s minion did not answer within {timeout}s"
+        time.sleep(1)
+
+
+def test_tcp_probe_helper_sees_an_open_port(lab):
+    # The probes above mean something only if 'open' is reachable: the salt-master's port is.
+    assert tcp_probe("web", "10.0.0.1", 4506) == "open"
