@@ -34,9 +34,8 @@ import tempfile
 import salt.utils.cloud
 import salt.utils.files
 import salt.utils.yaml
-from salt.exceptions import SaltCloudException, SaltCloudSystemExit
-
 from salt import config
+from salt.exceptions import SaltCloudException, SaltCloudSystemExit
 
 log = logging.getLogger(__name__)
 
