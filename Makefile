@@ -10,6 +10,7 @@ PYTEST_ARGS ?=
 
 lab: deps
 	bin/lab up
+	bin/deploy
 
 lab-down:
 	bin/lab down

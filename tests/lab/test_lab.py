@@ -156,6 +156,9 @@ def test_destroy_and_recreate_through_salt_cloud(lab):
     run(VENV_BIN / "salt-cloud", "-m", "cloud.maps.d/lab.map", "-P", "-y")
     assert status()["web"]["state"] == "running"
     _wait_minion("web")
+    # A fresh VM converges with one highstate (and the cluster has its web host back).
+    result = salt_json("web", "state.apply", "-t", "600")
+    assert all(s["result"] for s in result["web"].values())
 
 
 @pytest.mark.lab_last

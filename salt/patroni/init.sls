@@ -1,0 +1,94 @@
+{#- Patroni 4.1 from PyPI in its own virtual environment, its config and its service. #}
+{%- from "patroni/map.jinja" import patroni, cluster with context %}
+{%- set me = cluster.members[grains.id] %}
+
+include:
+  - postgresql
+
+patroni-packages:
+  pkg.installed:
+    - pkgs: {{ patroni.packages | json }}
+
+patroni-venv:
+  cmd.run:
+    - name: python3 -m venv {{ patroni.venv }}
+    - creates: {{ patroni.venv }}/bin/python
+    - require:
+      - pkg: patroni-packages
+
+patroni-pip:
+  pip.installed:
+    - pkgs:
+      - patroni[etcd3]=={{ cluster.patroni.version }}
+      - psycopg2-binary=={{ cluster.patroni.psycopg2_version }}
+    - bin_env: {{ patroni.venv }}
+    - require:
+      - cmd: patroni-venv
+
+{%- for tool in ('patroni', 'patronictl') %}
+
+patroni-{{ tool }}-on-path:
+  file.symlink:
+    - name: /usr/local/bin/{{ tool }}
+    - target: {{ patroni.venv }}/bin/{{ tool }}
+    - require:
+      - pip: patroni-pip
+{%- endfor %}
+
+patroni-config-dir:
+  file.directory:
+    - name: {{ patroni.config_dir }}
+    - user: {{ patroni.user }}
+    - group: {{ patroni.group }}
+    - mode: '0750'
+    - require:
+      - pkg: postgresql-packages
+
+# Holds every password: 0600, never shown in state output. Patroni validates it first.
+patroni-config:
+  file.managed:
+    - name: {{ patroni.config_file }}
+    - source: salt://patroni/files/config.yml.jinja
+    - template: jinja
+    - user: {{ patroni.user }}
+    - group: {{ patroni.group }}
+    - mode: '0600'
+    - show_changes: false
+    - check_cmd: {{ patroni.venv }}/bin/patroni --validate-config --ignore-listen-port
+    - require:
+      - file: patroni-config-dir
+      - pip: patroni-pip
+
+patroni-unit:
+  file.managed:
+    - name: /etc/systemd/system/{{ patroni.service }}.service
+    - source: salt://patroni/files/patroni.service.jinja
+    - template: jinja
+    - context:
+        patroni: {{ patroni | json }}
+
+patroni-service:
+  service.running:
+    - name: {{ patroni.service }}
+    - enable: true
+    # A changed config is reloaded (SIGHUP): Patroni applies it, restarting PostgreSQL only
+    # when a parameter needs it. Restarting Patroni would stop PostgreSQL.
+    - reload: true
+    - require:
+      - file: patroni-unit
+      - service: postgresql-debian-service-off
+    - watch:
+      - file: patroni-config
+
+{#- A wait changes nothing; in test mode http.query never succeeds, so it is skipped. #}
+{%- if not opts.test %}
+
+patroni-healthy:
+  http.wait_for_successful_query:
+    - name: http://{{ me.address }}:{{ cluster.patroni.restapi_port }}/health
+    - status: 200
+    - wait_for: {{ patroni.healthy_wait }}
+    - request_interval: 1
+    - require:
+      - service: patroni-service
+{%- endif %}

@@ -1,0 +1,33 @@
+{#- PostgreSQL's packages, installed so that Patroni, not Debian, owns the data directory. #}
+{%- from "postgresql/map.jinja" import postgresql, cluster with context %}
+{%- set version = cluster.postgresql.version %}
+
+# Before the packages: Debian must not create (and start) a cluster of its own.
+postgresql-no-debian-cluster:
+  file.managed:
+    - name: {{ postgresql.createcluster_conf }}
+    - makedirs: true
+    - contents: |
+        # Managed by Salt: Patroni owns PostgreSQL here; Debian creates no cluster.
+        create_main_cluster = false
+
+postgresql-packages:
+  pkg.installed:
+    - pkgs: {{ postgresql.packages | json }}
+    - require:
+      - file: postgresql-no-debian-cluster
+
+# A VM whose image already made Debian's cluster: remove it before Patroni takes over.
+postgresql-drop-debian-cluster:
+  cmd.run:
+    - name: pg_dropcluster --stop {{ version }} main
+    - onlyif: test -f /etc/postgresql/{{ version }}/main/postgresql.conf
+    - require:
+      - pkg: postgresql-packages
+
+# Debian's umbrella unit would start any cluster listed in /etc/postgresql; Patroni does.
+postgresql-debian-service-off:
+  service.disabled:
+    - name: {{ postgresql.debian_service }}
+    - require:
+      - cmd: postgresql-drop-debian-cluster

@@ -1,0 +1,19 @@
+{#- Roles come from the cluster pillar: its members run the database stack, its web host HAProxy. #}
+{%- set cluster = salt['pillar.get']('pgcluster', {}) %}
+base:
+  '*':
+    - common
+{%- if cluster.get('members') %}
+  '{{ cluster.members | join(",") }}':
+    - match: list
+    - etcd
+    - postgresql
+    - patroni
+    - postgresql.app
+    - pgbouncer
+{%- endif %}
+{%- if cluster.get('web') %}
+  '{{ cluster.web | join(",") }}':
+    - match: list
+    - haproxy
+{%- endif %}
