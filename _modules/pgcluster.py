@@ -92,6 +92,8 @@ DEFAULTS = {
     },
 }
 
+REDACTED = "**********"
+
 # Keys whose values are free-form maps: their own keys are not checked against DEFAULTS.
 FREE_FORM = {("members",), ("web",), ("postgresql", "parameters"), ("patroni", "tags")}
 
@@ -248,7 +250,8 @@ def config():
 
         salt postgres-srv1 pgcluster.config
     """
-    pillar = __salt__["pillar.get"]("pgcluster", {})
+    # Salt 3008 masks pillar values that leave pillar.get outside a template: ask for them plain.
+    pillar = __salt__["pillar.get"]("pgcluster", {}, unmask=True)
     if not isinstance(pillar, dict):
         raise CommandExecutionError("pillar pgcluster: expected a mapping")
     cfg = _merge(DEFAULTS, pillar)
@@ -275,23 +278,15 @@ def role(minion_id=None):
     return "none"
 
 
-def credentials():
-    """
-    This minion's share of the generated passwords (pillar ``pgcluster_credentials``).
-
-    CLI Example:
-
-    .. code-block:: bash
-
-        salt postgres-srv1 pgcluster.credentials
-    """
-    creds = __salt__["pillar.get"]("pgcluster_credentials", {})
+def _credentials():
+    """This minion's share of the generated passwords (pillar ``pgcluster_credentials``)."""
+    creds = __salt__["pillar.get"]("pgcluster_credentials", {}, unmask=True)
     if not creds:
         raise CommandExecutionError(
             "pillar pgcluster_credentials is empty for this minion: the master makes it "
             "(pillar/credentials.sls) for the minions listed in pgcluster:members and pgcluster:web"
         )
-    return creds
+    return dict(creds)
 
 
 def _pg_hba(cfg, me):
@@ -315,9 +310,10 @@ def _pg_hba(cfg, me):
     return rules
 
 
-def patroni_config(minion_id=None):
+def patroni_config(minion_id=None, show_secrets=False):
     """
-    The Patroni configuration (``/etc/patroni/config.yml``) of one database member.
+    The Patroni configuration (``/etc/patroni/config.yml``) of one database member. Passwords
+    show as ``**********`` unless ``show_secrets=True`` (what the config template asks for).
 
     CLI Example:
 
@@ -331,7 +327,9 @@ def patroni_config(minion_id=None):
         raise CommandExecutionError(
             f"{minion_id} is not in pillar pgcluster:members ({', '.join(cfg['member_names'])})"
         )
-    creds = credentials()
+    creds = _credentials()
+    if not show_secrets:
+        creds = dict.fromkeys(creds, REDACTED)
     me = cfg["members"][minion_id]["address"]
     patroni, pg = cfg["patroni"], cfg["postgresql"]
     version = pg["version"]

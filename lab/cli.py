@@ -100,10 +100,13 @@ def cmd_up(args: argparse.Namespace) -> None:
     build_caches()
     network.ensure_bridge()
     master.start()
-    for h in hosts.all_hosts():
-        if h.nspawn_pid() is None:
-            log(f"booting {h.name} again")
-            h.start()
+    # Boot every stopped host at once (a cluster's members wait for each other), then wait.
+    stopped = [h for h in hosts.all_hosts() if h.nspawn_pid() is None]
+    for h in stopped:
+        log(f"booting {h.name} again")
+        h.start(wait=False)
+    for h in stopped:
+        h.wait_booted()
     log("creating the hosts of the lab map with salt-cloud")
     cloud = _salt("salt-cloud", "-m", LAB_MAP, "-P", "-y", "--log-level=warning",
                   "--out=json", check=False, capture=True)

@@ -34,6 +34,8 @@ def write_paths() -> None:
         + f"file_roots:\n  base:\n    - {repo / 'salt'}\n"
         + f"pillar_roots:\n  base:\n    - {repo / 'pillar'}\n"
         + f"cloud_dirs:\n  - {repo / '_clouds'}\n"
+        # The CLI's outputters (patroni.list's table).
+        + f"outputter_dirs:\n  - {repo / '_output'}\n"
     )
     (CONFIG_DIR / "cloud.conf.d").mkdir(exist_ok=True)
     (CONFIG_DIR / "cloud.conf.d/paths.conf").write_text(

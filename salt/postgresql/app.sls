@@ -1,7 +1,7 @@
 {#- The application's role and database, made on the leader through Patroni's PostgreSQL. #}
 {%- from "postgresql/map.jinja" import cluster with context %}
 {%- if salt['pgcluster.is_leader']() %}
-{%-   set creds = salt['pgcluster.credentials']() %}
+{%-   set creds = salt['pillar.get']('pgcluster_credentials') %}
 
 postgresql-app-user:
   postgres_user.present:

@@ -21,7 +21,7 @@ CREDENTIALS = {n: f"secret-{n}" for n in ("superuser", "replication", "rewind", 
 
 
 def _pillar_get(pillar):
-    def get(key, default=None):
+    def get(key, default=None, unmask=False):
         value = pillar
         for part in key.split(":"):
             if not isinstance(value, dict) or part not in value:
@@ -103,7 +103,7 @@ def test_no_members_at_all_is_refused(pillar):
 
 
 def test_patroni_config_of_a_member():
-    conf = pgcluster.patroni_config("postgres-srv2")
+    conf = pgcluster.patroni_config("postgres-srv2", show_secrets=True)
     assert conf["scope"] == "pg-cluster-skynet"
     assert conf["name"] == "postgres-srv2"
     assert conf["etcd3"]["hosts"] == ["10.0.0.11:2379", "10.0.0.12:2379", "10.0.0.13:2379"]
@@ -115,6 +115,13 @@ def test_patroni_config_of_a_member():
     assert (dcs["ttl"], dcs["loop_wait"], dcs["retry_timeout"]) == (20, 2, 9)
     assert dcs["synchronous_mode"] is True and dcs["failsafe_mode"] is True
     assert dcs["postgresql"]["use_pg_rewind"] is True
+
+
+def test_patroni_config_hides_passwords_unless_asked():
+    conf = pgcluster.patroni_config("postgres-srv2")
+    assert conf["restapi"]["authentication"]["password"] == "**********"
+    assert conf["postgresql"]["authentication"]["superuser"]["password"] == "**********"
+    assert "secret-" not in repr(conf)
 
 
 def test_pg_hba_is_least_privilege():
