@@ -80,6 +80,18 @@ def _lab(*args, timeout=300):
     return result.stdout
 
 
+def _fire(name, stage, description, args):
+    """The standard salt/cloud/<name>/<stage> event."""
+    __utils__["cloud.fire_event"](
+        "event",
+        description,
+        f"salt/cloud/{name}/{stage}",
+        args=args,
+        sock_dir=__opts__["sock_dir"],
+        transport=__opts__["transport"],
+    )
+
+
 def _hosts():
     return {h["name"]: h for h in json.loads(_lab("status", "--json"))}
 
@@ -203,25 +215,12 @@ def create(vm_):
     if not address:
         raise SaltCloudSystemExit(f"lab host {name}: set ip_address (an address in 10.0.0.0/24)")
     event_args = {"name": name, "profile": vm_.get("profile"), "provider": vm_.get("driver")}
-    __utils__["cloud.fire_event"](
-        "event",
-        "starting create",
-        f"salt/cloud/{name}/creating",
-        args=__utils__["cloud.filter_event"]("creating", event_args, list(event_args)),
-        sock_dir=__opts__["sock_dir"],
-        transport=__opts__["transport"],
-    )
+    filtered = __utils__["cloud.filter_event"]
+    _fire(name, "creating", "starting create", filtered("creating", event_args, list(event_args)))
     vm_["priv_key"], vm_["pub_key"] = salt.utils.cloud.gen_keys(
         config.get_cloud_config_value("keysize", vm_, __opts__)
     )
-    __utils__["cloud.fire_event"](
-        "event",
-        "requesting instance",
-        f"salt/cloud/{name}/requesting",
-        args={"kwargs": {"name": name, "ip_address": address}},
-        sock_dir=__opts__["sock_dir"],
-        transport=__opts__["transport"],
-    )
+    _fire(name, "requesting", "requesting instance", {"kwargs": {"name": name, "ip_address": address}})
     salt.utils.cloud.accept_key(__opts__["pki_dir"], vm_["pub_key"], name)
     try:
         with tempfile.TemporaryDirectory(prefix="lab-seed-") as seed:
@@ -232,14 +231,7 @@ def create(vm_):
         raise
     node = list_nodes_full()[name]
     log.info("Created lab host %s at %s", name, address)
-    __utils__["cloud.fire_event"](
-        "event",
-        "created instance",
-        f"salt/cloud/{name}/created",
-        args=__utils__["cloud.filter_event"]("created", event_args, list(event_args)),
-        sock_dir=__opts__["sock_dir"],
-        transport=__opts__["transport"],
-    )
+    _fire(name, "created", "created instance", filtered("created", event_args, list(event_args)))
     return {**node, "deployed": True}
 
 
@@ -255,28 +247,14 @@ def destroy(name, call=None):
     """
     if call == "function":
         raise SaltCloudSystemExit("The destroy action must be called with -d, --destroy, -a or --action.")
-    __utils__["cloud.fire_event"](
-        "event",
-        "destroying instance",
-        f"salt/cloud/{name}/destroying",
-        args={"name": name},
-        sock_dir=__opts__["sock_dir"],
-        transport=__opts__["transport"],
-    )
+    _fire(name, "destroying", "destroying instance", {"name": name})
     _lab("destroy", name)
     salt.utils.cloud.remove_key(__opts__["pki_dir"], name)
     if __opts__.get("update_cachedir", False):
         __utils__["cloud.delete_minion_cachedir"](
             name, _get_active_provider_name().split(":")[0], __opts__
         )
-    __utils__["cloud.fire_event"](
-        "event",
-        "destroyed instance",
-        f"salt/cloud/{name}/destroyed",
-        args={"name": name},
-        sock_dir=__opts__["sock_dir"],
-        transport=__opts__["transport"],
-    )
+    _fire(name, "destroyed", "destroyed instance", {"name": name})
     return {"destroyed": name}
 
 

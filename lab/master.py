@@ -7,6 +7,7 @@ which git ignores.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -24,34 +25,30 @@ def pidfile() -> Path:
     return settings.MASTER_ROOT / "var/run/salt-master.pid"
 
 
+def _write_conf(name: str, settings_: dict) -> None:
+    """One generated file of this clone's paths; JSON is YAML, and needs no quoting care."""
+    path = CONFIG_DIR / name
+    path.parent.mkdir(exist_ok=True)
+    path.write_text("# Written by bin/lab for this clone; not in git.\n"
+                    + json.dumps(settings_, indent=2) + "\n")
+
+
 def write_paths() -> None:
-    repo = settings.REPO
-    generated = "# Written by bin/lab for this clone; not in git.\n"
-    (CONFIG_DIR / "master.d").mkdir(exist_ok=True)
-    (CONFIG_DIR / "master.d/paths.conf").write_text(
-        generated
-        + f"root_dir: {settings.MASTER_ROOT}\n"
-        + f"file_roots:\n  base:\n    - {repo / 'salt'}\n"
-        + f"pillar_roots:\n  base:\n    - {repo / 'pillar'}\n"
-        + f"cloud_dirs:\n  - {repo / '_clouds'}\n"
-        # The CLI's outputters (patroni.list's table).
-        + f"outputter_dirs:\n  - {repo / '_output'}\n"
-    )
-    (CONFIG_DIR / "cloud.conf.d").mkdir(exist_ok=True)
-    (CONFIG_DIR / "cloud.conf.d/paths.conf").write_text(
-        generated
-        + f"cachedir: {settings.MASTER_ROOT / 'var/cache/salt/cloud'}\n"
-        # The files need not exist: their .d folders beside them are what is read.
-        + f"providers_config: {repo / 'cloud.providers'}\n"
-        + f"profiles_config: {repo / 'cloud.profiles'}\n"
-    )
-    (CONFIG_DIR / "minion.d").mkdir(exist_ok=True)
-    (CONFIG_DIR / "minion.d/paths.conf").write_text(
-        generated
-        + f"root_dir: {settings.STATE / 'local-minion'}\n"
-        + f"file_roots:\n  base:\n    - {repo / 'salt'}\n"
-        + f"pillar_roots:\n  base:\n    - {repo / 'pillar'}\n"
-    )
+    repo = str(settings.REPO)
+    roots = {"file_roots": {"base": [f"{repo}/salt"]}, "pillar_roots": {"base": [f"{repo}/pillar"]}}
+    _write_conf("master.d/paths.conf", {
+        "root_dir": str(settings.MASTER_ROOT),
+        **roots,
+        "cloud_dirs": [f"{repo}/_clouds"],
+        "outputter_dirs": [f"{repo}/_output"],  # the CLI's outputters (patroni.list's table)
+    })
+    _write_conf("cloud.conf.d/paths.conf", {
+        "cachedir": str(settings.MASTER_ROOT / "var/cache/salt/cloud"),
+        # The files need not exist: the .d folders beside them are what is read.
+        "providers_config": f"{repo}/cloud.providers",
+        "profiles_config": f"{repo}/cloud.profiles",
+    })
+    _write_conf("minion.d/paths.conf", {"root_dir": str(settings.STATE / "local-minion"), **roots})
 
 
 def running_pid() -> int | None:
