@@ -448,6 +448,46 @@ def resume(timeout=DEFAULT_TIMEOUT):
     return _set_pause(False, timeout)
 
 
+def dynamic_config(timeout=DEFAULT_TIMEOUT):
+    """
+    The cluster-wide configuration Patroni keeps in etcd (``GET /config``).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt web patroni.dynamic_config
+    """
+    return _first_answer("/config", timeout)[1]
+
+
+def patch_config(changes, timeout=DEFAULT_TIMEOUT):
+    """
+    Change the cluster-wide configuration (``PATCH /config``); Patroni applies it on every
+    member (reloading PostgreSQL; parameters that need a restart show as pending restart).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt web patroni.patch_config '{"postgresql": {"parameters": {"work_mem": "8MB"}}}'
+    """
+    if isinstance(changes, str):
+        changes = json.loads(changes)
+    errors = {}
+    for name, url in _members().items():
+        try:
+            answer = _request(url + "/config", method="PATCH", body=changes, auth=True,
+                              timeout=max(timeout, 10))
+        except OSError as exc:
+            errors[name] = str(exc)
+            continue
+        if answer.status != 200:
+            _refusal("configuration change", answer)
+        return answer.json()
+    raise CommandExecutionError(f"no Patroni REST API answered: {errors}")
+
+
 def history(timeout=DEFAULT_TIMEOUT):
     """
     The cluster's timeline history: one entry per promotion.

@@ -310,6 +310,35 @@ def _pg_hba(cfg, me):
     return rules
 
 
+def dcs_config():
+    """
+    The cluster-wide part of Patroni's configuration, kept in etcd (``patronictl show-config``):
+    bootstrapped from here, and kept in line with the pillar by the ``patroni_dcs.managed`` state.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt postgres-srv1 pgcluster.dcs_config
+    """
+    cfg = config()
+    patroni = cfg["patroni"]
+    return {
+        "ttl": patroni["ttl"],
+        "loop_wait": patroni["loop_wait"],
+        "retry_timeout": patroni["retry_timeout"],
+        "maximum_lag_on_failover": patroni["maximum_lag_on_failover"],
+        "synchronous_mode": patroni["synchronous_mode"],
+        "synchronous_mode_strict": patroni["synchronous_mode_strict"],
+        "failsafe_mode": patroni["failsafe_mode"],
+        "postgresql": {
+            "use_pg_rewind": patroni["use_pg_rewind"],
+            "use_slots": True,
+            "parameters": cfg["postgresql"]["parameters"],
+        },
+    }
+
+
 def patroni_config(minion_id=None, show_secrets=False):
     """
     The Patroni configuration (``/etc/patroni/config.yml``) of one database member. Passwords
@@ -345,20 +374,7 @@ def patroni_config(minion_id=None, show_secrets=False):
         "ctl": {"authentication": {"username": "patroni", "password": creds["restapi"]}},
         "etcd3": {"hosts": cfg["etcd"]["endpoints"]},
         "bootstrap": {
-            "dcs": {
-                "ttl": patroni["ttl"],
-                "loop_wait": patroni["loop_wait"],
-                "retry_timeout": patroni["retry_timeout"],
-                "maximum_lag_on_failover": patroni["maximum_lag_on_failover"],
-                "synchronous_mode": patroni["synchronous_mode"],
-                "synchronous_mode_strict": patroni["synchronous_mode_strict"],
-                "failsafe_mode": patroni["failsafe_mode"],
-                "postgresql": {
-                    "use_pg_rewind": patroni["use_pg_rewind"],
-                    "use_slots": True,
-                    "parameters": pg["parameters"],
-                },
-            },
+            "dcs": dcs_config(),
             "initdb": [{"encoding": "UTF8"}, {"locale": "C.UTF-8"}, "data-checksums"],
         },
         "postgresql": {

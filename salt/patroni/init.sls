@@ -92,3 +92,17 @@ patroni-healthy:
     - require:
       - service: patroni-service
 {%- endif %}
+
+# After the bootstrap, a changed cluster-wide setting (timing, synchronous_mode, PostgreSQL
+# parameters) reaches the running cluster through Patroni, not by editing files behind it.
+patroni-dcs-config:
+  patroni_dcs.managed:
+    - config: {{ salt['pgcluster.dcs_config']() | json }}
+    - retry:
+        attempts: 30
+        interval: 2
+    - require:
+      - service: patroni-service
+{%- if not opts.test %}
+      - http: patroni-healthy
+{%- endif %}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -51,7 +52,15 @@ def test_deploy_printed_the_cluster_and_the_web_address(lab):
 
 @pytest.mark.parametrize("host", sorted(MEMBERS))
 def test_patronictl_list_on_every_member_shows_one_leader_and_two_streaming_replicas(lab, host):
-    members = patronictl_list(host)
+    # Patroni names the synchronous standby a loop or two after the replicas stream.
+    deadline = time.monotonic() + 60
+    while True:
+        members = patronictl_list(host)
+        settled = sorted(m["Role"] for m in members) == ["Leader", "Replica", "Sync Standby"] and \
+            all(m["State"] in ("running", "streaming") for m in members)
+        if settled or time.monotonic() > deadline:
+            break
+        time.sleep(1)
     assert {m["Member"] for m in members} == set(MEMBERS)
     roles = sorted(m["Role"] for m in members)
     assert roles.count("Leader") == 1
@@ -185,3 +194,27 @@ def test_deployment_times_are_reported(lab, record_property):
     record_property("deploy_seconds", round(TIMINGS["deploy"], 1))
     print(f"lab up {TIMINGS['lab_up']:.0f}s, deploy {TIMINGS['deploy']:.0f}s")
     assert TIMINGS["deploy"] > 0
+
+
+def show_setting(host: str, name: str) -> str:
+    return lab_exec(host, "runuser", "-u", "postgres", "--", "psql", "-XAtc", f"show {name}").stdout.strip()
+
+
+def test_a_parameter_changed_in_pillar_reaches_the_running_cluster(lab):
+    override = '{"pgcluster": {"postgresql": {"parameters": {"wal_keep_size": "512MB"}}}}'
+    try:
+        result = salt_json("postgres-srv1", "state.apply", "patroni", f"pillar={override}",
+                           "-t", "300")
+        assert "patroni-dcs-config" in changes(result)["postgres-srv1"]
+        # Patroni reloads PostgreSQL on every member: no file edited behind its back.
+        deadline = time.monotonic() + 30
+        while any(show_setting(h, "wal_keep_size") != "512MB" for h in MEMBERS):
+            assert time.monotonic() < deadline, "the new value did not reach every member"
+            time.sleep(1)
+    finally:
+        # Back to the pillar's value, the same way.
+        salt_json("postgres-srv1", "state.apply", "patroni", "-t", "300")
+    deadline = time.monotonic() + 30
+    while any(show_setting(h, "wal_keep_size") != "256MB" for h in MEMBERS):
+        assert time.monotonic() < deadline, "the pillar's value did not come back"
+        time.sleep(1)
