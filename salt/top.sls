@@ -16,4 +16,5 @@ base:
   '{{ cluster.web | join(",") }}':
     - match: list
     - haproxy
+    - webapp
 {%- endif %}

@@ -75,3 +75,11 @@ haproxy:
     - sls: haproxy
     - require:
       - salt: pgbouncer
+
+webapp:
+  salt.state:
+    - tgt: {{ web | join(',') }}
+    - tgt_type: list
+    - sls: webapp
+    - require:
+      - salt: haproxy

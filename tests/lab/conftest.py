@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.conftest import REPO, run
+from tests.conftest import REPO, run, salt_json
 
 LAB = REPO / "bin" / "lab"
 # How long the session's bring-up took, for the tests that report it.
@@ -40,3 +40,20 @@ def lab():
 
 def lab_exec(host: str, *cmd: str, check: bool = True, timeout: float = 120):
     return run(LAB, "exec", host, "--", *cmd, check=check, timeout=timeout)
+
+
+def on_web(function: str, *args: str, check: bool = True):
+    return salt_json("web", function, *args, "-t", "120", check=check).get("web")
+
+
+def wait_healthy(timeout: float = 180) -> dict:
+    """Until patroni.health says one leader and every member running with little lag."""
+    deadline = time.monotonic() + timeout
+    while True:
+        health = on_web("patroni.health", check=False)
+        if isinstance(health, dict) and health.get("healthy"):
+            listing = on_web("patroni.list")
+            if all(m["state"] in ("running", "streaming") for m in listing["members"]):
+                return listing
+        assert time.monotonic() < deadline, f"the cluster did not become healthy: {health}"
+        time.sleep(2)

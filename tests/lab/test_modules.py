@@ -6,27 +6,10 @@ import time
 
 import pytest
 
-from tests.conftest import VENV_BIN, run, salt_json
-from tests.lab.conftest import LAB
+from tests.conftest import VENV_BIN, run
+from tests.lab.conftest import LAB, on_web, wait_healthy
 
 MEMBERS = ("postgres-srv1", "postgres-srv2", "postgres-srv3")
-
-
-def on_web(function: str, *args: str, check: bool = True):
-    return salt_json("web", function, *args, "-t", "120", check=check).get("web")
-
-
-def wait_healthy(timeout: float = 180) -> dict:
-    """Until patroni.health says one leader and every member running with little lag."""
-    deadline = time.monotonic() + timeout
-    while True:
-        health = on_web("patroni.health", check=False)
-        if isinstance(health, dict) and health.get("healthy"):
-            listing = on_web("patroni.list")
-            if all(m["state"] in ("running", "streaming") for m in listing["members"]):
-                return listing
-        assert time.monotonic() < deadline, f"the cluster did not become healthy: {health}"
-        time.sleep(2)
 
 
 @pytest.fixture

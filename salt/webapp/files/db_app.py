@@ -1,0 +1,1 @@
+../../../webapp/db_app.py

@@ -1,0 +1,82 @@
+{#- The web app on the web host: gunicorn behind nginx, writing through HAProxy 5000 and reading
+    through 5001. #}
+{%- from "webapp/map.jinja" import webapp, cluster with context %}
+
+webapp-packages:
+  pkg.installed:
+    - pkgs: {{ webapp.packages | json }}
+
+webapp-code:
+  file.managed:
+    - name: {{ webapp.app_dir }}/db_app.py
+    - source: salt://webapp/files/db_app.py
+    - makedirs: true
+    - mode: '0644'
+
+# The database password: readable by the app's user only, never shown.
+webapp-config:
+  file.managed:
+    - name: {{ webapp.config_file }}
+    - source: salt://webapp/files/config.json.jinja
+    - template: jinja
+    - makedirs: true
+    - user: root
+    - group: {{ webapp.group }}
+    - mode: '0640'
+    - show_changes: false
+    - require:
+      - pkg: webapp-packages
+
+webapp-unit:
+  file.managed:
+    - name: /etc/systemd/system/{{ webapp.service }}.service
+    - source: salt://webapp/files/webapp.service.jinja
+    - template: jinja
+    - context:
+        webapp: {{ webapp | json }}
+
+webapp-service:
+  service.running:
+    - name: {{ webapp.service }}
+    - enable: true
+    - require:
+      - pkg: webapp-packages
+    - watch:
+      - file: webapp-code
+      - file: webapp-config
+      - file: webapp-unit
+
+webapp-nginx-default-site-off:
+  file.absent:
+    - name: /etc/nginx/sites-enabled/default
+    - require:
+      - pkg: webapp-packages
+
+webapp-nginx-site:
+  file.managed:
+    - name: {{ webapp.nginx_site }}
+    - source: salt://webapp/files/nginx.conf.jinja
+    - template: jinja
+    - context:
+        webapp: {{ webapp | json }}
+    - require:
+      - pkg: webapp-packages
+
+# nginx -t checks the whole configuration with the new site before nginx reloads it.
+webapp-nginx-valid:
+  cmd.run:
+    - name: nginx -t -q
+    - onchanges:
+      - file: webapp-nginx-site
+      - file: webapp-nginx-default-site-off
+
+webapp-nginx:
+  service.running:
+    - name: nginx
+    - enable: true
+    - reload: true
+    - require:
+      - cmd: webapp-nginx-valid
+    - watch:
+      - file: webapp-nginx-site
+      - file: webapp-nginx-default-site-off
