@@ -6,7 +6,7 @@ APT_PACKAGES := debootstrap systemd-container dpkg-dev iproute2 nftables python3
 	python3-dev util-linux chromium
 PYTEST_ARGS ?=
 
-.PHONY: lab lab-down test test-unit lint deps apt venv
+.PHONY: lab lab-down test test-unit lint bench deps apt venv
 
 lab: deps
 	bin/lab up
@@ -20,6 +20,11 @@ test: deps
 
 test-unit: venv
 	$(VENV)/bin/pytest -m "not lab" $(PYTEST_ARGS)
+
+# Benchmarks run on a deployed lab (make lab) and take a while; each prints its progress.
+bench: venv
+	@echo "bench: failover write outage, five scenarios (about 10 minutes)"
+	$(VENV)/bin/python bench/failover.py
 
 lint: venv
 	$(VENV)/bin/ruff check .

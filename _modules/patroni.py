@@ -266,17 +266,25 @@ def health(max_lag_mb=None, timeout=DEFAULT_TIMEOUT):
         except OSError as exc:
             entry["error"] = str(exc)
         report[name] = entry
+    timelines = {}
     try:
         for member in list_(timeout)["members"]:
-            if member["name"] in report and member["role"] != "Leader":
-                report[member["name"]]["lag_mb"] = member["lag_mb"]
+            if member["name"] in report:
+                timelines[member["name"]] = member["timeline"]
+                report[member["name"]]["state"] = member["state"] or report[member["name"]]["state"]
+                if member["role"] != "Leader":
+                    report[member["name"]]["lag_mb"] = member["lag_mb"]
     except CommandExecutionError as exc:
         log.debug("patroni.health: no cluster view: %s", exc)
     leaders = [n for n, e in report.items() if e["role"] == "Leader" and e["postgresql"]]
+    # A replica is healthy when it streams from the leader's timeline: one that merely runs
+    # (diverged, or waiting for pg_rewind) shows small lag but replicates nothing.
     healthy = len(leaders) == 1 and all(
         e["postgresql"]
+        and (name in leaders or (e["state"] == "streaming"
+                                 and timelines.get(name) == timelines.get(leaders[0])))
         and (e["lag_mb"] is None or (isinstance(e["lag_mb"], float) and e["lag_mb"] <= max_lag_mb))
-        for e in report.values()
+        for name, e in report.items()
     )
     return {"healthy": healthy, "leader": leaders[0] if len(leaders) == 1 else None,
             "members": report}

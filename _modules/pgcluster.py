@@ -296,6 +296,9 @@ def _pg_hba(cfg, me):
     rules = [
         "local all postgres peer",
         "host all postgres 127.0.0.1/32 scram-sha-256",
+        # Patroni reads a stopped replica's timeline over a replication connection to itself;
+        # without this rule an old leader cannot decide on pg_rewind and never rejoins.
+        "host replication replicator 127.0.0.1/32 scram-sha-256",
     ]
     for name in cfg["member_names"]:
         address = cfg["members"][name]["address"]

@@ -129,7 +129,8 @@ def test_pg_hba_is_least_privilege():
     assert not any("trust" in rule for rule in hba)
     assert all(r.endswith("scram-sha-256") for r in hba if r.startswith("host"))
     replication = [r for r in hba if " replication " in r]
-    assert sorted(r.split()[3] for r in replication) == ["10.0.0.11/32", "10.0.0.12/32", "10.0.0.13/32"]
+    assert sorted(r.split()[3] for r in replication) == [
+        "10.0.0.11/32", "10.0.0.12/32", "10.0.0.13/32", "127.0.0.1/32"]
     app = [r for r in hba if " webapp " in r]
     # Through PgBouncer on the member itself; the web host and others are refused.
     assert app == ["host webapp webapp 10.0.0.11/32 scram-sha-256"]
