@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON := /usr/bin/python3
 VENV := .venv
 APT_PACKAGES := debootstrap systemd-container dpkg-dev iproute2 nftables python3-venv postgresql-15 \
-	python3-dev util-linux chromium
+	python3-dev util-linux procps chromium
 PYTEST_ARGS ?=
 
 .PHONY: lab lab-down test test-unit lint bench deps apt venv
