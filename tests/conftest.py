@@ -36,6 +36,14 @@ def salt_json(*args, tool="salt", timeout=300, check=True) -> dict:
         return {}
 
 
+def pytest_sessionfinish(session, exitstatus):
+    # Salt keeps early log records in a deferred stderr handler that it flushes at exit, after
+    # pytest has closed the captured stderr: hand them to the live handlers now instead.
+    from salt._logging.impl import shutdown_temp_handler
+
+    shutdown_temp_handler()
+
+
 def pytest_collection_modifyitems(config, items):
     lab_dir = REPO / "tests" / "lab"
     for item in items:
