@@ -1,17 +1,16 @@
 """The lab's salt-master: the repo's etc/salt config plus the paths of this clone.
 
 The static configuration is committed in etc/salt; bin/lab only writes the small files that hold
-this clone's absolute paths (master.d/paths.conf, minion.d/paths.conf, cloud.conf.d/paths.conf),
-which git ignores.
+this clone's absolute paths and the bridge address (``bin/master paths``), which git ignores.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
 import socket
+import sys
 from pathlib import Path
 
 from . import settings
@@ -25,30 +24,10 @@ def pidfile() -> Path:
     return settings.MASTER_ROOT / "var/run/salt-master.pid"
 
 
-def _write_conf(name: str, settings_: dict) -> None:
-    """One generated file of this clone's paths; JSON is YAML, and needs no quoting care."""
-    path = CONFIG_DIR / name
-    path.parent.mkdir(exist_ok=True)
-    path.write_text("# Written by bin/lab for this clone; not in git.\n"
-                    + json.dumps(settings_, indent=2) + "\n")
-
-
 def write_paths() -> None:
-    repo = str(settings.REPO)
-    roots = {"file_roots": {"base": [f"{repo}/salt"]}, "pillar_roots": {"base": [f"{repo}/pillar"]}}
-    _write_conf("master.d/paths.conf", {
-        "root_dir": str(settings.MASTER_ROOT),
-        **roots,
-        "cloud_dirs": [f"{repo}/_clouds"],
-        "outputter_dirs": [f"{repo}/_output"],  # the CLI's outputters (patroni.list's table)
-    })
-    _write_conf("cloud.conf.d/paths.conf", {
-        "cachedir": str(settings.MASTER_ROOT / "var/cache/salt/cloud"),
-        # The files need not exist: the .d folders beside them are what is read.
-        "providers_config": f"{repo}/cloud.providers",
-        "profiles_config": f"{repo}/cloud.profiles",
-    })
-    _write_conf("minion.d/paths.conf", {"root_dir": str(settings.STATE / "local-minion"), **roots})
+    """This clone's paths, and the lab's bridge address to listen on, through bin/master."""
+    run(sys.executable, settings.REPO / "bin/master", "paths", "--root", settings.MASTER_ROOT,
+        "--interface", settings.GATEWAY)
 
 
 def running_pid() -> int | None:
