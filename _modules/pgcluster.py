@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import ipaddress
 import logging
+import socket
 
 from salt.exceptions import CommandExecutionError
 
@@ -90,6 +91,13 @@ DEFAULTS = {
         "database": "webapp",
         "user": "webapp",
     },
+    # nftables on every host: service ports open only to the cluster (see firewall()).
+    "firewall": {
+        "enabled": True,
+        # Networks that may reach every service port besides the cluster's hosts (operators,
+        # monitoring). The salt-master's own address is always added: it is root on every host.
+        "admin_sources": [],
+    },
 }
 
 REDACTED = "**********"
@@ -155,6 +163,17 @@ def _hosts(cfg, section):
     return hosts
 
 
+def _check_admin_sources(sources):
+    where = "pillar pgcluster:firewall:admin_sources"
+    if not isinstance(sources, list):
+        raise CommandExecutionError(f"{where}: expected a list of networks")
+    for source in sources:
+        try:
+            ipaddress.IPv4Network(str(source))
+        except ValueError:
+            raise CommandExecutionError(f"{where}: {source!r} is not an IPv4 network") from None
+
+
 def validate(cfg):
     """
     Check a merged cluster configuration; raise CommandExecutionError naming the bad key.
@@ -213,6 +232,7 @@ def validate(cfg):
         port = _int(cfg, section, key, minimum=1)
         if port > 65535:
             raise CommandExecutionError(f"pillar pgcluster:{section}:{key} is {port}: not a port")
+    _check_admin_sources(cfg["firewall"]["admin_sources"])
     if str(cfg["postgresql"]["version"]) != "15":
         raise CommandExecutionError(
             f"pillar pgcluster:postgresql:version is {cfg['postgresql']['version']}: "
@@ -403,6 +423,62 @@ def patroni_config(minion_id=None, show_secrets=False):
             **patroni["tags"].get(minion_id, {}),
         },
     }
+
+
+def _master_addresses():
+    """The salt-master's IPv4 addresses, as this minion is configured to reach it."""
+    masters = __opts__.get("master") or []
+    masters = [masters] if isinstance(masters, str) else list(masters)
+    addresses = set()
+    for master in masters:
+        host = str(master).rsplit(":", 1)[0] if str(master).count(":") == 1 else str(master)
+        try:
+            addresses.add(str(ipaddress.IPv4Address(host)))
+        except ValueError:
+            try:
+                addresses.update(info[4][0] for info in socket.getaddrinfo(host, None, socket.AF_INET))
+            except OSError:
+                log.warning("firewall: cannot resolve the salt-master %s; it is not let in", host)
+    return sorted(addresses)
+
+
+def firewall(minion_id=None):
+    """
+    The ports this host opens and to whom, for its nftables ruleset: SSH to anyone; on a
+    member, PostgreSQL, PgBouncer, Patroni's REST API and etcd's client port to the members,
+    the web hosts and the admin sources, etcd's peer port to the members only; on a web host,
+    HTTP to anyone and HAProxy's ports to the admin sources (the app reaches them locally).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt web pgcluster.firewall
+    """
+    cfg = config()
+    minion_id = minion_id or __opts__["id"]
+    members = [cfg["members"][n]["address"] for n in cfg["member_names"]]
+    web = [cfg["web"][n]["address"] for n in cfg["web_names"]]
+    admins = sorted({*map(str, cfg["firewall"]["admin_sources"]), *_master_addresses()})
+    rules = {"enabled": bool(cfg["firewall"]["enabled"]), "open": [22], "services": []}
+
+    def allow(name, port, sources):
+        rules["services"].append({"name": name, "port": port, "sources": sorted(set(sources))})
+
+    if minion_id in cfg["members"]:
+        clients = members + web + admins
+        allow("postgresql", cfg["postgresql"]["port"], clients)
+        if cfg["pgbouncer"]["enabled"]:
+            allow("pgbouncer", cfg["pgbouncer"]["port"], clients)
+        allow("patroni", cfg["patroni"]["restapi_port"], clients)
+        allow("etcd-client", cfg["etcd"]["client_port"], clients)
+        allow("etcd-peer", cfg["etcd"]["peer_port"], members)
+    elif minion_id in cfg["web"]:
+        rules["open"].append(80)
+        if admins:
+            allow("haproxy-primary", cfg["haproxy"]["primary_port"], admins)
+            allow("haproxy-replica", cfg["haproxy"]["replica_port"], admins)
+    return rules
 
 
 def is_leader(minion_id=None, timeout=3):

@@ -3,6 +3,7 @@
 base:
   '*':
     - common
+    - firewall
 {%- if cluster.get('members') %}
   '{{ cluster.members | join(",") }}':
     - match: list

@@ -13,7 +13,9 @@ modules-synced:
 common:
   salt.state:
     - tgt: '*'
-    - sls: common
+    - sls:
+      - common
+      - firewall
     - require:
       - salt: modules-synced
 

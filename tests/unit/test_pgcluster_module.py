@@ -158,3 +158,26 @@ def test_roles():
     assert pgcluster.role("postgres-srv3") == "member"
     assert pgcluster.role("web") == "web"
     assert pgcluster.role("other") == "none"
+
+
+def test_the_firewall_opens_each_port_to_the_hosts_that_use_it(configure_loader_modules):
+    pgcluster.__opts__["master"] = "10.0.0.1"
+    member = pgcluster.firewall("postgres-srv1")
+    clients = ["10.0.0.1", "10.0.0.10", "10.0.0.11", "10.0.0.12", "10.0.0.13"]
+    assert member["open"] == [22]
+    assert {s["name"]: (s["port"], s["sources"]) for s in member["services"]} == {
+        "postgresql": (5432, clients), "pgbouncer": (6432, clients), "patroni": (8008, clients),
+        "etcd-client": (2379, clients),
+        "etcd-peer": (2380, ["10.0.0.11", "10.0.0.12", "10.0.0.13"]),
+    }
+    web = pgcluster.firewall("web")
+    assert web["open"] == [22, 80]
+    assert {s["name"]: s["sources"] for s in web["services"]} == {
+        "haproxy-primary": ["10.0.0.1"], "haproxy-replica": ["10.0.0.1"]}
+
+
+def test_admin_sources_must_be_networks(pillar):
+    pillar["pgcluster"]["firewall"] = {"admin_sources": ["192.168.1.0/24", "office"]}
+    with pytest.raises(CommandExecutionError,
+                       match="pgcluster:firewall:admin_sources: 'office' is not an IPv4 network"):
+        pgcluster.config()
