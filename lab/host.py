@@ -179,6 +179,9 @@ class Host:
             f"--machine={self.name}", f"--hostname={self.name}",
             "--directory", str(self.root),
             f"--network-namespace-path={network.netns_path(self.name)}",
+            # The host's own network namespace: its firewall state manages nftables there,
+            # as on a VM (nspawn grants this itself only with --private-network).
+            "--capability=CAP_NET_ADMIN",
             f"--bind-ro={image.apt_repo_dir()}:{settings.HOST_APT_DIR}",
             f"--bind-ro={image.wheelhouse_dir()}:{settings.HOST_WHEEL_DIR}",
             f"--bind-ro={settings.VENV}",

@@ -11,7 +11,7 @@ import urllib.request
 import pytest
 
 from tests.conftest import run
-from tests.lab.conftest import lab_exec
+from tests.lab.conftest import LAB, lab_exec
 from tests.lab.test_cluster import MEMBERS, credentials
 
 OUTSIDER = "10.0.0.99"  # an address on the lab bridge that belongs to no cluster host
@@ -75,19 +75,23 @@ def test_the_salt_master_is_let_in_as_the_admin(lab):
     assert connects(DB, 5432) and connects(WEB, 5000)
 
 
-def psql_from_web(user: str, password: str, dbname: str, *, replication: bool = False):
-    dsn = f"host={DB} port=5432 user={user} dbname={dbname} connect_timeout=5"
+def psql_from_web(user: str, password: str, dbname: str, *, port: int = 5432, replication=False):
+    dsn = f"host={DB} port={port} user={user} dbname={dbname} connect_timeout=5"
     if replication:
         dsn += " replication=database"
     sql = "IDENTIFY_SYSTEM" if replication else "select current_user"
-    return lab_exec("web", "env", f"PGPASSWORD={password}", "psql", dsn, "-XAtc", sql, check=False)
+    # The password goes in on stdin: not in an argument list, not in a failed test's output.
+    return run(LAB, "exec", "web", "--", "sh", "-c", 'PGPASSWORD="$(cat)" exec psql "$0" -XAtc "$1"',
+               dsn, sql, input=password, check=False)
 
 
-def test_pg_hba_lets_the_app_in_and_nobody_else(lab):
+def test_pg_hba_lets_the_app_in_through_pgbouncer_and_nobody_else(lab):
     creds = credentials()
-    ok = psql_from_web("webapp", creds["app"], "webapp")
-    assert ok.returncode == 0 and ok.stdout.strip() == "webapp"
+    ok = psql_from_web("webapp", creds["app"], "webapp", port=6432)
+    assert ok.returncode == 0 and ok.stdout.strip() == "webapp", ok.stderr
     refused = {
+        # PgBouncer connects from the member itself: nobody reaches PostgreSQL from web directly.
+        "app user straight to PostgreSQL": psql_from_web("webapp", creds["app"], "webapp"),
         "replication user from web": psql_from_web("replicator", creds["replication"], "postgres",
                                                    replication=True),
         "app user on another database": psql_from_web("webapp", creds["app"], "postgres"),
@@ -96,8 +100,11 @@ def test_pg_hba_lets_the_app_in_and_nobody_else(lab):
     }
     for what, result in refused.items():
         assert result.returncode != 0 and "no pg_hba.conf entry" in result.stderr, what
-    wrong = psql_from_web("webapp", "not-the-password", "webapp")
-    assert wrong.returncode != 0 and "password authentication failed" in wrong.stderr
+    wrong = psql_from_web("webapp", "not-the-password", "webapp", port=6432)
+    assert wrong.returncode != 0 and "authentication failed" in wrong.stderr, wrong.stderr
+    # PgBouncer serves only the app's database.
+    other = psql_from_web("webapp", creds["app"], "postgres", port=6432)
+    assert other.returncode != 0, other.stdout
 
 
 @pytest.mark.parametrize("host", sorted(MEMBERS))

@@ -165,6 +165,7 @@ def test_the_firewall_opens_each_port_to_the_hosts_that_use_it(configure_loader_
     member = pgcluster.firewall("postgres-srv1")
     clients = ["10.0.0.1", "10.0.0.10", "10.0.0.11", "10.0.0.12", "10.0.0.13"]
     assert member["open"] == [22]
+    assert member["salt_master"] == {"sources": ["10.0.0.1"], "ports": [4505, 4506]}
     assert {s["name"]: (s["port"], s["sources"]) for s in member["services"]} == {
         "postgresql": (5432, clients), "pgbouncer": (6432, clients), "patroni": (8008, clients),
         "etcd-client": (2379, clients),
