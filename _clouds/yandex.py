@@ -409,6 +409,13 @@ def _disk_images():
     return {d["id"]: d.get("sourceImageId") for d in disks}
 
 
+def _instances_with_images():
+    """{name: (instance, boot disk id -> image id)}: the disks are listed only when needed."""
+    instances = _instances()
+    images = _disk_images() if instances else {}
+    return {i["name"]: (i, images) for i in instances}
+
+
 def _without_metadata_values(instance):
     """User data may hold secrets: show which metadata keys are set, not their values."""
     shown = dict(instance)
@@ -496,9 +503,7 @@ def list_nodes(call=None):
         salt-cloud -Q
     """
     _refuse_action("list_nodes", call)
-    instances = _instances()
-    images = _disk_images() if instances else {}
-    return {i["name"]: _node(i, images) for i in instances}
+    return {name: _node(i, images) for name, (i, images) in _instances_with_images().items()}
 
 
 @_reported
@@ -513,9 +518,8 @@ def list_nodes_full(call=None):
         salt-cloud -F
     """
     _refuse_action("list_nodes_full", call)
-    instances = _instances()
-    images = _disk_images() if instances else {}
-    return {i["name"]: {**_without_metadata_values(i), **_node(i, images)} for i in instances}
+    return {name: {**_without_metadata_values(i), **_node(i, images)}
+            for name, (i, images) in _instances_with_images().items()}
 
 
 def list_nodes_select(call=None):

@@ -459,12 +459,13 @@ def firewall(minion_id=None):
     minion_id = minion_id or __opts__["id"]
     members = [cfg["members"][n]["address"] for n in cfg["member_names"]]
     web = [cfg["web"][n]["address"] for n in cfg["web_names"]]
-    admins = sorted({*map(str, cfg["firewall"]["admin_sources"]), *_master_addresses()})
+    masters = _master_addresses()
+    admins = sorted({*map(str, cfg["firewall"]["admin_sources"]), *masters})
     rules = {"enabled": bool(cfg["firewall"]["enabled"]), "open": [22], "services": [],
              # The minion's own connections to its master were opened before the first ruleset
              # loaded, so conntrack first sees them mid-stream as "new": let the master's side
              # of them in, or the minion loses its master in the middle of the state run.
-             "salt_master": {"sources": _master_addresses(),
+             "salt_master": {"sources": masters,
                              "ports": sorted({int(__opts__.get("publish_port", 4505)),
                                               int(__opts__.get("master_port", 4506))})}}
 
