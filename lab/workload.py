@@ -1,0 +1,188 @@
+"""Load and faults for the deployed lab cluster, shared by bench/failover.py and the fault tests.
+
+A Writer inserts a numbered row every 100 ms through HAProxy's primary port (10.0.0.10:5000)
+and records every insert the database acknowledged; a Reader reads through the replica port
+(5001). FAULTS hurt a host with bin/lab and repair it. Needs psycopg2 (the repo's .venv), unlike
+the rest of this package.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from . import settings
+
+LAB = settings.REPO / "bin" / "lab"
+SALT = settings.VENV / "bin" / "salt"
+WEB = f"{settings.SUBNET_PREFIX}.10"
+INTERVAL = 0.1
+TABLE = "bench_writes"
+
+
+def salt_web(*args, timeout: int = 60) -> object:
+    out = subprocess.run([SALT, "web", *args, "--out=json", "--static", "-t", str(timeout)],
+                         cwd=settings.REPO, capture_output=True, text=True, check=False)
+    try:
+        return json.loads(out.stdout or "{}").get("web")
+    except json.JSONDecodeError:
+        return None
+
+
+def lab(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([LAB, *args], check=True, capture_output=True, text=True)
+
+
+def roles() -> dict[str, str]:
+    """{member: patronictl role} as Patroni reports it ("Leader", "Sync Standby", "Replica")."""
+    listing = salt_web("patroni.list")
+    return {m["name"]: m["role"] for m in listing["members"]}
+
+
+def leader() -> str:
+    return next(name for name, role in roles().items() if role == "Leader")
+
+
+def app_dsn(password: str, port: int = 5000) -> dict:
+    return {"host": WEB, "port": port, "dbname": "webapp", "user": "webapp", "password": password,
+            "connect_timeout": 2}
+
+
+def ensure_table(password: str) -> None:
+    import psycopg2  # only the venv has it; bin/lab runs without it
+
+    with psycopg2.connect(**app_dsn(password)) as conn, conn.cursor() as cur:
+        cur.execute(f"CREATE TABLE IF NOT EXISTS {TABLE} (tag text, n int, at timestamptz DEFAULT now())")
+
+
+def rows_on(host: str, tag: str) -> set[int]:
+    """The rows of a tag as one member has them, read locally (peer auth, no network)."""
+    out = lab("exec", host, "--", "runuser", "-u", "postgres", "--", "psql", "-d", "webapp", "-XAtc",
+              f"SELECT n FROM {TABLE} WHERE tag = '{tag}'").stdout
+    return {int(line) for line in out.split()}
+
+
+def in_recovery(host: str) -> bool | None:
+    """Whether a member's PostgreSQL is read-only (None if it does not answer)."""
+    result = subprocess.run([LAB, "exec", host, "--", "runuser", "-u", "postgres", "--", "psql",
+                             "-XAtc", "SELECT pg_is_in_recovery()"],
+                            capture_output=True, text=True, check=False)
+    return {"t": True, "f": False}.get(result.stdout.strip())
+
+
+class _Loop(threading.Thread):
+    """Run one statement every INTERVAL through a port, reconnecting after errors."""
+
+    def __init__(self, password: str, port: int):
+        super().__init__(daemon=True)
+        self.password, self.port = password, port
+        self.ok: list[tuple[float, int]] = []  # (monotonic time, n) of each success
+        self.failed = 0
+        self.stop = threading.Event()
+
+    def statement(self, cur, n: int) -> None:
+        raise NotImplementedError
+
+    def run(self):
+        import psycopg2  # only the venv has it; bin/lab runs without it
+
+        conn, n = None, 0
+        while not self.stop.is_set():
+            started = time.monotonic()
+            try:
+                if conn is None:
+                    conn = psycopg2.connect(**app_dsn(self.password, self.port))
+                    conn.autocommit = True
+                with conn.cursor() as cur:
+                    cur.execute("SET statement_timeout = '3s'")
+                    self.statement(cur, n)
+                self.ok.append((time.monotonic(), n))
+                n += 1
+            except psycopg2.Error:
+                self.failed += 1
+                if conn is not None:
+                    conn.close()
+                conn = None
+            time.sleep(max(0.0, INTERVAL - (time.monotonic() - started)))
+        if conn is not None:
+            conn.close()
+
+    def longest_gap(self, since: float) -> float:
+        """Seconds of the longest gap between two successes from `since` on."""
+        times = [t for t, _ in self.ok if t >= since]
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        return max(gaps) if gaps else float("nan")
+
+
+class Writer(_Loop):
+    """Inserts (tag, n) through 5000; `acked` are the n the database acknowledged."""
+
+    def __init__(self, password: str, tag: str):
+        super().__init__(password, 5000)
+        self.tag = tag
+
+    def statement(self, cur, n):
+        cur.execute(f"INSERT INTO {TABLE} (tag, n) VALUES (%s, %s)", (self.tag, n))
+
+    @property
+    def acked(self) -> set[int]:
+        return {n for _, n in self.ok}
+
+
+class Reader(_Loop):
+    """Reads through 5001, the replicas (or the leader when none is healthy)."""
+
+    def __init__(self, password: str):
+        super().__init__(password, 5001)
+
+    def statement(self, cur, n):
+        cur.execute(f"SELECT count(*) FROM {TABLE}")
+
+
+def _members_with(role: str) -> str:
+    return next(name for name, r in roles().items() if r == role)
+
+
+def _replicas() -> list[str]:
+    return sorted(name for name, r in roles().items() if r != "Leader")
+
+
+@dataclass
+class Fault:
+    """What a scenario hurts (chosen from the live cluster), how, and how it is repaired."""
+
+    description: str
+    targets: Callable[[], list[str]]
+    inject: Callable[[str], object]
+    repair: Callable[[str], object]
+    observe: float  # seconds to watch the writer after the fault
+
+
+FAULTS = {
+    "stop": Fault("systemctl stop patroni on the leader", lambda: [leader()],
+                  lambda h: lab("exec", h, "--", "systemctl", "stop", "patroni"),
+                  lambda h: lab("exec", h, "--", "systemctl", "start", "patroni"), 15),
+    "kill9": Fault("kill -9 of the leader's postmaster", lambda: [leader()],
+                   lambda h: lab("exec", h, "--", "pkill", "-9", "-o", "-x", "postgres"),
+                   lambda h: None, 30),
+    "crash": Fault("power cut of the leader host, then power on", lambda: [leader()],
+                   lambda h: lab("crash", h), lambda h: lab("start", h), 45),
+    "partition": Fault("the leader cut off the network, then healed", lambda: [leader()],
+                       lambda h: lab("partition", h), lambda h: lab("heal", h), 45),
+    "etcd-one": Fault("etcd stopped on one replica", lambda: _replicas()[:1],
+                      lambda h: lab("exec", h, "--", "systemctl", "stop", "etcd"),
+                      lambda h: lab("exec", h, "--", "systemctl", "start", "etcd"), 15),
+    "etcd-quorum": Fault("etcd stopped on both replicas: quorum lost, then restored", _replicas,
+                         lambda h: lab("exec", h, "--", "systemctl", "stop", "etcd"),
+                         lambda h: lab("exec", h, "--", "systemctl", "start", "etcd"), 30),
+    "switchover": Fault("planned switchover (salt web patroni.switchover)", lambda: [leader()],
+                        lambda h: salt_web("patroni.switchover"), lambda h: None, 15),
+    "replica-crash": Fault("power cut of the synchronous standby, then power on",
+                           lambda: [_members_with("Sync Standby")],
+                           lambda h: lab("crash", h), lambda h: lab("start", h), 30),
+}
