@@ -330,6 +330,11 @@ def _pg_hba(cfg, me):
     else:
         for name in cfg["web_names"]:
             rules.append(f"host {db} {app} {cfg['web'][name]['address']}/32 scram-sha-256")
+    # The admin sources (the salt-master, root on every host anyway, and the operators'
+    # networks) may reach the app's database directly: to look at it, and to measure it
+    # without the routing in between (bench/routing.py).
+    for network in _admin_networks(cfg):
+        rules.append(f"host {db} {app} {network} scram-sha-256")
     return rules
 
 
@@ -440,6 +445,12 @@ def _master_addresses():
             except OSError:
                 log.warning("firewall: cannot resolve the salt-master %s; it is not let in", host)
     return sorted(addresses)
+
+
+def _admin_networks(cfg):
+    """pgcluster:firewall:admin_sources and the salt-master, as networks."""
+    sources = [*cfg["firewall"]["admin_sources"], *_master_addresses()]
+    return sorted({str(ipaddress.IPv4Network(str(source))) for source in sources})
 
 
 def firewall(minion_id=None):

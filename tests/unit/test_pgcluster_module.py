@@ -136,6 +136,17 @@ def test_pg_hba_is_least_privilege():
     assert app == ["host webapp webapp 10.0.0.11/32 scram-sha-256"]
 
 
+def test_the_admin_sources_reach_the_apps_database_directly(pillar):
+    pgcluster.__opts__["master"] = "10.0.0.1"
+    pillar["pgcluster"]["firewall"] = {"admin_sources": ["192.168.5.0/24"]}
+    hba = pgcluster.patroni_config("postgres-srv1")["postgresql"]["pg_hba"]
+    assert [r for r in hba if " webapp " in r] == [
+        "host webapp webapp 10.0.0.11/32 scram-sha-256",
+        "host webapp webapp 10.0.0.1/32 scram-sha-256",
+        "host webapp webapp 192.168.5.0/24 scram-sha-256"]
+    assert not any("10.0.0.1/32" in r for r in hba if "webapp" not in r)
+
+
 def test_without_pgbouncer_the_web_host_reaches_postgresql_directly(pillar):
     pillar["pgcluster"]["pgbouncer"] = {"enabled": False}
     hba = pgcluster.patroni_config("postgres-srv1")["postgresql"]["pg_hba"]
