@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON := /usr/bin/python3
 VENV := .venv
 APT_PACKAGES := debootstrap systemd-container dpkg-dev iproute2 nftables python3-venv postgresql-15 \
-	python3-dev util-linux procps chromium
+	python3-dev util-linux procps chromium wrk
 PYTEST_ARGS ?=
 
 .PHONY: lab lab-down test test-unit lint bench deps apt venv
@@ -22,9 +22,13 @@ test-unit: venv
 	$(VENV)/bin/pytest -m "not lab" $(PYTEST_ARGS)
 
 # Benchmarks run on a deployed lab (make lab) and take a while; each prints its progress.
-bench: venv
+bench: deps
 	@echo "bench: failover write outage, five scenarios (about 10 minutes)"
 	$(VENV)/bin/python bench/failover.py
+	@echo "bench: routing overhead, pgbench on four paths (about 3 minutes)"
+	$(VENV)/bin/python bench/routing.py
+	@echo "bench: web app throughput next to its SQL (about 1 minute)"
+	$(VENV)/bin/python bench/web.py
 
 lint: venv
 	$(VENV)/bin/ruff check .
