@@ -53,3 +53,50 @@ etcd-healthy:
     - require:
       - service: etcd-service
 {%- endif %}
+
+{#- etcd's leadership off the PostgreSQL primary's host (pillar pgcluster:etcd:keep_leader_off_primary). #}
+{%- if cluster.etcd.keep_leader_off_primary %}
+
+etcd-leader-off-primary-script:
+  file.managed:
+    - name: {{ etcd.leader_off_primary_script }}
+    - source: salt://etcd/files/etcd-leader-off-primary.py
+    - mode: '0755'
+
+etcd-leader-off-primary-unit:
+  file.managed:
+    - name: /etc/systemd/system/{{ etcd.leader_off_primary_service }}.service
+    - contents: |
+        # Managed by Salt (etcd state).
+        [Unit]
+        Description=Keep etcd's leader off the PostgreSQL primary's host
+        After={{ etcd.service }}.service
+
+        [Service]
+        ExecStart={{ etcd.leader_off_primary_script }} \
+            --etcd http://127.0.0.1:{{ cluster.etcd.client_port }} \
+            --patroni http://{{ me.address }}:{{ cluster.patroni.restapi_port }} \
+            --interval {{ etcd.leader_off_primary_interval }}
+        DynamicUser=true
+        Restart=always
+        RestartSec=5
+
+        [Install]
+        WantedBy=multi-user.target
+
+etcd-leader-off-primary-service:
+  service.running:
+    - name: {{ etcd.leader_off_primary_service }}
+    - enable: true
+    - require:
+      - service: etcd-service
+    - watch:
+      - file: etcd-leader-off-primary-script
+      - file: etcd-leader-off-primary-unit
+{%- else %}
+
+etcd-leader-off-primary-service:
+  service.dead:
+    - name: {{ etcd.leader_off_primary_service }}
+    - enable: false
+{%- endif %}

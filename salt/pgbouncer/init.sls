@@ -36,10 +36,13 @@ pgbouncer-config:
       - pkg: pgbouncer-package
 
 # listen_addr only changes on a restart, so a changed config restarts PgBouncer.
+# A changed config or userlist is applied with a reload (SIGHUP): clients keep their
+# connections. Only a new listen address would need a restart (systemctl restart pgbouncer).
 pgbouncer-service:
   service.running:
     - name: {{ pgbouncer.service }}
     - enable: true
+    - reload: true
     - watch:
       - file: pgbouncer-config
       - file: pgbouncer-userlist

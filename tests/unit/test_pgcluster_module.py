@@ -78,6 +78,8 @@ def test_the_repo_pillar_gives_the_original_tasks_cluster():
         ({"patroni": {"tll": 30}}, "pillar pgcluster:patroni:tll: unknown key"),
         ({"patroni": {"ttl": "thirty"}}, "pgcluster:patroni:ttl: expected a whole number"),
         ({"haproxy": {"primary_port": 70000}}, "pgcluster:haproxy:primary_port is 70000: not a port"),
+        ({"pgbouncer": {"server_login_retry": 0}},
+         "pgcluster:pgbouncer:server_login_retry is 0: it must be at least 1"),
         ({"postgresql": {"version": 16}}, "pgcluster:postgresql:version is 16"),
         ({"web": {"postgres-srv1": {"address": "10.0.0.20"}}},
          "pgcluster:web:postgres-srv1 is also a database member"),
