@@ -21,14 +21,19 @@ test: deps
 test-unit: venv
 	$(VENV)/bin/pytest -m "not lab" $(PYTEST_ARGS)
 
-# Benchmarks run on a deployed lab (make lab) and take a while; each prints its progress.
+# Benchmarks, about 50 minutes in all; each prints its progress and also runs alone. The
+# first rebuilds the lab from bare hosts (to time the deployment); the others use that cluster.
 bench: deps
-	@echo "bench: failover write outage, five scenarios (about 10 minutes)"
+	@echo "bench: deployment from bare hosts, REBUILDS THE LAB (about 6 minutes)"
+	$(VENV)/bin/python bench/deploy.py
+	@echo "bench: failover write outage, project and stock timing, 3 runs each (about 30 minutes)"
 	$(VENV)/bin/python bench/failover.py
 	@echo "bench: routing overhead, pgbench on four paths (about 3 minutes)"
 	$(VENV)/bin/python bench/routing.py
-	@echo "bench: web app throughput next to its SQL (about 1 minute)"
+	@echo "bench: web app throughput next to its SQL, 8 and 32 connections (about 2 minutes)"
 	$(VENV)/bin/python bench/web.py
+	@echo "bench: memory per host and service, idle and under pgbench (about 1 minute)"
+	$(VENV)/bin/python bench/memory.py
 
 lint: venv
 	$(VENV)/bin/ruff check .

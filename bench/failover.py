@@ -4,9 +4,16 @@
 Needs the lab up and the cluster deployed (`make lab`). A writer on this machine inserts a row
 every 100 ms through 10.0.0.10:5000 (reconnecting after errors); for each scenario the leader is
 hurt, and the outage is the longest gap between two acknowledged writes around the fault.
-Every acknowledged row is then looked for on the leader: `lost` must be 0.
+Every acknowledged row is then looked for on the new leader: `lost` must be 0.
 
-    .venv/bin/python bench/failover.py [--runs 2] [--scenarios stop,kill9,crash,partition,switchover]
+Each timing preset is applied through Salt first (pillar override of the patroni and haproxy
+states, which reach the running cluster through Patroni's /config and an HAProxy reload), and
+the project's defaults are applied again at the end. A probe polls every 50 ms who holds the
+leader key in etcd and who answers Patroni's /primary, so each outage is split into phases:
+the lock free, a new leader promoted, writes through HAProxy again.
+
+    .venv/bin/python bench/failover.py [--runs 3] [--timings project,stock]
+                                       [--scenarios stop,kill9,crash,partition,switchover]
 
 Prints a table and writes bench/results/failover.json and failover.md.
 """
@@ -15,24 +22,43 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
-from datetime import UTC, datetime
-from pathlib import Path
 
-import yaml
-
-REPO = Path(__file__).resolve().parent.parent
+REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from lab.workload import FAULTS, Writer, ensure_table, rows_on, salt_web  # noqa: E402
+from bench.common import RESULTS, app_password, machine, now, progress, salt, write_results  # noqa: E402
+from lab.workload import FAULTS, Timeline, Writer, ensure_table, rows_on, salt_web  # noqa: E402
 
-RESULTS = REPO / "bench" / "results"
+# Pillar overrides under `pgcluster`. "project" is the pillar's own defaults (pgcluster.py).
+TIMINGS = {
+    "project": {},
+    # Patroni's defaults and the HAProxy section of Patroni's own sample configuration.
+    "stock": {"patroni": {"ttl": 30, "loop_wait": 10, "retry_timeout": 10},
+              "haproxy": {"check": {"inter": "3s", "fastinter": "3s", "downinter": "3s",
+                                    "fall": 3, "rise": 2}}},
+}
+PHASES = ("lock_free", "promoted", "writes_resumed")
+CALM = 5  # seconds of writes after an outage that end a run's watch
 
 
-def wait_healthy(timeout=240) -> None:
+def apply_timing(name: str) -> dict:
+    """Apply a preset with Salt and return the timing Patroni then runs with."""
+    override = json.dumps({"pgcluster": TIMINGS[name]})
+    members = [m["name"] for m in salt_web("patroni.list")["members"]]
+    for target, sls in ((",".join(members), "patroni"), ("web", "haproxy")):
+        result = salt("-L", target, "state.apply", sls, f"pillar={override}")
+        failed = [s["comment"] for ret in result.values() for s in
+                  (ret.values() if isinstance(ret, dict) else [{"result": False, "comment": ret}])
+                  if not s["result"]]
+        if failed or not result:
+            raise SystemExit(f"applying the {name} timing to {target} failed: {failed or result}")
+    config = salt_web("patroni.dynamic_config")
+    return {key: config.get(key) for key in ("ttl", "loop_wait", "retry_timeout")}
+
+
+def wait_healthy(timeout=300) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         health = salt_web("patroni.health")
@@ -45,68 +71,134 @@ def wait_healthy(timeout=240) -> None:
     raise SystemExit("the cluster did not become healthy again")
 
 
-def run_once(name: str, password: str) -> dict:
+def run_once(name: str, password: str, ttl: int) -> dict:
     fault = FAULTS[name]
     tag = f"{name}-{time.time_ns()}"
     writer = Writer(password, tag)
     writer.start()
     time.sleep(3)
     targets = fault.targets()
+    listing = salt_web("patroni.list")
+    timeline = Timeline({m["name"]: m["host"] for m in listing["members"]}, targets,
+                        listing["cluster"])
+    timeline.start()
     fault_at = time.monotonic()
     for host in targets:
         fault.inject(host)
-    # Watch a fixed window: a dead leader's lock takes up to ttl (20 s) to expire, and writes
-    # may carry on for a moment after the fault before they stop.
-    time.sleep(max(0.0, fault_at + fault.observe - time.monotonic()))
+    # Watch until writes have flowed again for CALM seconds after an outage, or for the
+    # fault's whole window (longer for a longer ttl: a dead leader's lock lives up to ttl).
+    deadline = fault_at + fault.observe * ttl / 20
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        resumed = writer.resumed_after(fault_at - 1)
+        if resumed and writer.longest_gap(fault_at - 1) >= 1 and \
+                time.monotonic() - resumed >= CALM and time.monotonic() - writer.ok[-1][0] < 0.5:
+            break
     writer.stop.set()
     writer.join()
+    timeline.finish()
     for host in targets:
         fault.repair(host)
-    # The longest gap between two acknowledged writes from just before the fault on.
     outage = writer.longest_gap(fault_at - 1)
+    resumed = writer.resumed_after(fault_at - 1)
+    started = time.monotonic()
     wait_healthy()
+    progress(f"  healthy again {time.monotonic() - started:.0f} s after the repair")
     listing = salt_web("patroni.list")
     new = next(m["name"] for m in listing["members"] if m["role"] == "Leader")
     lost = writer.acked - rows_on(new, tag)
     return {"scenario": name, "outage_s": round(outage, 2), "acked": len(writer.acked),
-            "lost": len(lost), "hurt": targets, "new_leader": new}
+            "lost": len(lost), "hurt": targets, "new_leader": new, **timeline.events(fault_at),
+            "writes_resumed": round(resumed - fault_at, 2) if resumed else None}
+
+
+def summarize(runs: list[dict]) -> dict:
+    outages = [r["outage_s"] for r in runs]
+    phases = {p: statistics.median(v) if (v := [r[p] for r in runs if r.get(p) is not None])
+              else None for p in PHASES}
+    return {"runs": len(runs), "median_s": round(statistics.median(outages), 2),
+            "max_s": max(outages), "acked": sum(r["acked"] for r in runs),
+            "lost": sum(r["lost"] for r in runs),
+            **{f"{p}_median_s": round(v, 2) if v is not None else None for p, v in phases.items()}}
+
+
+def earlier_runs(timings: list[str], scenarios: list[str]) -> dict:
+    """{timing: (date, runs, Patroni timing)} of the other timings in the last failover.json."""
+    try:
+        last = json.loads((RESULTS / "failover.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    kept = {}
+    for timing, preset in last.get("timings", {}).items():
+        runs = [r for r in last["runs"] if r["timing"] == timing and r["scenario"] in scenarios]
+        if timing not in timings and {r["scenario"] for r in runs} == set(scenarios):
+            kept[timing] = (preset.get("measured", last["date"]), runs, preset["patroni_runs_with"])
+    return kept
+
+
+def _cell(value) -> str:
+    return "" if value is None else str(value)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--timings", default="project,stock", help=f"any of {','.join(TIMINGS)}")
     parser.add_argument("--scenarios", default="stop,kill9,crash,partition,switchover",
                         help=f"any of {','.join(FAULTS)}")
+    parser.add_argument("--keep-other-timings", action="store_true",
+                        help="keep the runs of the other timings from the last failover.json")
     args = parser.parse_args()
-    password = yaml.safe_load((REPO / "pillar/generated/credentials.yaml").read_text())["app"]
+    timings, scenarios = args.timings.split(","), args.scenarios.split(",")
+    kept = earlier_runs(timings, scenarios) if args.keep_other_timings else {}
+    password = app_password()
     ensure_table(password)
     wait_healthy()
-    results = []
-    for name in args.scenarios.split(","):
-        for run in range(args.runs):
-            print(f"bench: {name} run {run + 1}/{args.runs} ...", file=sys.stderr, flush=True)
-            results.append(run_once(name, password))
-            print(f"bench:   {results[-1]}", file=sys.stderr, flush=True)
-    rows = []
-    for name in args.scenarios.split(","):
-        outages = [r["outage_s"] for r in results if r["scenario"] == name]
-        rows.append({"scenario": name, "what": FAULTS[name].description, "runs": len(outages),
-                     "median_s": round(statistics.median(outages), 2), "max_s": max(outages),
-                     "acked": sum(r["acked"] for r in results if r["scenario"] == name),
-                     "lost": sum(r["lost"] for r in results if r["scenario"] == name)})
-    os_name = platform.freedesktop_os_release()["PRETTY_NAME"]
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, {os_name}"
-    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "failover.json").write_text(json.dumps(
-        {"date": when, "machine": machine, "summary": rows, "runs": results}, indent=2) + "\n")
-    table = ["| scenario | runs | outage median s | outage max s | writes acked | lost |",
-             "| --- | --- | --- | --- | --- | --- |"]
-    table += [f"| {r['what']} | {r['runs']} | {r['median_s']} | {r['max_s']} | {r['acked']} | "
-              f"{r['lost']} |" for r in rows]
-    text = f"Failover write outage, {when}, {machine}\n\n" + "\n".join(table) + "\n"
-    (RESULTS / "failover.md").write_text(text)
+    results, applied = [], {}
+    try:
+        for timing in timings:
+            progress(f"applying the {timing} timing through Salt ...")
+            applied[timing] = apply_timing(timing)
+            progress(f"  Patroni runs with {applied[timing]}")
+            wait_healthy()
+            for name in scenarios:
+                for run in range(args.runs):
+                    progress(f"{timing}: {name} run {run + 1}/{args.runs} ...")
+                    results.append({"timing": timing,
+                                    **run_once(name, password, applied[timing]["ttl"])})
+                    progress(f"  {results[-1]}")
+    finally:
+        if timings != ["project"]:
+            progress("applying the project's timing again ...")
+            apply_timing("project")
+    dates = {t: now() for t in timings}
+    for timing, (date, runs, runs_with) in kept.items():
+        timings.append(timing)
+        results += runs
+        dates[timing], applied[timing] = date, runs_with
+    summary = {t: {n: summarize([r for r in results if r["timing"] == t and r["scenario"] == n])
+                   for n in scenarios} for t in timings}
+    data = {"date": now(), "machine": machine(), "timings": {t: {**TIMINGS[t], "patroni_runs_with":
+            applied[t], "measured": dates[t]} for t in timings}, "summary": summary, "runs": results}
+    head = "| scenario | " + " | ".join(f"{t}: median / max s" for t in timings) + " | acked | lost |"
+    table = [head, "|" + " --- |" * (len(timings) + 3)]
+    for n in scenarios:
+        cells = [f"{summary[t][n]['median_s']} / {summary[t][n]['max_s']}" for t in timings]
+        table.append(f"| {FAULTS[n].description} | " + " | ".join(cells) +
+                     f" | {sum(summary[t][n]['acked'] for t in timings)} | "
+                     f"{sum(summary[t][n]['lost'] for t in timings)} |")
+    table += ["", "Phases, medians in seconds after the fault:", "",
+              "| timing | scenario | lock free | new leader answers /primary | writes again |",
+              "| --- | --- | --- | --- | --- |"]
+    for t in timings:
+        table += [f"| {t} | {n} | " + " | ".join(_cell(summary[t][n][f"{p}_median_s"])
+                                                  for p in PHASES) + " |" for n in scenarios]
+    presets = "; ".join(f"{t} (measured {dates[t]}): Patroni {applied[t]}, pillar override "
+                        f"{TIMINGS[t] or 'none'}" for t in timings)
+    text = write_results("failover", data, f"Failover write outage through HAProxy 5000, writer "
+                         f"every 100 ms, {args.runs} runs each, {data['date']}, {data['machine']}",
+                         table, f"Timings: {presets}.")
     print(text)
     return 0
 

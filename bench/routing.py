@@ -16,23 +16,24 @@ Prints a table and writes bench/results/routing.json and routing.md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import re
 import subprocess
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
-
-import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from bench.common import (  # noqa: E402
+    PGBENCH,
+    app_password,
+    cluster_pillar,
+    machine,
+    now,
+    progress,
+    write_results,
+)
 from lab.workload import WEB, leader  # noqa: E402
-
-RESULTS = REPO / "bench" / "results"
-PGBENCH = "/usr/lib/postgresql/15/bin/pgbench"
 
 
 def pgbench(host: str, port: int, password: str, *args: str) -> dict:
@@ -50,12 +51,12 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--scale", type=int, default=5)
     args = parser.parse_args()
-    password = yaml.safe_load((REPO / "pillar/generated/credentials.yaml").read_text())["app"]
-    members = yaml.safe_load((REPO / "pillar/cluster.sls").read_text())["pgcluster"]["members"]
+    password = app_password()
+    members = cluster_pillar()["members"]
     primary = members[leader()]["address"]
     paths = {"direct": (primary, 5432), "pgbouncer": (primary, 6432), "haproxy": (WEB, 5000),
              "haproxy-replicas": (WEB, 5001)}
-    print(f"bench: pgbench -i -s {args.scale} on the leader {primary} ...", file=sys.stderr, flush=True)
+    progress(f"pgbench -i -s {args.scale} on the leader {primary} ...")
     subprocess.run([PGBENCH, "-i", "-q", "-s", str(args.scale), "-h", primary, "-U", "webapp", "webapp"],
                    check=True, capture_output=True, env={**os.environ, "PGPASSWORD": password})
     load = ["-n", "-c", str(args.clients), "-j", "2", "-T", str(args.seconds)]
@@ -66,25 +67,20 @@ def main() -> int:
     for workload, flags, names in plan:
         direct = None
         for name in names:
-            print(f"bench: {workload} via {name} ...", file=sys.stderr, flush=True)
+            progress(f"{workload} via {name} ...")
             host, port = paths[name]
             result = pgbench(host, port, password, *load, *flags)
             direct = direct or result["tps"]
             results.append({"workload": workload, "path": name, "port": port, **result,
                             "ratio_to_direct": round(result["tps"] / direct, 2)})
-    os_name = platform.freedesktop_os_release()["PRETTY_NAME"]
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, {os_name}"
-    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "routing.json").write_text(json.dumps(
-        {"date": when, "machine": machine, "clients": args.clients, "seconds": args.seconds,
-         "scale": args.scale, "runs": results}, indent=2) + "\n")
+    data = {"date": now(), "machine": machine(), "clients": args.clients,
+            "seconds": args.seconds, "scale": args.scale, "runs": results}
     table = ["| workload | path | TPS | latency avg ms | TPS / direct |", "| --- | --- | --- | --- | --- |"]
     table += [f"| {r['workload']} | {r['path']} (:{r['port']}) | {r['tps']:.0f} | {r['latency_ms']:.2f} | "
               f"{r['ratio_to_direct']} |" for r in results]
-    text = (f"Routing overhead, {when}, {machine}; pgbench -c {args.clients} -j 2 -T {args.seconds}, "
-            f"scale {args.scale}, from the lab's host machine\n\n" + "\n".join(table) + "\n")
-    (RESULTS / "routing.md").write_text(text)
+    text = write_results("routing", data, f"Routing overhead, {data['date']}, {data['machine']}; "
+                         f"pgbench -c {args.clients} -j 2 -T {args.seconds}, scale {args.scale}, "
+                         "from the lab's host machine", table)
     print(text)
     return 0
 

@@ -8,7 +8,7 @@ Needs the lab up and the cluster deployed (`make lab`). From this machine:
   through 5001 (replicas), the INSERT through 5000 (leader).
 The ratio of the two shows what nginx + gunicorn + the app cost.
 
-    .venv/bin/python bench/web.py [--connections 32] [--seconds 15]
+    .venv/bin/python bench/web.py [--connections 8,32] [--seconds 15]
 
 Prints a table and writes bench/results/web.json and web.md. The load generators run on the
 same 2 cores as the lab, so every figure is a floor.
@@ -19,22 +19,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import urllib.request
-from datetime import UTC, datetime
 from pathlib import Path
 
-import yaml
-
 REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "bench" / "results"
+sys.path.insert(0, str(REPO))
+from bench.common import PGBENCH, app_password, machine, now, progress, write_results  # noqa: E402
+
 WEB = "http://10.0.0.10"
-PGBENCH = "/usr/lib/postgresql/15/bin/pgbench"
 SELECT = "SELECT id, text, created_at, host(inet_server_addr()) AS server FROM messages WHERE id = :id;"
 INSERT = "INSERT INTO messages (text) VALUES ('bench') RETURNING id;"
 
@@ -88,11 +85,12 @@ def pgbench(sql: str, port: int, password: str, connections: int, seconds: int, 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--connections", default="8,32",
+                        help="comma-separated: each concurrency is measured in turn")
     parser.add_argument("--seconds", type=int, default=15)
     args = parser.parse_args()
-    password = yaml.safe_load((REPO / "pillar/generated/credentials.yaml").read_text())["app"]
-    c, s = args.connections, args.seconds
+    password = app_password()
+    s = args.seconds
     ids = add_messages(200)
     get_lua = (f"ids = {{{', '.join(map(str, ids))}}}\n"
                "request = function() return wrk.format('GET', '/api/messages/' .. "
@@ -100,34 +98,29 @@ def main() -> int:
     post_lua = ("wrk.method = 'POST'\nwrk.path = '/api/messages'\n"
                 "wrk.headers['Content-Type'] = 'application/json'\n"
                 "wrk.body = '{\"text\": \"bench\"}'\n")
-    runs = {}
-    print(f"bench: GET by id through nginx, {c} connections, {s}s ...", file=sys.stderr, flush=True)
-    runs["get_web"] = wrk(get_lua, c, s)
-    print("bench: the same SELECT through HAProxy 5001 ...", file=sys.stderr, flush=True)
-    runs["get_sql"] = pgbench(SELECT, 5001, password, c, s, id=f"random({min(ids)}, {max(ids)})")
-    print(f"bench: POST through nginx, {c} connections, {s}s ...", file=sys.stderr, flush=True)
-    runs["post_web"] = wrk(post_lua, c, s)
-    print("bench: the same INSERT through HAProxy 5000 ...", file=sys.stderr, flush=True)
-    runs["post_sql"] = pgbench(INSERT, 5000, password, c, s)
-    os_name = platform.freedesktop_os_release()["PRETTY_NAME"]
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, {os_name}"
-    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "web.json").write_text(json.dumps(
-        {"date": when, "machine": machine, "connections": c, "seconds": s, "runs": runs},
-        indent=2) + "\n")
     names = {"get_web": "GET /api/messages/<id> through nginx", "get_sql": "its SELECT through 5001",
              "post_web": "POST /api/messages through nginx", "post_sql": "its INSERT through 5000"}
-    table = ["| what | requests/s | p50 ms | p99 ms | errors | web / SQL |",
-             "| --- | --- | --- | --- | --- | --- |"]
-    for key, what in names.items():
-        r = runs[key]
-        ratio = f"{r['rps'] / runs[key.replace('web', 'sql')]['rps']:.2f}" if key.endswith("web") else ""
-        table.append(f"| {what} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
-                     f"{r['errors']} | {ratio} |")
-    text = (f"Web app throughput, {when}, {machine}; {c} connections, {s} s each, load generated "
-            "on the same machine\n\n" + "\n".join(table) + "\n")
-    (RESULTS / "web.md").write_text(text)
+    table = ["| what | connections | requests/s | p50 ms | p99 ms | errors | web / SQL |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    runs = {}
+    for c in map(int, args.connections.split(",")):
+        progress(f"GET by id through nginx, {c} connections, {s}s ...")
+        run = {"get_web": wrk(get_lua, c, s)}
+        progress("the same SELECT through HAProxy 5001 ...")
+        run["get_sql"] = pgbench(SELECT, 5001, password, c, s, id=f"random({min(ids)}, {max(ids)})")
+        progress(f"POST through nginx, {c} connections, {s}s ...")
+        run["post_web"] = wrk(post_lua, c, s)
+        progress("the same INSERT through HAProxy 5000 ...")
+        run["post_sql"] = pgbench(INSERT, 5000, password, c, s)
+        runs[c] = run
+        for key, what in names.items():
+            r = run[key]
+            ratio = f"{r['rps'] / run[key.replace('web', 'sql')]['rps']:.2f}" if key.endswith("web") else ""
+            table.append(f"| {what} | {c} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+                         f"{r['errors']} | {ratio} |")
+    data = {"date": now(), "machine": machine(), "seconds": s, "runs": runs}
+    text = write_results("web", data, f"Web app throughput, {data['date']}, {data['machine']}; "
+                         f"{s} s each, load generated on the same machine", table)
     print(text)
     return 0
 

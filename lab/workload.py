@@ -8,11 +8,14 @@ the rest of this package.
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import subprocess
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -118,6 +121,12 @@ class _Loop(threading.Thread):
         gaps = [b - a for a, b in itertools.pairwise(times)]
         return max(gaps) if gaps else float("nan")
 
+    def resumed_after(self, since: float) -> float | None:
+        """When the first success after the longest gap from `since` on came."""
+        times = [t for t, _ in self.ok if t >= since]
+        gaps = [(b - a, b) for a, b in itertools.pairwise(times)]
+        return max(gaps)[1] if gaps else None
+
 
 class Writer(_Loop):
     """Inserts (tag, n) through 5000; `acked` are the n the database acknowledged."""
@@ -142,6 +151,80 @@ class Reader(_Loop):
 
     def statement(self, cur, n):
         cur.execute(f"SELECT count(*) FROM {TABLE}")
+
+
+class Timeline:
+    """When the cluster changed hands after a fault, seen from outside every 50 ms.
+
+    One thread per member asks Patroni's REST API `/primary` (what HAProxy's check asks), and
+    one asks a surviving member's etcd who holds the leader key. `events()` turns that into
+    seconds after the fault: the lock free, the new lock taken, the new primary answering.
+    """
+
+    POLL = 0.05
+
+    def __init__(self, members: dict[str, str], hurt: list[str], cluster: str,
+                 namespace: str = "/service/"):
+        self.members, self.hurt = members, set(hurt)
+        self.key = base64.b64encode(f"{namespace}{cluster}/leader".encode()).decode()
+        self.primary: dict[str, list[tuple[float, bool]]] = {name: [] for name in members}
+        self.holder: list[tuple[float, str | None]] = []
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._poll_primary, args=(n,), daemon=True)
+                        for n in members]
+        self.threads.append(threading.Thread(target=self._poll_lock, daemon=True))
+
+    def start(self) -> None:
+        for thread in self.threads:
+            thread.start()
+
+    def finish(self) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join()
+
+    def _poll_primary(self, name: str) -> None:
+        url = f"http://{self.members[name]}:8008/primary"
+        while not self.stop.is_set():
+            try:
+                with urllib.request.urlopen(url, timeout=0.5) as answer:
+                    is_primary = answer.status == 200
+            except (urllib.error.URLError, OSError):
+                is_primary = False
+            self.primary[name].append((time.monotonic(), is_primary))
+            self.stop.wait(self.POLL)
+
+    def _poll_lock(self) -> None:
+        survivors = [a for n, a in self.members.items() if n not in self.hurt]
+        body = json.dumps({"key": self.key}).encode()
+        while not self.stop.is_set():
+            holder = "?"
+            for address in survivors:
+                request = urllib.request.Request(f"http://{address}:2379/v3/kv/range", data=body)
+                try:
+                    with urllib.request.urlopen(request, timeout=0.5) as answer:
+                        kvs = json.load(answer).get("kvs") or []
+                except (urllib.error.URLError, OSError, ValueError):
+                    continue
+                holder = base64.b64decode(kvs[0]["value"]).decode() if kvs else None
+                break
+            self.holder.append((time.monotonic(), holder))
+            self.stop.wait(self.POLL)
+
+    def events(self, fault_at: float) -> dict[str, float | None]:
+        """Seconds after the fault: `lock_free` (the hurt leader no longer holds the key),
+        `lock_taken` (a survivor holds it) and `promoted` (a survivor answers /primary)."""
+
+        def first(samples, condition):
+            return next((round(t - fault_at, 2) for t, v in samples
+                         if t >= fault_at and condition(v)), None)
+
+        new_primary = [first(self.primary[n], bool) for n in self.members if n not in self.hurt]
+        return {
+            "lock_free": first(self.holder, lambda h: h != "?" and h not in self.hurt),
+            "lock_taken": first(self.holder, lambda h: h not in (None, "?") and h not in self.hurt),
+            "promoted": min((t for t in new_primary if t is not None), default=None),
+        }
 
 
 def _members_with(role: str) -> str:

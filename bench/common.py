@@ -1,0 +1,58 @@
+"""What every benchmark shares: the machine it ran on, the lab's secrets, writing results."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
+SALT = REPO / ".venv" / "bin" / "salt"
+PGBENCH = "/usr/lib/postgresql/15/bin/pgbench"
+
+
+def progress(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+def machine() -> str:
+    os_name = platform.freedesktop_os_release()["PRETTY_NAME"]
+    return f"{platform.machine()}, {os.cpu_count()} cores, {os_name}"
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def app_password() -> str:
+    return yaml.safe_load((REPO / "pillar/generated/credentials.yaml").read_text())["app"]
+
+
+def cluster_pillar() -> dict:
+    return yaml.safe_load((REPO / "pillar/cluster.sls").read_text())["pgcluster"]
+
+
+def salt(*args: str, timeout: int = 600) -> dict:
+    """`salt ARGS --out=json --static` from the repo root: {minion: return}."""
+    out = subprocess.run([SALT, *args, "--out=json", "--static", "-t", str(timeout)], cwd=REPO,
+                         capture_output=True, text=True, check=False)
+    try:
+        return json.loads(out.stdout or "{}")
+    except json.JSONDecodeError as error:
+        raise SystemExit(f"salt {' '.join(args)}: {out.stdout}{out.stderr}") from error
+
+
+def write_results(name: str, data: dict, title: str, table: list[str], notes: str = "") -> str:
+    """bench/results/NAME.json and NAME.md; returns the Markdown, which the caller prints."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
+    text = f"{title}\n\n" + "\n".join(table) + "\n" + (f"\n{notes}\n" if notes else "")
+    (RESULTS / f"{name}.md").write_text(text)
+    return text
