@@ -36,13 +36,12 @@ pgbouncer-config:
       - pkg: pgbouncer-package
 
 # listen_addr only changes on a restart, so a changed config restarts PgBouncer.
-# A changed config or userlist is applied with a reload (SIGHUP): clients keep their
-# connections. Only a new listen address would need a restart (systemctl restart pgbouncer).
+# A changed config restarts PgBouncer: a reload would not move it off the listen address
+# Debian's package first started it with (localhost).
 pgbouncer-service:
   service.running:
     - name: {{ pgbouncer.service }}
     - enable: true
-    - reload: true
     - watch:
       - file: pgbouncer-config
       - file: pgbouncer-userlist
