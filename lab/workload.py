@@ -213,12 +213,16 @@ class Timeline:
 
     def events(self, fault_at: float) -> dict[str, float | None]:
         """Seconds after the fault: `lock_free` (the hurt leader no longer holds the key),
-        `lock_taken` (a survivor holds it) and `promoted` (a survivor answers /primary)."""
+        `lock_taken` (a survivor holds it) and `promoted` (a survivor answers /primary); all
+        None when the leader was not among the hurt."""
 
         def first(samples, condition):
             return next((round(t - fault_at, 2) for t, v in samples
                          if t >= fault_at and condition(v)), None)
 
+        holder_at_fault = next((h for t, h in self.holder if t >= fault_at and h != "?"), None)
+        if holder_at_fault not in self.hurt:  # the leader was not hurt: nothing changed hands
+            return {"lock_free": None, "lock_taken": None, "promoted": None}
         new_primary = [first(self.primary[n], bool) for n in self.members if n not in self.hurt]
         return {
             "lock_free": first(self.holder, lambda h: h != "?" and h not in self.hurt),
