@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,7 +13,6 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
-SALT = REPO / ".venv" / "bin" / "salt"
 PGBENCH = "/usr/lib/postgresql/15/bin/pgbench"
 
 
@@ -37,16 +35,6 @@ def app_password() -> str:
 
 def cluster_pillar() -> dict:
     return yaml.safe_load((REPO / "pillar/cluster.sls").read_text())["pgcluster"]
-
-
-def salt(*args: str, timeout: int = 600) -> dict:
-    """`salt ARGS --out=json --static` from the repo root: {minion: return}."""
-    out = subprocess.run([SALT, *args, "--out=json", "--static", "-t", str(timeout)], cwd=REPO,
-                         capture_output=True, text=True, check=False)
-    try:
-        return json.loads(out.stdout or "{}")
-    except json.JSONDecodeError as error:
-        raise SystemExit(f"salt {' '.join(args)}: {out.stdout}{out.stderr}") from error
 
 
 def write_results(name: str, data: dict, title: str, table: list[str], notes: str = "") -> str:

@@ -28,7 +28,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from bench.common import machine, now, progress, salt, write_results  # noqa: E402
+from bench.common import machine, now, progress, write_results  # noqa: E402
+from lab.workload import salt  # noqa: E402
 
 SALT_RUN = REPO / ".venv" / "bin" / "salt-run"
 
@@ -83,7 +84,7 @@ def orchestrate() -> dict:
 
 def apply_all(*args: str) -> dict:
     totals: dict = {}
-    for ret in salt("*", "state.apply", *args).values():
+    for ret in salt("*", "state.apply", *args, timeout=600, check=True).values():
         totals = add(totals, count(ret))
     return totals
 
@@ -100,7 +101,7 @@ def main() -> int:
         lab("down")
         runs["hosts_up_s"], _ = timed("bin/lab up: hosts boot, minions connect", lab, "up")
         runs["deploy_s"], runs["deploy"] = timed("orchestration from bare hosts", orchestrate)
-        health = salt("web", "patroni.health")["web"]
+        health = salt("web", "patroni.health", check=True)["web"]
         if not health.get("healthy"):
             raise SystemExit(f"the cluster is not healthy after the orchestration: {health}")
     runs["second_apply_s"], runs["second_apply"] = timed("salt '*' state.apply", apply_all)

@@ -28,8 +28,17 @@ import time
 
 REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from bench.common import RESULTS, app_password, machine, now, progress, salt, write_results  # noqa: E402
-from lab.workload import FAULTS, Timeline, Writer, ensure_table, rows_on, salt_web  # noqa: E402
+from bench.common import RESULTS, app_password, machine, now, progress, write_results  # noqa: E402
+from lab.workload import (  # noqa: E402
+    FAULTS,
+    Timeline,
+    Writer,
+    ensure_table,
+    rows_on,
+    salt,
+    salt_web,
+    wait_healthy,
+)
 
 # Pillar overrides under `pgcluster`. "project" is the pillar's own defaults (pgcluster.py).
 TIMINGS = {
@@ -48,7 +57,8 @@ def apply_timing(name: str) -> dict:
     override = json.dumps({"pgcluster": TIMINGS[name]})
     members = [m["name"] for m in salt_web("patroni.list")["members"]]
     for target, sls in ((",".join(members), "patroni"), ("web", "haproxy")):
-        result = salt("-L", target, "state.apply", sls, f"pillar={override}")
+        result = salt("-L", target, "state.apply", sls, f"pillar={override}", timeout=600,
+                      check=True)
         failed = [s["comment"] for ret in result.values() for s in
                   (ret.values() if isinstance(ret, dict) else [{"result": False, "comment": ret}])
                   if not s["result"]]
@@ -56,19 +66,6 @@ def apply_timing(name: str) -> dict:
             raise SystemExit(f"applying the {name} timing to {target} failed: {failed or result}")
     config = salt_web("patroni.dynamic_config")
     return {key: config.get(key) for key in ("ttl", "loop_wait", "retry_timeout")}
-
-
-def wait_healthy(timeout=300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        health = salt_web("patroni.health")
-        if isinstance(health, dict) and health.get("healthy"):
-            listing = salt_web("patroni.list")
-            if all(m["state"] in ("running", "streaming") for m in listing["members"]) and \
-                    "Sync Standby" in [m["role"] for m in listing["members"]]:
-                return
-        time.sleep(2)
-    raise SystemExit("the cluster did not become healthy again")
 
 
 def run_once(name: str, password: str, ttl: int) -> dict:
@@ -102,7 +99,7 @@ def run_once(name: str, password: str, ttl: int) -> dict:
     outage = writer.longest_gap(fault_at - 1)
     resumed = writer.resumed_after(fault_at - 1)
     started = time.monotonic()
-    wait_healthy()
+    wait_healthy(300, sync_standby=True)
     progress(f"  healthy again {time.monotonic() - started:.0f} s after the repair")
     listing = salt_web("patroni.list")
     new = next(m["name"] for m in listing["members"] if m["role"] == "Leader")
@@ -154,14 +151,14 @@ def main() -> int:
     kept = earlier_runs(timings, scenarios) if args.keep_other_timings else {}
     password = app_password()
     ensure_table(password)
-    wait_healthy()
+    wait_healthy(300, sync_standby=True)
     results, applied = [], {}
     try:
         for timing in timings:
             progress(f"applying the {timing} timing through Salt ...")
             applied[timing] = apply_timing(timing)
             progress(f"  Patroni runs with {applied[timing]}")
-            wait_healthy()
+            wait_healthy(300, sync_standby=True)
             for name in scenarios:
                 for run in range(args.runs):
                     progress(f"{timing}: {name} run {run + 1}/{args.runs} ...")

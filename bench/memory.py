@@ -29,9 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from bench.common import PGBENCH, app_password, cluster_pillar, machine, now, progress, write_results  # noqa: E402
-
-LAB = REPO / "bin" / "lab"
-WEB = "10.0.0.10"
+from lab.workload import LAB, WEB  # noqa: E402
 
 # Runs inside a host with its own python3: PSS in KiB per service, from /proc.
 PROBE = r"""

@@ -30,8 +30,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from bench.common import PGBENCH, app_password, machine, now, progress, write_results  # noqa: E402
+from lab import workload  # noqa: E402
 
-WEB = "http://10.0.0.10"
+WEB = f"http://{workload.WEB}"
 SELECT = "SELECT id, text, created_at, host(inet_server_addr()) AS server FROM messages WHERE id = :id;"
 INSERT = "INSERT INTO messages (text) VALUES ('bench') RETURNING id;"
 
@@ -69,7 +70,7 @@ def pgbench(sql: str, port: int, password: str, connections: int, seconds: int, 
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "script.sql"
         script.write_text("".join(f"\\set {k} {v}\n" for k, v in variables.items()) + sql + "\n")
-        cmd = [PGBENCH, "-h", "10.0.0.10", "-p", str(port), "-U", "webapp", "-n", "-f", str(script),
+        cmd = [PGBENCH, "-h", workload.WEB, "-p", str(port), "-U", "webapp", "-n", "-f", str(script),
                "-c", str(connections), "-j", "2", "-T", str(seconds), "-l", "--log-prefix",
                f"{tmp}/log", "webapp"]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=tmp,

@@ -28,13 +28,38 @@ INTERVAL = 0.1
 TABLE = "bench_writes"
 
 
-def salt_web(*args, timeout: int = 60) -> object:
-    out = subprocess.run([SALT, "web", *args, "--out=json", "--static", "-t", str(timeout)],
+def salt(*args: str, timeout: int = 60, check: bool = False) -> dict:
+    """`salt ARGS --out=json --static` from the repo root: {minion: return}. A run that printed
+    no JSON gives {}, or with check=True raises RuntimeError with what it printed."""
+    out = subprocess.run([SALT, *args, "--out=json", "--static", "-t", str(timeout)],
                          cwd=settings.REPO, capture_output=True, text=True, check=False)
     try:
-        return json.loads(out.stdout or "{}").get("web")
+        return json.loads(out.stdout or "{}")
     except json.JSONDecodeError:
-        return None
+        if check:
+            raise RuntimeError(f"salt {' '.join(args)}: {out.stdout}{out.stderr}") from None
+        return {}
+
+
+def salt_web(*args, timeout: int = 60) -> object:
+    return salt("web", *args, timeout=timeout).get("web")
+
+
+def wait_healthy(timeout: float = 180, sync_standby: bool = False) -> dict:
+    """Until patroni.health says healthy and every member runs or streams (and, with
+    sync_standby, a synchronous standby is named: what zero loss depends on); the listing."""
+    deadline = time.monotonic() + timeout
+    while True:
+        health = salt_web("patroni.health")
+        if isinstance(health, dict) and health.get("healthy"):
+            listing = salt_web("patroni.list")
+            members = listing["members"] if isinstance(listing, dict) else []
+            if members and all(m["state"] in ("running", "streaming") for m in members) and \
+                    (not sync_standby or "Sync Standby" in [m["role"] for m in members]):
+                return listing
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the cluster did not become healthy in {timeout:.0f} s: {health}")
+        time.sleep(2)
 
 
 def lab(*args: str) -> subprocess.CompletedProcess:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-import time
 
 import pytest
 
+from lab.workload import wait_healthy  # noqa: F401 - the lab tests' health wait
 from tests.conftest import REPO, run, salt_json
 
 LAB = REPO / "bin" / "lab"
@@ -38,16 +38,3 @@ def lab_exec(host: str, *cmd: str, check: bool = True, timeout: float = 120):
 
 def on_web(function: str, *args: str, check: bool = True):
     return salt_json("web", function, *args, "-t", "120", check=check).get("web")
-
-
-def wait_healthy(timeout: float = 180) -> dict:
-    """Until patroni.health says one leader and every member running with little lag."""
-    deadline = time.monotonic() + timeout
-    while True:
-        health = on_web("patroni.health", check=False)
-        if isinstance(health, dict) and health.get("healthy"):
-            listing = on_web("patroni.list")
-            if all(m["state"] in ("running", "streaming") for m in listing["members"]):
-                return listing
-        assert time.monotonic() < deadline, f"the cluster did not become healthy: {health}"
-        time.sleep(2)

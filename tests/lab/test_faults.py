@@ -13,9 +13,17 @@ from datetime import UTC, datetime
 
 import pytest
 
-from lab.workload import FAULTS, Reader, Writer, ensure_table, in_recovery, roles, rows_on
+from lab.workload import (
+    FAULTS,
+    Reader,
+    Writer,
+    ensure_table,
+    in_recovery,
+    roles,
+    rows_on,
+    wait_healthy,
+)
 from tests.conftest import REPO
-from tests.lab.conftest import wait_healthy
 from tests.lab.test_cluster import MEMBERS, credentials
 from tests.lab.test_webapp import request
 
@@ -43,15 +51,6 @@ def report(lab):
     (OUTPUT / "faults.md").write_text("\n".join(lines) + "\n")
 
 
-def healthy_with_sync_standby(timeout: float = 240) -> None:
-    """Healthy, and a synchronous standby named: what zero loss depends on."""
-    deadline = time.monotonic() + timeout
-    wait_healthy(timeout)
-    while "Sync Standby" not in roles().values():
-        assert time.monotonic() < deadline, "no synchronous standby was named"
-        time.sleep(2)
-
-
 def all_rows_everywhere(tag: str, acked: set[int], timeout: float = 90) -> dict[str, int]:
     """Wait until every member has every acknowledged row; {member: how many it lacks}."""
     deadline = time.monotonic() + timeout
@@ -67,7 +66,7 @@ def all_rows_everywhere(tag: str, acked: set[int], timeout: float = 90) -> dict[
 def test_no_acknowledged_write_is_lost(lab, report, scenario, run):
     fault = FAULTS[scenario]
     password = credentials()["app"]
-    healthy_with_sync_standby()
+    wait_healthy(240, sync_standby=True)
     ensure_table(password)
     tag = f"{scenario}-{run}-{time.time_ns()}"
     writer, reader = Writer(password, tag), Reader(password)
@@ -93,13 +92,14 @@ def test_no_acknowledged_write_is_lost(lab, report, scenario, run):
     time.sleep(max(0.0, fault_at + fault.observe - time.monotonic()))
     for host in targets:
         fault.repair(host)
+    repaired_at = time.monotonic()
     time.sleep(2)
     writer.stop.set()
     reader.stop.set()
     writer.join()
     reader.join()
 
-    healthy_with_sync_standby()
+    wait_healthy(240, sync_standby=True)
     after = roles()
     missing = all_rows_everywhere(tag, writer.acked)
     status, _, body = request("POST", "/api/messages", {"text": f"after {scenario} {run}"})
@@ -117,4 +117,4 @@ def test_no_acknowledged_write_is_lost(lab, report, scenario, run):
     assert sorted(after) == sorted(MEMBERS) and list(after.values()).count("Leader") == 1
     assert status == 201, body
     # Reads through 5001 went on after the repair.
-    assert reader.ok and reader.ok[-1][0] > fault_at
+    assert reader.ok and reader.ok[-1][0] > repaired_at
