@@ -134,7 +134,7 @@ def cmd_down(args: argparse.Namespace) -> None:
     for path in (settings.STATE, settings.RUN):
         umount_tree(path)
         shutil.rmtree(path, ignore_errors=True)
-    for generated in ("master.d/paths.conf", "minion.d/paths.conf", "cloud.conf.d/paths.conf"):
+    for generated in ("master.d/paths.conf", "cloud.conf.d/paths.conf"):
         (master.CONFIG_DIR / generated).unlink(missing_ok=True)
     log("lab removed (the image, apt repository and wheelhouse stay cached in "
         f"{settings.CACHE})")

@@ -1,7 +1,7 @@
 {#- nftables: SSH (and HTTP on the web host) for anyone, each service port only for the hosts
     that use it (pgcluster.firewall), everything else refused with a reset. #}
-{%- from "firewall/map.jinja" import firewall with context %}
-{%- if firewall.rules.enabled %}
+{%- from "firewall/map.jinja" import firewall, rules with context %}
+{%- if rules.enabled %}
 
 firewall-packages:
   pkg.installed:
@@ -13,7 +13,7 @@ firewall-config:
     - source: salt://firewall/files/nftables.conf.jinja
     - template: jinja
     - context:
-        rules: {{ firewall.rules | json }}
+        rules: {{ rules | json }}
     - user: root
     - group: root
     - mode: '0755'

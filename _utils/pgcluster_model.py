@@ -1,0 +1,449 @@
+"""
+The cluster model: every component's defaults with the ``pgcluster`` pillar over them, checked
+key by key, and the values several components derive from it.
+
+Pure: no Salt, no network, no files. The execution module ``pgcluster`` feeds it the defaults
+(``salt/<component>/defaults.yaml``, which the ext_pillar ``pgcluster_defaults`` brings) and the
+pillar; the unit tests feed it the same files from the repo. Every key has a type; a bad value
+or an unknown key raises ``PillarError`` naming the key path, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import copy
+import ipaddress
+import re
+from collections.abc import Iterator
+from typing import Any
+
+ROOT = "pgcluster"
+
+
+class PillarError(ValueError):
+    """A pillar value the cluster cannot run with; the message names the key."""
+
+    def __init__(self, path: tuple, message: str):
+        self.path = path
+        super().__init__(f"pillar {where(path)}: {message}")
+
+
+def where(path: tuple) -> str:
+    return ":".join((ROOT, *map(str, path)))
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+# --- Types: each checks a value at a path and says what it allows ---------------------------
+
+class Type:
+    allowed = ""
+
+    def check(self, value: Any, path: tuple) -> Any:
+        raise NotImplementedError
+
+    def fail(self, value: Any, path: tuple, why: str = "") -> PillarError:
+        return PillarError(path, f"{_show(value)} is not allowed: {why or self.allowed}")
+
+
+class Bool(Type):
+    allowed = "true or false (a YAML boolean, not a string)"
+
+    def check(self, value, path):
+        if not isinstance(value, bool):
+            raise self.fail(value, path)
+        return value
+
+
+class Int(Type):
+    def __init__(self, minimum: int | None = None, maximum: int | None = None, unit: str = ""):
+        self.minimum, self.maximum, self.unit = minimum, maximum, unit
+        bounds = " ".join(filter(None, (
+            f"from {minimum}" if minimum is not None else "",
+            f"to {maximum}" if maximum is not None else "")))
+        self.allowed = " ".join(filter(None, ("a whole number", self.unit, bounds)))
+
+    def check(self, value, path):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(value, path)
+        if (self.minimum is not None and value < self.minimum) or \
+                (self.maximum is not None and value > self.maximum):
+            raise self.fail(value, path)
+        return value
+
+
+def Port() -> Int:
+    return Int(1, 65535, "(a TCP port)")
+
+
+class Str(Type):
+    def __init__(self, pattern: str = r".+", allowed: str = "a non-empty string"):
+        self.pattern = re.compile(pattern)
+        self.allowed = allowed
+
+    def check(self, value, path):
+        if not isinstance(value, str) or not self.pattern.fullmatch(value):
+            raise self.fail(value, path)
+        return value
+
+
+def Path() -> Str:
+    return Str(r"/[\w./@+-]*", "an absolute path")
+
+
+def Name() -> Str:
+    return Str(r"[a-z_][a-z0-9_]{0,62}", "a lower-case SQL name (letters, digits, _)")
+
+
+def Duration() -> Str:
+    # HAProxy's time format.
+    return Str(r"[0-9]+(us|ms|s|m|h|d)?", "a duration such as 500ms, 3s, 30m")
+
+
+class Enum(Type):
+    def __init__(self, *values):
+        self.values = values
+        self.allowed = "one of " + ", ".join(map(repr, values))
+
+    def check(self, value, path):
+        if isinstance(value, bool) or value not in self.values:
+            raise self.fail(value, path)
+        return value
+
+
+class IPv4(Type):
+    allowed = "an IPv4 address"
+
+    def check(self, value, path):
+        try:
+            return str(ipaddress.IPv4Address(value if isinstance(value, str) else "x"))
+        except ValueError:
+            raise self.fail(value, path) from None
+
+
+class Network(Type):
+    allowed = "an IPv4 network such as 192.168.10.0/24 (host bits zero) or an address"
+
+    def check(self, value, path):
+        try:
+            return str(ipaddress.IPv4Network(value if isinstance(value, str) else "x"))
+        except ValueError:
+            raise self.fail(value, path) from None
+
+
+class HostPort(Type):
+    allowed = "ADDRESS:PORT, e.g. 127.0.0.1:8000"
+
+    def check(self, value, path):
+        host, _, port = value.rpartition(":") if isinstance(value, str) else ("", "", "")
+        try:
+            ipaddress.IPv4Address(host)
+            if not 1 <= int(port) <= 65535:
+                raise ValueError
+        except ValueError:
+            raise self.fail(value, path) from None
+        return value
+
+
+class Scalar(Type):
+    allowed = "a string, number or boolean"
+
+    def check(self, value, path):
+        if not isinstance(value, str | int | float | bool):
+            raise self.fail(value, path)
+        return value
+
+
+class List(Type):
+    def __init__(self, item: Type, minimum: int = 0):
+        self.item, self.minimum = item, minimum
+        self.allowed = f"a list of {item.allowed}" + (" (at least one)" if minimum else "")
+
+    def check(self, value, path):
+        if not isinstance(value, list) or len(value) < self.minimum:
+            raise self.fail(value, path)
+        return [self.item.check(item, (*path, index)) for index, item in enumerate(value)]
+
+
+class Map(Type):
+    """Free keys (member names, parameter names) with typed values; the pillar's keys are added
+    to the defaults' (a pillar value replaces the default of the same key)."""
+
+    def __init__(self, key: Str, value: Type, minimum: int = 0, what: str = "entries"):
+        self.key, self.value, self.minimum = key, value, minimum
+        self.allowed = f"a mapping of {key.allowed} to {value.allowed}"
+        self.what = what
+
+    def check(self, value, path):
+        if not isinstance(value, dict):
+            raise self.fail(value, path)
+        if len(value) < self.minimum:
+            raise PillarError(path, f"list at least {self.minimum} {self.what}")
+        for key in value:
+            if not isinstance(key, str) or not self.key.pattern.fullmatch(key):
+                raise PillarError((*path, key), f"{_show(key)} is not a valid key: {self.key.allowed}")
+        return {key: self.value.check(item, (*path, key)) for key, item in value.items()}
+
+    def merge(self, base, override, path):
+        if not isinstance(override, dict):
+            raise self.fail(override, path)
+        return {**copy.deepcopy(base or {}), **override}
+
+
+class Record(Type):
+    """Known keys only (anything else is a typo), each with its own type."""
+
+    def __init__(self, fields: dict[str, Type], required: tuple = ()):
+        self.fields, self.required = fields, required
+        self.allowed = "a mapping with the keys " + ", ".join(fields)
+
+    def check(self, value, path):
+        if not isinstance(value, dict):
+            raise self.fail(value, path)
+        for key in value:
+            if key not in self.fields:
+                raise _unknown(path, key, self.fields)
+        for key in self.required:
+            if key not in value:
+                raise PillarError((*path, key), "missing: it is required")
+        return {key: self.fields[key].check(item, (*path, key)) for key, item in value.items()}
+
+    def merge(self, base, override, path):
+        if not isinstance(override, dict):
+            raise self.fail(override, path)
+        merged = copy.deepcopy(base or {})
+        for key, value in override.items():
+            if key not in self.fields:
+                raise _unknown(path, key, self.fields)
+            kind = self.fields[key]
+            if isinstance(kind, Record | Map) and key in merged:
+                merged[key] = kind.merge(merged[key], value, (*path, key))
+            else:
+                merged[key] = value
+        return merged
+
+
+def _unknown(path, key, fields) -> PillarError:
+    close = [k for k in fields if _similar(str(key), k)]
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return PillarError((*path, key), f"unknown key{hint}; known here: {', '.join(fields)}")
+
+
+def _similar(a: str, b: str) -> bool:
+    """One edit or one swap apart: the usual typo."""
+    if a == b or abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) == len(b):
+        diff = [i for i in range(len(a)) if a[i] != b[i]]
+        return len(diff) == 1 or (len(diff) == 2 and a[diff[0]] == b[diff[1]]
+                                  and a[diff[1]] == b[diff[0]] and diff[1] == diff[0] + 1)
+    short, long_ = sorted((a, b), key=len)
+    return any(long_[:i] + long_[i + 1:] == short for i in range(len(long_)))
+
+
+# --- The schema: every key of pgcluster ------------------------------------------------------
+
+MINION_ID = Str(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", "a minion id (letters, digits, . _ -)")
+HOST = Record({"address": IPv4()}, required=("address",))
+PACKAGES = List(Str(r"[a-z0-9][a-z0-9.+-]+", "a Debian package name"), minimum=1)
+PATRONI_TAGS = Record({"nofailover": Bool(), "noloadbalance": Bool(), "clonefrom": Bool(),
+                       "nosync": Bool(), "failover_priority": Int(0, 1000000)})
+
+SCHEMA = Record({
+    "name": Str(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", "a cluster name (letters, digits, . _ -)"),
+    "members": Map(MINION_ID, HOST, minimum=1, what="members"),
+    "web": Map(MINION_ID, HOST, minimum=1, what="web hosts"),
+    "app": Record({"database": Name(), "user": Name()}),
+    "firewall": Record({
+        "enabled": Bool(),
+        "admin_sources": List(Network()),
+        "packages": PACKAGES,
+        "service": Str(),
+        "config_file": Path(),
+    }),
+    "etcd": Record({
+        "client_port": Port(),
+        "peer_port": Port(),
+        "keep_leader_off_primary": Bool(),
+        "packages": PACKAGES,
+        "service": Str(),
+        "env_file": Path(),
+        "data_root": Path(),
+        "start_timeout": Int(1, 3600, "(seconds)"),
+        "leader_off_primary_script": Path(),
+        "leader_off_primary_service": Str(),
+        "leader_off_primary_interval": Int(1, 3600, "(seconds)"),
+    }),
+    "postgresql": Record({
+        "version": Enum(15),
+        "port": Port(),
+        "parameters": Map(Str(r"[a-z_][a-z0-9_.]*", "a PostgreSQL parameter name"), Scalar()),
+        "packages": PACKAGES,
+        "createcluster_conf": Path(),
+        "debian_service": Str(),
+    }),
+    "patroni": Record({
+        "version": Str(r"4\.[0-9]+\.[0-9]+", "a Patroni 4.x version such as 4.1.5"),
+        "psycopg2_version": Str(r"2\.[0-9]+\.[0-9]+", "a psycopg2 version such as 2.9.13"),
+        "ttl": Int(20, 3600, "(seconds; Patroni refuses a ttl below 20)"),
+        "loop_wait": Int(1, 3600, "(seconds)"),
+        "retry_timeout": Int(1, 3600, "(seconds)"),
+        "maximum_lag_on_failover": Int(0, 2**63 - 1, "(bytes)"),
+        "synchronous_mode": Bool(),
+        "synchronous_mode_strict": Bool(),
+        "failsafe_mode": Bool(),
+        "use_pg_rewind": Bool(),
+        "restapi_port": Port(),
+        "tags": Map(MINION_ID, PATRONI_TAGS),
+        "packages": PACKAGES,
+        "venv": Path(),
+        "config_dir": Path(),
+        "config_file": Path(),
+        "service": Str(),
+        "user": Str(),
+        "group": Str(),
+        "healthy_wait": Int(1, 3600, "(seconds)"),
+    }),
+    "pgbouncer": Record({
+        "enabled": Bool(),
+        "port": Port(),
+        "pool_mode": Enum("session", "transaction", "statement"),
+        "default_pool_size": Int(1, 10000),
+        "max_client_conn": Int(1, 100000),
+        "server_login_retry": Int(1, 3600, "(seconds)"),
+        "package": Str(),
+        "service": Str(),
+        "config_file": Path(),
+        "userlist_file": Path(),
+        "user": Str(),
+        "group": Str(),
+    }),
+    "haproxy": Record({
+        "primary_port": Port(),
+        "replica_port": Port(),
+        "stats_port": Port(),
+        "replica_max_lag": Int(0, 2**63 - 1, "(bytes)"),
+        "check": Record({"inter": Duration(), "fastinter": Duration(), "downinter": Duration(),
+                         "fall": Int(1, 100), "rise": Int(1, 100)}),
+        "timeout_client": Duration(),
+        "timeout_server": Duration(),
+        "maxconn": Int(1, 1000000),
+        "packages": PACKAGES,
+        "service": Str(),
+        "config_file": Path(),
+    }),
+    "webapp": Record({
+        "port": Port(),
+        "bind": HostPort(),
+        "workers": Int(1, 64),
+        "packages": PACKAGES,
+        "app_dir": Path(),
+        "config_file": Path(),
+        "service": Str(),
+        "user": Str(),
+        "group": Str(),
+        "nginx_site": Path(),
+    }),
+})
+
+
+def leaves(kind: Type = SCHEMA, path: tuple = ()) -> Iterator[tuple[tuple, Type]]:
+    """Every key with a fixed place in the tree and its type (free maps count as one key)."""
+    if isinstance(kind, Record):
+        for key, field in kind.fields.items():
+            yield from leaves(field, (*path, key))
+    else:
+        yield path, kind
+
+
+# --- Build: defaults, pillar, checks, derived values -----------------------------------------
+
+def merge_defaults(parts: dict[str, dict]) -> dict:
+    """One tree out of the components' defaults.yaml files ({component: parsed file})."""
+    tree: dict = {}
+    for component, part in parts.items():
+        if not isinstance(part, dict):
+            raise ValueError(f"salt/{component}/defaults.yaml: expected a mapping at the top")
+        for key, value in part.items():
+            if key in tree:
+                raise ValueError(f"salt/{component}/defaults.yaml: {key} is defined twice")
+            tree[key] = value
+    return tree
+
+
+def build(pillar: Any, defaults: dict) -> dict:
+    """The cluster: the pillar over the defaults, checked, with derived values added."""
+    if pillar is None:
+        pillar = {}
+    if not isinstance(pillar, dict):
+        raise PillarError((), f"{_show(pillar)} is not allowed: a mapping")
+    cfg = SCHEMA.check(SCHEMA.merge(defaults, pillar, ()), ())
+    for key in SCHEMA.fields:
+        if key not in cfg:
+            raise PillarError((key,), "missing: it is required")
+    _check_cluster(cfg)
+    return derive(cfg)
+
+
+def _check_cluster(cfg: dict) -> None:
+    """What no single key can tell: distinct addresses and ports, quorum, Patroni's timing."""
+    members, web = cfg["members"], cfg["web"]
+    seen: dict[str, tuple] = {}
+    for section in ("members", "web"):
+        for name, host in cfg[section].items():
+            path = (section, name, "address")
+            if host["address"] in seen:
+                raise PillarError(path, f"{host['address']} is already the address of "
+                                  f"{where(seen[host['address']][:2])}")
+            seen[host["address"]] = path
+    for name in sorted(set(members) & set(web)):
+        raise PillarError(("web", name), "is also a database member: a host is one or the other")
+    if len(members) % 2 == 0:
+        raise PillarError(("members",), f"{len(members)} members: etcd runs on each and needs an "
+                          "odd number (3 or 5) to keep a quorum through a failure")
+    patroni = cfg["patroni"]
+    budget = patroni["loop_wait"] + 2 * patroni["retry_timeout"]
+    if budget > patroni["ttl"]:
+        raise PillarError(("patroni", "ttl"), f"{patroni['ttl']} is less than loop_wait "
+                          f"({patroni['loop_wait']}) + 2 * retry_timeout ({patroni['retry_timeout']}) "
+                          f"= {budget}: Patroni needs loop_wait + 2 * retry_timeout <= ttl")
+    for name in patroni["tags"]:
+        if name not in members:
+            raise PillarError(("patroni", "tags", name),
+                              f"unknown member; members: {', '.join(sorted(members))}")
+    _distinct_ports(cfg, "a database member", [
+        ("postgresql", "port"), ("patroni", "restapi_port"), ("etcd", "client_port"),
+        ("etcd", "peer_port"), *([("pgbouncer", "port")] if cfg["pgbouncer"]["enabled"] else [])])
+    _distinct_ports(cfg, "a web host", [
+        ("haproxy", "primary_port"), ("haproxy", "replica_port"), ("haproxy", "stats_port"),
+        ("webapp", "port"), ("webapp", "bind")])
+
+
+def _distinct_ports(cfg: dict, host: str, keys: list[tuple]) -> None:
+    seen: dict[int, tuple] = {}
+    for key in keys:
+        value = cfg[key[0]][key[1]]
+        port = int(str(value).rpartition(":")[2])
+        if port in seen:
+            raise PillarError(key, f"port {port} is already {where(seen[port])} on {host}")
+        seen[port] = key
+
+
+def derive(cfg: dict) -> dict:
+    """Values several components need, computed once (not pillar keys: never set them)."""
+    members = cfg["members"]
+    names = sorted(members)
+    etcd = cfg["etcd"]
+    cfg["member_names"] = names
+    cfg["web_names"] = sorted(cfg["web"])
+    cfg["bootstrap_member"] = names[0]
+    etcd["initial_cluster"] = ",".join(
+        f"{n}=http://{members[n]['address']}:{etcd['peer_port']}" for n in names)
+    etcd["endpoints"] = [f"{members[n]['address']}:{etcd['client_port']}" for n in names]
+    cfg["backend_port"] = (
+        cfg["pgbouncer"]["port"] if cfg["pgbouncer"]["enabled"] else cfg["postgresql"]["port"])
+    return cfg
+
+

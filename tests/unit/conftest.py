@@ -1,0 +1,60 @@
+"""The cluster model's pure modules (_utils/), loaded from the repo as Salt's loader would find
+them, and the inputs the model gets in a deployment: the components' defaults and the pillar."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import salt.config
+import salt.loader
+import yaml
+
+from tests.conftest import REPO
+
+
+def load_module(path: str) -> ModuleType:
+    """A Salt loader module of the repo (_modules/x.py, _utils/x.py...) as a plain module."""
+    spec = importlib.util.spec_from_file_location(Path(path).stem, REPO / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+model = load_module("_utils/pgcluster_model.py")
+render = load_module("_utils/pgcluster_render.py")
+
+
+# What the ext_pillar pgcluster_defaults gives: every component folder's defaults.yaml.
+DEFAULTS_PILLAR = {path.parent.name: yaml.safe_load(path.read_text())
+                   for path in sorted((REPO / "salt").glob("*/defaults.yaml"))}
+DEFAULTS = model.merge_defaults(DEFAULTS_PILLAR)
+# A member's share of the generated passwords, as the ext_pillar gives it.
+CREDENTIALS = {n: f"secret-{n}" for n in ("superuser", "replication", "rewind", "app", "restapi",
+                                          "pgbouncer_admin", "webapp_csrf")}
+CLUSTER_PILLAR = yaml.safe_load((REPO / "pillar" / "cluster.sls").read_text())["pgcluster"]
+
+
+def build(pillar: dict | None = None) -> dict:
+    """The model of pillar/cluster.sls with `pillar` over it (as a later pillar file would)."""
+    base = copy.deepcopy(CLUSTER_PILLAR)
+    for key, value in (pillar or {}).items():
+        base[key] = value
+    return model.build(base, DEFAULTS)
+
+
+@functools.cache
+def salt_utils():
+    """The repo's _utils as Salt's loader gives them to a minion's modules (__utils__)."""
+    opts = salt.config.minion_config(None)
+    opts["utils_dirs"] = [str(REPO / "_utils")]
+    return salt.loader.utils(opts)
+
+
+@pytest.fixture
+def cfg() -> dict:
+    return build()

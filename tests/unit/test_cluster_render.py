@@ -1,0 +1,85 @@
+"""What the model turns into per host (_utils/pgcluster_render.py): Patroni's configuration,
+pg_hba and the firewall's rules."""
+
+from __future__ import annotations
+
+from tests.unit.conftest import CREDENTIALS, build, render
+
+MASTER = "10.0.0.1"
+
+
+def test_patroni_config_of_a_member(cfg):
+    conf = render.patroni_config(cfg, "postgres-srv2", CREDENTIALS, [])
+    assert conf["scope"] == "pg-cluster-skynet"
+    assert conf["name"] == "postgres-srv2"
+    assert conf["etcd3"]["hosts"] == ["10.0.0.11:2379", "10.0.0.12:2379", "10.0.0.13:2379"]
+    assert conf["restapi"]["listen"] == "10.0.0.12:8008"
+    assert conf["restapi"]["authentication"]["password"] == "secret-restapi"
+    # One port at the end: `ADDR1:PORT,ADDR2:PORT` breaks replication (lab.md).
+    assert conf["postgresql"]["listen"] == "10.0.0.12,127.0.0.1:5432"
+    dcs = conf["bootstrap"]["dcs"]
+    assert (dcs["ttl"], dcs["loop_wait"], dcs["retry_timeout"]) == (20, 2, 9)
+    assert dcs["synchronous_mode"] is True and dcs["failsafe_mode"] is True
+    assert dcs["postgresql"]["use_pg_rewind"] is True
+    assert dcs == render.dcs_config(cfg)
+
+
+def test_a_members_patroni_tags_come_from_the_pillar():
+    cfg = build({"patroni": {"tags": {"postgres-srv3": {"nofailover": True}}}})
+    assert render.patroni_config(cfg, "postgres-srv3", CREDENTIALS, [])["tags"]["nofailover"] is True
+    assert render.patroni_config(cfg, "postgres-srv2", CREDENTIALS, [])["tags"]["nofailover"] is False
+
+
+def test_pg_hba_is_least_privilege(cfg):
+    hba = render.pg_hba(cfg, "postgres-srv1", [])
+    assert not any("trust" in rule for rule in hba)
+    assert all(r.endswith("scram-sha-256") for r in hba if r.startswith("host"))
+    replication = [r for r in hba if " replication " in r]
+    assert sorted(r.split()[3] for r in replication) == [
+        "10.0.0.11/32", "10.0.0.12/32", "10.0.0.13/32", "127.0.0.1/32"]
+    # Through PgBouncer on the member itself; the web host and others are refused.
+    assert [r for r in hba if " webapp " in r] == ["host webapp webapp 10.0.0.11/32 scram-sha-256"]
+
+
+def test_the_admin_sources_reach_the_apps_database_directly():
+    cfg = build({"firewall": {"admin_sources": ["192.168.5.0/24"]}})
+    hba = render.pg_hba(cfg, "postgres-srv1", render.admin_networks(cfg, [MASTER]))
+    assert [r for r in hba if " webapp " in r] == [
+        "host webapp webapp 10.0.0.11/32 scram-sha-256",
+        "host webapp webapp 10.0.0.1/32 scram-sha-256",
+        "host webapp webapp 192.168.5.0/24 scram-sha-256"]
+    assert not any("10.0.0.1/32" in r for r in hba if "webapp" not in r)
+
+
+def test_without_pgbouncer_the_web_host_reaches_postgresql_directly():
+    cfg = build({"pgbouncer": {"enabled": False}})
+    hba = render.pg_hba(cfg, "postgres-srv1", [])
+    assert [r for r in hba if " webapp " in r] == ["host webapp webapp 10.0.0.10/32 scram-sha-256"]
+
+
+def test_the_firewall_opens_each_port_to_the_hosts_that_use_it(cfg):
+    member = render.firewall_rules(cfg, "postgres-srv1", [MASTER], [4505, 4506])
+    clients = ["10.0.0.1", "10.0.0.10", "10.0.0.11", "10.0.0.12", "10.0.0.13"]
+    assert member["open"] == [22]
+    assert member["salt_master"] == {"sources": [MASTER], "ports": [4505, 4506]}
+    assert {s["name"]: (s["port"], s["sources"]) for s in member["services"]} == {
+        "postgresql": (5432, clients), "pgbouncer": (6432, clients), "patroni": (8008, clients),
+        "etcd-client": (2379, clients),
+        "etcd-peer": (2380, ["10.0.0.11", "10.0.0.12", "10.0.0.13"]),
+    }
+    web = render.firewall_rules(cfg, "web", [MASTER], [4505, 4506])
+    assert web["open"] == [22, 80]
+    assert {s["name"]: s["sources"] for s in web["services"]} == {
+        "haproxy-primary": [MASTER], "haproxy-replica": [MASTER]}
+
+
+def test_a_host_outside_the_cluster_opens_only_ssh(cfg):
+    other = render.firewall_rules(cfg, "monitoring", [MASTER], [4505, 4506])
+    assert (other["open"], other["services"]) == ([22], [])
+
+
+def test_the_firewall_follows_the_ports_in_the_pillar():
+    cfg = build({"postgresql": {"port": 5433}, "webapp": {"port": 8080}})
+    member = render.firewall_rules(cfg, "postgres-srv1", [], [])
+    assert {s["name"]: s["port"] for s in member["services"]}["postgresql"] == 5433
+    assert render.firewall_rules(cfg, "web", [], [])["open"] == [22, 8080]
