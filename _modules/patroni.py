@@ -3,7 +3,11 @@ Patroni, seen and steered through its REST API from any minion that can reach th
 
 The members and the REST API credentials come from pillar (``pgcluster``,
 ``pgcluster_credentials:restapi``), so ``salt web patroni.list`` works from the web host:
-no ssh to a database host. A member that does not answer shows as such, after a short timeout.
+no ssh to a database host.
+
+Every member is asked at once (one thread each), so a member that does not answer costs one
+``timeout`` (default 2 s) per call, not one per member; it then shows as such, with the error,
+which names the member and the URL. Every wait is bounded: each function's docstring says how.
 
 CLI Example:
 
@@ -16,6 +20,8 @@ CLI Example:
 from __future__ import annotations
 
 import base64
+import functools
+import http.client
 import json
 import logging
 import urllib.error
@@ -30,6 +36,13 @@ __func_alias__ = {"list_": "list"}
 __outputter__ = {"list_": "patroni_list"}
 
 DEFAULT_TIMEOUT = 2.0
+# Actions wait longer than a probe: Patroni answers a switchover or failover once it is done
+# (it polls for up to 20 s), a restart once PostgreSQL is up again.
+SWITCHOVER_TIMEOUT = 30.0
+RESTART_TIMEOUT = 60.0
+CONFIG_TIMEOUT = 10.0
+
+# patronictl's names for Patroni's roles, in patroni.list and patroni.health alike.
 ROLE_NAMES = {
     "leader": "Leader",
     "master": "Leader",
@@ -39,9 +52,13 @@ ROLE_NAMES = {
     "quorum_standby": "Quorum Standby",
     "replica": "Replica",
 }
+RUNNING_STATES = ("running", "streaming")
 
 
 def __virtual__():
+    if "pgcluster_rounds.at_once" not in __utils__:
+        return (False, f"{__virtualname__}: the utils module pgcluster_rounds is not synced "
+                       "(salt '*' saltutil.sync_all)")
     return __virtualname__
 
 
@@ -55,6 +72,10 @@ class _Answer:
             return json.loads(self.body)
         except ValueError:
             return None
+
+
+class _NoAnswer(CommandExecutionError):
+    """A member's REST API did not answer: refused, timed out, closed, or not HTTP."""
 
 
 def _cluster_config():
@@ -77,41 +98,123 @@ def _auth_header():
     return {"Authorization": f"Basic {token}"}
 
 
-def _request(url, method="GET", body=None, auth=False, timeout=DEFAULT_TIMEOUT):
-    """One HTTP call; HTTP errors come back as answers, an unreachable API raises OSError."""
-    headers = {"Accept": "application/json"}
+def _why(exc):
+    # One line, short: a BadStatusLine carries whatever the peer sent.
+    text = " ".join(str(exc).split())[:200]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _request(name, url, method="GET", *, body=None, headers=None, timeout=DEFAULT_TIMEOUT):
+    """
+    One HTTP exchange with member ``name``. Any HTTP status comes back as an answer; anything
+    else (refused, timed out, closed without an answer, not HTTP) raises ``_NoAnswer`` naming the
+    member and the URL. ``timeout`` bounds each blocking socket operation.
+    """
+    headers = {"Accept": "application/json", **(headers or {})}
     data = None
     if body is not None:
         data = json.dumps(body).encode()
         headers["Content-Type"] = "application/json"
-    if auth:
-        headers.update(_auth_header())
-    request = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as answer:
-            return _Answer(answer.status, answer.read().decode(errors="replace"))
-    except urllib.error.HTTPError as exc:
-        return _Answer(exc.code, exc.read().decode(errors="replace"))
+        request = urllib.request.Request(url, data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as answer:
+                return _Answer(answer.status, answer.read().decode(errors="replace"))
+        except urllib.error.HTTPError as exc:
+            return _Answer(exc.code, exc.read().decode(errors="replace"))
     except urllib.error.URLError as exc:
-        raise OSError(str(exc.reason)) from None
+        reason = exc.reason if isinstance(exc.reason, str) else _why(exc.reason)
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        # OSError: refused, reset, timed out (TimeoutError); HTTPException: closed without an
+        # answer (RemoteDisconnected), not HTTP (BadStatusLine), cut short (IncompleteRead).
+        reason = _why(exc)
+    raise _NoAnswer(f"{name}'s Patroni REST API did not answer {method} {url}: {reason}")
+
+
+def _outcome(round_, key, name, url, method="GET"):
+    """A call's answer from a round (pgcluster_rounds), or the ``_NoAnswer`` naming why not."""
+    ended, value = round_.get(key)
+    if ended or isinstance(value, _NoAnswer):
+        return value
+    if value is not None:
+        raise value  # not a network error: a bug, shown as one
+    return _NoAnswer(f"{name}'s Patroni REST API did not answer {method} {url}: "
+                     f"no answer within {round_.timeout:g} s")
+
+
+class _Round:
+    """
+    GET requests to several members sent at once (``pgcluster_rounds``): every result is there
+    ``timeout`` + GRACE seconds after the start at the latest; a request still running then
+    counts as no answer.
+    """
+
+    def __init__(self, requests, timeout):
+        # requests: {key: (member name, url)}, all GET.
+        self.requests = requests
+        self.round = __utils__["pgcluster_rounds.at_once"](
+            {key: functools.partial(_request, name, url, timeout=float(timeout))
+             for key, (name, url) in requests.items()}, timeout, "patroni-api")
+
+    def result(self, key):
+        """The answer for ``key``, or the ``_NoAnswer`` error; never waits past the deadline."""
+        return _outcome(self.round, key, *self.requests[key])
+
+
+def _good(answer, name="", url=""):
+    """The JSON of a 200 answer, or why it is not one (naming the member and the URL)."""
+    if isinstance(answer, Exception):
+        return None, str(answer)
+    data = answer.json()
+    if answer.status != 200:
+        return None, f"{name}'s Patroni REST API answered GET {url} with HTTP {answer.status}"
+    if data is None:
+        return None, f"{name}'s Patroni REST API answered GET {url} with HTTP 200 but not JSON"
+    return data, None
+
+
+def _first_good(round_, keys):
+    """
+    (member, JSON, errors): the first of ``keys`` ((path, member), in member order) that answered
+    200 with JSON. All were asked at once; this waits for each in turn, so it returns as soon as
+    the first member in order that answers has answered, and never after the round's deadline.
+    """
+    errors = {}
+    for key in keys:
+        data, error = _good(round_.result(key), *round_.requests[key])
+        if error is None:
+            return key[1], data, errors
+        errors[key[1]] = error
+    raise CommandExecutionError("no Patroni REST API answered: " + "; ".join(errors.values()))
 
 
 def _first_answer(path, timeout):
-    """GET path from the first member whose API answers; errors per member if none does."""
-    errors = {}
-    for name, url in _members().items():
-        try:
-            answer = _request(url + path, timeout=timeout)
-        except OSError as exc:
-            errors[name] = str(exc)
-            continue
-        if answer.status == 200 and answer.json() is not None:
-            return name, answer.json(), errors
-        errors[name] = f"HTTP {answer.status}"
-    raise CommandExecutionError(
-        "no Patroni REST API answered: "
-        + "; ".join(f"{name}: {error}" for name, error in errors.items())
-    )
+    """GET ``path`` from every member at once; the first good answer in member order."""
+    urls = _members()
+    round_ = _Round({(path, name): (name, url + path) for name, url in urls.items()}, timeout)
+    return _first_good(round_, [(path, name) for name in urls])
+
+
+def _survey(timeout, paths=("/cluster", "/patroni")):
+    """One round: every path of every member at once. Returns the round and the member URLs."""
+    urls = _members()
+    requests = {(path, name): (name, url + path) for path in paths for name, url in urls.items()}
+    return _Round(requests, timeout), urls
+
+
+def _role_name(role, status=None):
+    """
+    patronictl's name for a role, as ``/cluster`` gives it or as ``/patroni`` does (which calls a
+    synchronous standby a replica with ``"sync_standby": true``).
+    """
+    if not role:
+        return ""
+    if role == "replica" and status:
+        if status.get("sync_standby"):
+            role = "sync_standby"
+        elif status.get("quorum_standby"):
+            role = "quorum_standby"
+    return ROLE_NAMES.get(role, str(role).replace("_", " ").title())
 
 
 def _lag_mb(value):
@@ -127,7 +230,7 @@ def _member_row(member):
     return {
         "name": member.get("name"),
         "host": member.get("host"),
-        "role": ROLE_NAMES.get(member.get("role"), str(member.get("role", "")).title()),
+        "role": _role_name(member.get("role")),
         "state": member.get("state"),
         "timeline": member.get("timeline"),
         "lag_mb": _lag_mb(lag),
@@ -138,20 +241,51 @@ def _member_row(member):
     }
 
 
-def _absent_member_state(name, errors, timeout):
+def _absent_member_state(status):
     """Why a pillar member is missing from Patroni's view: its API is gone, or says why."""
-    if name in errors:
+    if isinstance(status, Exception):
         return "unreachable"
-    try:
-        answer = _request(_members()[name] + "/patroni", timeout=timeout)
-    except OSError:
-        return "unreachable"
-    return (answer.json() or {}).get("state") or "stopped"
+    return (status.json() or {}).get("state") or "stopped"
+
+
+def _listing(round_, urls):
+    """patroni.list's answer from a survey round (``/cluster`` and ``/patroni`` of every member)."""
+    cfg = _cluster_config()
+    answered_by, data, _errors = _first_good(round_, [("/cluster", name) for name in urls])
+    rows = {m["name"]: _member_row(m) for m in data.get("members", [])}
+    for name in cfg["member_names"]:
+        if name not in rows:
+            rows[name] = {
+                "name": name, "host": cfg["members"][name]["address"], "role": "",
+                "state": _absent_member_state(round_.result(("/patroni", name))),
+                "timeline": None, "lag_mb": None, "receive_lag_mb": None, "replay_lag_mb": None,
+                "tags": {}, "pending_restart": False,
+            }
+    system_id = None
+    for name in [answered_by, *(n for n in urls if n != answered_by)]:
+        status, _error = _good(round_.result(("/patroni", name)))
+        system_id = (status or {}).get("database_system_identifier")
+        if system_id:
+            break
+    return {
+        "cluster": data.get("scope", cfg["name"]),
+        "system_identifier": system_id,
+        "paused": bool(data.get("pause", False)),
+        "members": [rows[name] for name in sorted(rows)],
+    }
+
+
+def _leader_of(listing):
+    for member in listing["members"]:
+        if member["role"] in ("Leader", "Standby Leader"):
+            return member["name"]
+    return None
 
 
 def cluster(timeout=DEFAULT_TIMEOUT):
     """
-    Patroni's ``GET /cluster`` as it answers, from the first member that does.
+    Patroni's ``GET /cluster`` as it answers, from the first member (in member order) that does.
+    Every member is asked at once: returns within ``timeout`` seconds.
 
     CLI Example:
 
@@ -170,6 +304,9 @@ def list_(timeout=DEFAULT_TIMEOUT):
     the pillar that Patroni does not list (Patroni stopped, host down) shows state
     ``unreachable`` or ``stopped``.
 
+    Every member is asked at once: returns within ``timeout`` seconds, however many members
+    do not answer.
+
     CLI Example:
 
     .. code-block:: bash
@@ -177,38 +314,12 @@ def list_(timeout=DEFAULT_TIMEOUT):
         salt web patroni.list
         salt web patroni.list --out=json
     """
-    cfg = _cluster_config()
-    answered_by, data, errors = _first_answer("/cluster", timeout)
-    rows = {m["name"]: _member_row(m) for m in data.get("members", [])}
-    for name in cfg["member_names"]:
-        if name not in rows:
-            rows[name] = {
-                "name": name, "host": cfg["members"][name]["address"], "role": "",
-                "state": _absent_member_state(name, errors, timeout),
-                "timeline": None, "lag_mb": None, "receive_lag_mb": None, "replay_lag_mb": None,
-                "tags": {}, "pending_restart": False,
-            }
-    system_id = None
-    for name in [answered_by, *cfg["member_names"]]:
-        try:
-            answer = _request(_members()[name] + "/patroni", timeout=timeout)
-        except OSError:
-            continue
-        status = answer.json() or {}
-        system_id = status.get("database_system_identifier")
-        if system_id:
-            break
-    return {
-        "cluster": data.get("scope", cfg["name"]),
-        "system_identifier": system_id,
-        "paused": bool(data.get("pause", False)),
-        "members": [rows[name] for name in sorted(rows)],
-    }
+    return _listing(*_survey(timeout))
 
 
 def members(timeout=DEFAULT_TIMEOUT):
     """
-    The members' names and roles, as a mapping.
+    The members' names and roles, as a mapping. Returns within ``timeout`` seconds.
 
     CLI Example:
 
@@ -221,7 +332,7 @@ def members(timeout=DEFAULT_TIMEOUT):
 
 def leader(timeout=DEFAULT_TIMEOUT):
     """
-    The leader's name, or None when the cluster has none.
+    The leader's name, or None when the cluster has none. Returns within ``timeout`` seconds.
 
     CLI Example:
 
@@ -229,17 +340,41 @@ def leader(timeout=DEFAULT_TIMEOUT):
 
         salt web patroni.leader
     """
-    for member in list_(timeout)["members"]:
-        if member["role"] in ("Leader", "Standby Leader"):
-            return member["name"]
-    return None
+    return _leader_of(list_(timeout))
+
+
+def is_leader(member=None, timeout=DEFAULT_TIMEOUT):
+    """
+    Whether ``member`` (this minion by default) is the leader: its own Patroni answers
+    ``GET /primary`` with 200, what HAProxy's check asks. False when it says otherwise or does
+    not answer within ``timeout``. The states ask it when they run (``onlyif``), never while
+    they render.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt postgres-srv1 patroni.is_leader
+        salt web patroni.is_leader postgres-srv2
+    """
+    member = member or __opts__["id"]
+    urls = _members()
+    if member not in urls:
+        return False
+    try:
+        return _request(member, urls[member] + "/primary", timeout=timeout).status == 200
+    except _NoAnswer:
+        return False
 
 
 def health(max_lag_mb=None, timeout=DEFAULT_TIMEOUT):
     """
-    Per member: the REST API answers, PostgreSQL runs, the replication lag; and whether the whole
-    cluster is healthy (a leader, every member running or streaming, lag within ``max_lag_mb``,
-    default Patroni's maximum_lag_on_failover).
+    Per member: the REST API answers, PostgreSQL runs, the role (named as ``patroni.list`` names
+    it), the state, the replication lag, the error of a member that does not answer; and whether
+    the whole cluster is healthy (one leader, every replica streaming on the leader's timeline,
+    lag within ``max_lag_mb``, default Patroni's maximum_lag_on_failover).
+
+    Every member is asked at once: returns within ``timeout`` seconds.
 
     CLI Example:
 
@@ -250,32 +385,39 @@ def health(max_lag_mb=None, timeout=DEFAULT_TIMEOUT):
     cfg = _cluster_config()
     if max_lag_mb is None:
         max_lag_mb = cfg["patroni"]["maximum_lag_on_failover"] / 1048576
+    round_, urls = _survey(timeout)
     report = {}
-    for name, url in _members().items():
+    for name in urls:
         entry = {"rest_api": False, "postgresql": False, "role": None, "state": None,
                  "lag_mb": None, "error": None}
-        try:
-            answer = _request(url + "/patroni", timeout=timeout)
+        answer = round_.result(("/patroni", name))
+        if isinstance(answer, Exception):
+            entry["error"] = str(answer)
+        else:
             entry["rest_api"] = True
             status = answer.json() or {}
             entry["state"] = status.get("state")
-            entry["role"] = ROLE_NAMES.get(status.get("role"), status.get("role"))
-            entry["postgresql"] = status.get("state") in ("running", "streaming")
+            entry["role"] = _role_name(status.get("role"), status) or None
+            entry["postgresql"] = status.get("state") in RUNNING_STATES
             if answer.status != 200:
                 entry["error"] = f"HTTP {answer.status}"
-        except OSError as exc:
-            entry["error"] = str(exc)
         report[name] = entry
     timelines = {}
     try:
-        for member in list_(timeout)["members"]:
-            if member["name"] in report:
-                timelines[member["name"]] = member["timeline"]
-                report[member["name"]]["state"] = member["state"] or report[member["name"]]["state"]
-                if member["role"] != "Leader":
-                    report[member["name"]]["lag_mb"] = member["lag_mb"]
+        listing = _listing(round_, urls)
     except CommandExecutionError as exc:
         log.debug("patroni.health: no cluster view: %s", exc)
+        listing = {"members": []}
+    for member in listing["members"]:
+        entry = report.get(member["name"])
+        if entry is None:
+            continue
+        timelines[member["name"]] = member["timeline"]
+        entry["state"] = member["state"] or entry["state"]
+        # The role as patroni.list shows it: the cluster's view (it knows the sync standby).
+        entry["role"] = member["role"] or entry["role"]
+        if member["role"] != "Leader":
+            entry["lag_mb"] = member["lag_mb"]
     leaders = [n for n, e in report.items() if e["role"] == "Leader" and e["postgresql"]]
     # A replica is healthy when it streams from the leader's timeline: one that merely runs
     # (diverged, or waiting for pg_rewind) shows small lag but replicates nothing.
@@ -297,26 +439,97 @@ def _check_member(name, cfg_members):
         )
 
 
-def _refusal(action, answer):
+def _refusal_text(action, answer):
     message = answer.body.strip() or f"HTTP {answer.status}"
-    raise CommandExecutionError(f"Patroni refused the {action} (HTTP {answer.status}): {message}")
+    return f"Patroni refused the {action} (HTTP {answer.status}): {message}"
 
 
-def _post_to_leader(path, body, action, timeout):
-    current = leader(timeout)
-    if current is None:
-        raise CommandExecutionError(f"no leader to ask for the {action}: the cluster has none")
-    answer = _request(_members()[current] + path, method="POST", body=body, auth=True,
-                      timeout=max(timeout, 30))
-    if answer.status not in (200, 202):
-        _refusal(action, answer)
-    return current, answer.body.strip()
+def _refusal(action, answer):
+    raise CommandExecutionError(_refusal_text(action, answer))
+
+
+def _post(name, url, body, timeout, method="POST"):
+    """
+    One authenticated write to member ``name``; returns within ``timeout`` + GRACE seconds.
+    Raises ``_NoAnswer`` (naming the member and the URL) when it does not answer.
+    """
+    call = functools.partial(_request, name, url, method, body=body, headers=_auth_header(),
+                             timeout=float(timeout))
+    round_ = __utils__["pgcluster_rounds.at_once"]({name: call}, timeout, "patroni-api")
+    answer = _outcome(round_, name, name, url, method)
+    if isinstance(answer, _NoAnswer):
+        raise answer
+    return answer
+
+
+def _truthy(value):
+    return value is True or str(value).lower() in ("on", "true", "yes", "1")
+
+
+def _synchronous_mode(round_, urls, rows):
+    """
+    "on" when Patroni switches over only to the synchronous standby (synchronous_mode on, not
+    quorum commit), "quorum", or None. From the dynamic config (GET /config); from the roles in
+    /cluster when no member answered it.
+    """
+    try:
+        config = _first_good(round_, [("/config", name) for name in urls])[1]
+    except CommandExecutionError:
+        roles = {row["role"] for row in rows.values()}
+        return "quorum" if "Quorum Standby" in roles else "on" if "Sync Standby" in roles else None
+    value = config.get("synchronous_mode")
+    if str(value).lower() == "quorum":
+        return "quorum"
+    return "on" if _truthy(value) else None
+
+
+def _nofailover(tags):
+    # Patroni's rule: nofailover when set wins, else failover_priority <= 0.
+    if tags.get("nofailover") is not None:
+        return _truthy(tags["nofailover"])
+    try:
+        return int(tags["failover_priority"]) <= 0
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
+def _not_a_candidate(row, sync_mode):
+    """Why Patroni would not switch over to this replica, or None when it would."""
+    name = row["name"]
+    if row["state"] not in RUNNING_STATES:
+        return f"{name} is {row['state'] or 'in no known state'}: Patroni promotes only a running replica"
+    if _nofailover(row.get("tags") or {}):
+        return f"{name} is tagged nofailover: Patroni never promotes it"
+    if sync_mode == "on" and row["role"] != "Sync Standby":
+        return (f"{name} is an asynchronous replica; with synchronous_mode Patroni switches over "
+                "only to the synchronous standby")
+    return None
+
+
+def _candidate_refusal(candidate, rows, current, sync_mode):
+    """The message refusing ``candidate`` (naming the valid candidates), or None."""
+    why = _not_a_candidate(rows[candidate], sync_mode)
+    if why is None:
+        return None
+    valid = [n for n, row in sorted(rows.items())
+             if n != current and _not_a_candidate(row, sync_mode) is None]
+    if sync_mode == "on" and "asynchronous replica" in why:
+        return f"{why}: {', '.join(valid) or 'none is streaming now'}"
+    return f"{why}; valid candidates: {', '.join(valid) or 'none now'}"
 
 
 def switchover(candidate=None, scheduled_at=None, timeout=DEFAULT_TIMEOUT):
     """
-    Planned switchover from the current leader to ``candidate`` (or to the healthiest replica
-    Patroni picks), now or at ``scheduled_at`` (ISO 8601 with a time zone).
+    Planned switchover from the current leader to ``candidate``, now or at ``scheduled_at`` (ISO
+    8601 with a time zone). Without a candidate Patroni picks one (with synchronous_mode, the
+    synchronous standby).
+
+    A candidate Patroni would refuse is refused here first, before Patroni is asked, with the
+    valid candidates: the leader itself, an unknown member, one that is not running or
+    streaming, one tagged nofailover, and, with synchronous_mode, any but the synchronous standby.
+
+    Returns within ``timeout`` (asking every member at once) plus 30 s or ``timeout``, whichever
+    is longer (Patroni answers once the switchover is done).
 
     CLI Example:
 
@@ -326,27 +539,48 @@ def switchover(candidate=None, scheduled_at=None, timeout=DEFAULT_TIMEOUT):
         salt web patroni.switchover candidate=postgres-srv2
         salt web patroni.switchover candidate=postgres-srv2 scheduled_at=2026-12-01T03:00+00:00
     """
-    roles = members(timeout)
+    round_, urls = _survey(timeout, ("/cluster", "/patroni", "/config"))
+    listing = _listing(round_, urls)
+    rows = {m["name"]: m for m in listing["members"]}
+    current = _leader_of(listing)
     if candidate is not None:
-        _check_member(candidate, roles)
-        if roles[candidate] == "Leader":
+        _check_member(candidate, rows)
+        if candidate == current:
             raise CommandExecutionError(f"{candidate} is already the leader")
-    current = leader(timeout)
     if current is None:
         raise CommandExecutionError("no leader to switch over from: use patroni.failover")
+    if candidate is not None:
+        refusal = _candidate_refusal(candidate, rows, current, _synchronous_mode(round_, urls, rows))
+        if refusal:
+            raise CommandExecutionError(refusal)
     body = {"leader": current}
     if candidate:
         body["candidate"] = candidate
     if scheduled_at:
         body["scheduled_at"] = str(scheduled_at)
-    old, message = _post_to_leader("/switchover", body, "switchover", timeout)
-    return {"previous_leader": old, "candidate": candidate, "scheduled_at": scheduled_at,
-            "message": message}
+    answer = _post(current, urls[current] + "/switchover", body, max(timeout, SWITCHOVER_TIMEOUT))
+    if answer.status not in (200, 202):
+        _refusal("switchover", answer)
+    return {"previous_leader": current, "candidate": candidate, "scheduled_at": scheduled_at,
+            "message": answer.body.strip()}
+
+
+def _answering(round_, urls):
+    """The members whose API answered ``/patroni`` in the round, the leader first."""
+    answered = {}
+    for name in urls:
+        answer = round_.result(("/patroni", name))
+        if not isinstance(answer, Exception):
+            answered[name] = (answer.json() or {}).get("role")
+    return sorted(answered, key=lambda n: (answered[n] not in ("primary", "master"), n))
 
 
 def failover(candidate, timeout=DEFAULT_TIMEOUT):
     """
     Failover to ``candidate``, for a cluster that has no healthy leader (or to force one).
+
+    Returns within ``timeout`` (asking every member at once) plus 30 s or ``timeout``, whichever
+    is longer.
 
     CLI Example:
 
@@ -354,32 +588,26 @@ def failover(candidate, timeout=DEFAULT_TIMEOUT):
 
         salt web patroni.failover postgres-srv2
     """
-    roles = members(timeout)
+    round_, urls = _survey(timeout)
+    roles = {m["name"]: m["role"] or m["state"] for m in _listing(round_, urls)["members"]}
     _check_member(candidate, roles)
     if roles[candidate] == "Leader":
         raise CommandExecutionError(f"{candidate} is already the leader")
-    errors = {}
-    for name, url in _members().items():
-        try:
-            answer = _request(url + "/failover", method="POST", body={"candidate": candidate},
-                              auth=True, timeout=max(timeout, 30))
-        except OSError as exc:
-            errors[name] = str(exc)
-            continue
-        if answer.status not in (200, 202):
-            _refusal("failover", answer)
-        return {"candidate": candidate, "message": answer.body.strip()}
-    raise CommandExecutionError(f"no Patroni REST API answered: {errors}")
+    answering = _answering(round_, urls)
+    if not answering:
+        raise CommandExecutionError("no Patroni REST API answered: nobody to ask for the failover")
+    name = answering[0]
+    answer = _post(name, urls[name] + "/failover", {"candidate": candidate},
+                   max(timeout, SWITCHOVER_TIMEOUT))
+    if answer.status not in (200, 202):
+        _refusal("failover", answer)
+    return {"candidate": candidate, "message": answer.body.strip()}
 
 
 def _on_member(member, path, action, body, timeout):
     urls = _members()
     _check_member(member, urls)
-    try:
-        answer = _request(urls[member] + path, method="POST", body=body, auth=True,
-                          timeout=max(timeout, 60))
-    except OSError as exc:
-        raise CommandExecutionError(f"{member}'s Patroni REST API does not answer: {exc}") from None
+    answer = _post(member, urls[member] + path, body, max(timeout, RESTART_TIMEOUT))
     if answer.status not in (200, 202):
         _refusal(f"{action} of {member}", answer)
     return answer.body.strip()
@@ -390,6 +618,13 @@ def restart(member="all", pending=False, timeout=DEFAULT_TIMEOUT):
     Restart PostgreSQL on ``member`` through Patroni, or on every member (``all``) one by one.
     With ``pending=True`` only where a changed parameter needs it.
 
+    Returns every member's outcome, ``{member: {"outcome": ..., "message": ...}}``, the outcome
+    one of ``ok``, ``skipped`` (``pending=True`` and nothing pending there), ``refused`` (Patroni's
+    message passed on) or ``unreachable``. A refusal does not stop the others. When any member
+    was refused or unreachable the call fails (retcode 1) with the outcomes as its output.
+
+    Returns within 60 s (or ``timeout`` if longer) per member.
+
     CLI Example:
 
     .. code-block:: bash
@@ -397,14 +632,36 @@ def restart(member="all", pending=False, timeout=DEFAULT_TIMEOUT):
         salt web patroni.restart postgres-srv3
         salt web patroni.restart all pending=True
     """
+    urls = _members()
+    names = sorted(urls) if member == "all" else [member]
+    for name in names:
+        _check_member(name, urls)
     body = {"restart_pending": True} if pending else {}
-    names = sorted(_members()) if member == "all" else [member]
-    return {name: _on_member(name, "/restart", "restart", body, timeout) for name in names}
+    report = {}
+    for name in names:
+        try:
+            answer = _post(name, urls[name] + "/restart", body, max(timeout, RESTART_TIMEOUT))
+        except _NoAnswer as exc:
+            report[name] = {"outcome": "unreachable", "message": str(exc)}
+            continue
+        message = answer.body.strip() or f"HTTP {answer.status}"
+        if answer.status in (200, 202):
+            report[name] = {"outcome": "ok", "message": message}
+        elif pending and answer.status == 503 and "restart conditions are not satisfied" in message:
+            # Patroni's answer to restart_pending where no restart is pending.
+            report[name] = {"outcome": "skipped", "message": f"no restart pending ({message})"}
+        else:
+            report[name] = {"outcome": "refused",
+                            "message": _refusal_text(f"restart of {name}", answer)}
+    if any(entry["outcome"] in ("refused", "unreachable") for entry in report.values()):
+        __context__["retcode"] = 1
+    return report
 
 
 def reinit(member, timeout=DEFAULT_TIMEOUT):
     """
     Rebuild a replica from the leader (``patronictl reinit``). Patroni refuses it on the leader.
+    Returns within 60 s (or ``timeout`` if longer).
 
     CLI Example:
 
@@ -415,24 +672,26 @@ def reinit(member, timeout=DEFAULT_TIMEOUT):
     return {member: _on_member(member, "/reinitialize", "reinitialize", {"force": True}, timeout)}
 
 
-def _set_pause(value, timeout):
-    errors = {}
-    for name, url in _members().items():
-        try:
-            answer = _request(url + "/config", method="PATCH", body={"pause": value}, auth=True,
-                              timeout=max(timeout, 10))
-        except OSError as exc:
-            errors[name] = str(exc)
-            continue
-        if answer.status != 200:
-            _refusal("pause" if value else "resume", answer)
-        return {"paused": value}
-    raise CommandExecutionError(f"no Patroni REST API answered: {errors}")
+def _patch_config(changes, action, timeout):
+    """PATCH /config on a member that answers (the leader if it does); the new config."""
+    round_, urls = _survey(timeout, ("/patroni",))
+    answering = _answering(round_, urls)
+    if not answering:
+        errors = "; ".join(str(round_.result(("/patroni", name))) for name in urls)
+        raise CommandExecutionError(f"no Patroni REST API answered: {errors}")
+    name = answering[0]
+    answer = _post(name, urls[name] + "/config", changes, max(timeout, CONFIG_TIMEOUT),
+                   method="PATCH")
+    if answer.status != 200:
+        _refusal(action, answer)
+    return answer.json()
 
 
 def pause(timeout=DEFAULT_TIMEOUT):
     """
     Put the cluster in maintenance mode: Patroni stops managing PostgreSQL (no failover).
+    Returns within ``timeout`` (finding a member that answers, the leader first) plus 10 s or
+    ``timeout``, whichever is longer.
 
     CLI Example:
 
@@ -440,12 +699,14 @@ def pause(timeout=DEFAULT_TIMEOUT):
 
         salt web patroni.pause
     """
-    return _set_pause(True, timeout)
+    _patch_config({"pause": True}, "pause", timeout)
+    return {"paused": True}
 
 
 def resume(timeout=DEFAULT_TIMEOUT):
     """
-    Leave maintenance mode.
+    Leave maintenance mode. Returns within ``timeout`` plus 10 s or ``timeout``, whichever is
+    longer.
 
     CLI Example:
 
@@ -453,12 +714,14 @@ def resume(timeout=DEFAULT_TIMEOUT):
 
         salt web patroni.resume
     """
-    return _set_pause(False, timeout)
+    _patch_config({"pause": False}, "resume", timeout)
+    return {"paused": False}
 
 
 def dynamic_config(timeout=DEFAULT_TIMEOUT):
     """
     The cluster-wide configuration Patroni keeps in etcd (``GET /config``).
+    Returns within ``timeout`` seconds.
 
     CLI Example:
 
@@ -473,6 +736,8 @@ def patch_config(changes, timeout=DEFAULT_TIMEOUT):
     """
     Change the cluster-wide configuration (``PATCH /config``); Patroni applies it on every
     member (reloading PostgreSQL; parameters that need a restart show as pending restart).
+    Returns within ``timeout`` (finding a member that answers, the leader first) plus 10 s or
+    ``timeout``, whichever is longer.
 
     CLI Example:
 
@@ -482,23 +747,13 @@ def patch_config(changes, timeout=DEFAULT_TIMEOUT):
     """
     if isinstance(changes, str):
         changes = json.loads(changes)
-    errors = {}
-    for name, url in _members().items():
-        try:
-            answer = _request(url + "/config", method="PATCH", body=changes, auth=True,
-                              timeout=max(timeout, 10))
-        except OSError as exc:
-            errors[name] = str(exc)
-            continue
-        if answer.status != 200:
-            _refusal("configuration change", answer)
-        return answer.json()
-    raise CommandExecutionError(f"no Patroni REST API answered: {errors}")
+    return _patch_config(changes, "configuration change", timeout)
 
 
 def history(timeout=DEFAULT_TIMEOUT):
     """
-    The cluster's timeline history: one entry per promotion.
+    The cluster's timeline history: one entry per promotion (``timeline``, ``lsn``, ``reason``,
+    ``timestamp``, ``new_leader``). Returns within ``timeout`` seconds.
 
     CLI Example:
 

@@ -1,8 +1,9 @@
 {#- The application's role and database, made on the leader through Patroni's PostgreSQL. #}
 {%- from "postgresql/map.jinja" import cluster with context %}
-{%- if salt['pgcluster.is_leader']() %}
-{%-   set creds = salt['pillar.get']('pgcluster_credentials') %}
+{%- set creds = salt['pillar.get']('pgcluster_credentials') %}
 
+# On the leader only (a replica is read-only): asked when the state runs, not when it renders,
+# so rendering it asks no member anything.
 postgresql-app-user:
   postgres_user.present:
     - name: {{ cluster.app.user }}
@@ -15,6 +16,8 @@ postgresql-app-user:
     - replication: false
     - db_user: postgres
     - user: postgres
+    - onlyif:
+      - fun: patroni.is_leader
 
 postgresql-app-database:
   postgres_database.present:
@@ -23,11 +26,7 @@ postgresql-app-database:
     - encoding: UTF8
     - db_user: postgres
     - user: postgres
+    - onlyif:
+      - fun: patroni.is_leader
     - require:
       - postgres_user: postgresql-app-user
-{%- else %}
-
-postgresql-app-on-the-leader-only:
-  test.nop:
-    - name: the application's role and database are made on the leader
-{%- endif %}

@@ -1,9 +1,11 @@
 """Serve recorded answers of Patroni and etcd (tests/recordings) on loopback, one address per
-member (127.0.0.11-13), so the execution modules talk real HTTP to what the lab answered."""
+member (127.0.0.11-13), so the execution modules talk real HTTP to what the lab answered; and
+members that misbehave at the socket level (hang, hang up, answer garbage), on real sockets."""
 
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -24,6 +26,9 @@ def _to_loopback(body: str) -> str:
     return body
 
 
+GARBAGE = b"this is not HTTP\r\n\r\n"
+
+
 class _Handler(BaseHTTPRequestHandler):
     def _answer(self):
         length = int(self.headers.get("Content-Length") or 0)
@@ -31,7 +36,15 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.requests.append((self.command, self.path, body, dict(self.headers)))
         path = self.path.split("?", 1)[0]
         suffix = "@etcd" if self.server.kind == "etcd" else ""
-        recorded = self.server.answers.get(f"{self.command} {path}{suffix}")
+        key = f"{self.command} {path}{suffix}"
+        how = self.server.misbehaving.get(key)
+        if how is not None:
+            # The request was read whole: "close" hangs up cleanly, without a status line.
+            self.close_connection = True
+            if how == "garbage":
+                self.wfile.write(GARBAGE)
+            return
+        recorded = self.server.answers.get(key)
         if recorded is None:
             self.send_response(404)
             self.end_headers()
@@ -49,13 +62,70 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
-class RecordedCluster:
-    """Start with the answers of a scenario; members listed in `down` get no server at all."""
+class RawServer:
+    """A TCP server on one loopback address and port that accepts every connection, then by
+    `how`: "silent" reads nothing and says nothing, holding the connection open (a member that
+    hangs); "close" reads the request and hangs up without an answer; "garbage" reads the
+    request and answers bytes that are not HTTP."""
 
-    def __init__(self, scenario: str, down: tuple[str, ...] = ()):
+    def __init__(self, address: str, port: int, how: str):
+        assert how in ("silent", "close", "garbage"), how
+        self.how = how
+        self.held: list[socket.socket] = []
+        self.accepted = 0
+        self.stopping = threading.Event()
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((address, port))
+        self.sock.listen(32)
+        self.sock.settimeout(0.05)
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.accepted += 1
+            if self.how == "silent":
+                self.held.append(conn)
+                continue
+            conn.settimeout(2)
+            try:
+                conn.recv(65536)
+                if self.how == "garbage":
+                    conn.sendall(GARBAGE)
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            conn.close()
+
+    def close(self):
+        self.stopping.set()
+        self.thread.join(timeout=2)
+        self.sock.close()
+        for conn in self.held:
+            conn.close()
+
+
+class RecordedCluster:
+    """Start with the answers of a scenario; members listed in `down` get no server at all, and
+    members in `raw` ({name: "silent" | "close" | "garbage"}) a RawServer on both ports."""
+
+    def __init__(self, scenario: str, down: tuple[str, ...] = (), raw: dict[str, str] | None = None):
         self.servers = []
+        self.raw_servers = []
         self.answers = {}
+        raw = raw or {}
         for name, address in MEMBERS.items():
+            if name in raw:
+                self.raw_servers += [RawServer(address, port, raw[name])
+                                     for port in (PATRONI_PORT, ETCD_PORT)]
+                continue
             recorded = RECORDINGS / scenario / f"{name}.json"
             if name in down or not recorded.exists():
                 continue
@@ -64,17 +134,34 @@ class RecordedCluster:
             for kind, port in (("patroni", PATRONI_PORT), ("etcd", ETCD_PORT)):
                 server = ThreadingHTTPServer((address, port), _Handler)
                 server.kind, server.answers, server.requests = kind, answers, []
+                server.member, server.misbehaving = name, {}
                 threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                                  daemon=True).start()
                 self.servers.append(server)
 
-    def requests(self):
-        return [r for s in self.servers for r in s.requests]
+    def misbehave(self, member: str, request: str, how: str):
+        """Make `member` answer `request` ("POST /switchover", "GET /health@etcd") with `how`:
+        "close" (hang up without an answer) or "garbage" (bytes that are not HTTP)."""
+        kind = "etcd" if request.endswith("@etcd") else "patroni"
+        for server in self.servers:
+            if server.member == member and server.kind == kind:
+                server.misbehaving[request] = how
+
+    def requests(self, member: str | None = None):
+        """(method, path, body, headers) of every request the recorded servers received."""
+        return [r for s in self.servers if member in (None, s.member) for r in s.requests]
+
+    def posts(self, path: str):
+        """The bodies (JSON) of the POSTs to `path`, per member, in the order received."""
+        return [(s.member, json.loads(r[2] or b"null")) for s in self.servers
+                for r in s.requests if r[0] == "POST" and r[1] == path]
 
     def close(self):
         for server in self.servers:
             server.shutdown()
             server.server_close()
+        for server in self.raw_servers:
+            server.close()
 
 
 def cluster_config():

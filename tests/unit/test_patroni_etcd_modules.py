@@ -3,26 +3,18 @@ Patroni 4.1 and etcd 3.4 (tests/recordings/record.py), served over real HTTP on 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import time
+from datetime import datetime
 
 import pytest
 from salt.exceptions import CommandExecutionError
 
-from tests.conftest import REPO
-from tests.unit.recorded_api import RecordedCluster, cluster_config
+from tests.unit.conftest import load_module, salt_utils
+from tests.unit.recorded_api import MEMBERS, RecordedCluster, cluster_config
 
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, REPO / "_modules" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-patroni = _load("patroni")
-etcd_cluster = _load("etcd_cluster")
+patroni = load_module("_modules/patroni.py")
+etcd_cluster = load_module("_modules/etcd_cluster.py")
 PILLAR = {"pgcluster_credentials:restapi": "recorded-secret"}
 
 
@@ -30,13 +22,16 @@ PILLAR = {"pgcluster_credentials:restapi": "recorded-secret"}
 def configure_loader_modules():
     funcs = {"pgcluster.config": cluster_config,
              "pillar.get": lambda key, default=None, unmask=False: PILLAR.get(key, default)}
-    return {patroni: {"__salt__": funcs}, etcd_cluster: {"__salt__": funcs}}
+    return {patroni: {"__salt__": funcs, "__utils__": salt_utils()},
+            etcd_cluster: {"__salt__": funcs, "__utils__": salt_utils()}}
 
 
 @pytest.fixture
 def recorded(request):
-    scenario, down = request.param if isinstance(request.param, tuple) else (request.param, ())
-    cluster = RecordedCluster(scenario, down)
+    """request.param: a scenario, or (scenario, down), or (scenario, down, raw): see
+    RecordedCluster."""
+    param = request.param if isinstance(request.param, tuple) else (request.param,)
+    cluster = RecordedCluster(*param)
     yield cluster
     cluster.close()
 
@@ -76,19 +71,138 @@ def test_lag_is_reported_in_megabytes(recorded):
     assert lagging[0]["receive_lag_mb"] <= lagging[0]["replay_lag_mb"]
 
 
-@pytest.mark.parametrize("recorded", [("member_down", ("postgres-srv3",))], indirect=True)
-def test_a_member_down_shows_as_such_quickly(recorded):
+def _timed(function, *args, **kwargs):
     started = time.monotonic()
-    members = _by_name(patroni.list_())
-    assert time.monotonic() - started < 5
+    try:
+        return function(*args, **kwargs), time.monotonic() - started
+    except CommandExecutionError as exc:
+        return exc, time.monotonic() - started
+
+
+# srv3 powered off, as the lab recorded it; its address accepts connections and never answers
+# (a hung host: the worst case, where only the timeout ends the wait).
+@pytest.mark.parametrize("recorded", [("member_down", (), {"postgres-srv3": "silent"})],
+                         indirect=True)
+def test_a_member_down_shows_as_such_quickly(recorded):
+    # One member that does not answer costs one timeout per call, not one per request to it.
+    listing, took = _timed(patroni.list_, timeout=1)
+    assert took < 1.8, f"patroni.list took {took:.2f} s with one member down, timeout 1 s"
+    members = _by_name(listing)
     # Patroni still lists the powered-off member, from its last word in etcd.
     assert members["postgres-srv3"]["state"] == "stopped"
     assert members["postgres-srv3"]["lag_mb"] == "unknown"
     assert members["postgres-srv3"]["host"] == "127.0.0.13"
-    health = patroni.health()
+    health, took = _timed(patroni.health, timeout=1)
+    assert took < 1.8, f"patroni.health took {took:.2f} s with one member down, timeout 1 s"
     assert health["healthy"] is False
-    assert health["members"]["postgres-srv3"]["rest_api"] is False
-    assert health["members"]["postgres-srv3"]["error"]
+    down = health["members"]["postgres-srv3"]
+    assert down["rest_api"] is False
+    assert "postgres-srv3" in down["error"] and "http://127.0.0.13:18008/patroni" in down["error"]
+    assert health["members"]["postgres-srv1"]["role"] == "Leader"
+
+
+# The first member asked is the silent one: the others' answers must not wait behind it.
+@pytest.mark.parametrize("recorded", [("healthy", (), {"postgres-srv1": "silent"})], indirect=True)
+def test_a_silent_first_member_does_not_hold_up_the_others(recorded):
+    listing, took = _timed(patroni.list_, timeout=1)
+    assert took < 1.8, f"patroni.list took {took:.2f} s with the first member silent, timeout 1 s"
+    assert sorted(_by_name(listing)) == sorted(MEMBERS)
+    assert listing["system_identifier"].isdigit()  # from another member's /patroni
+    health, took = _timed(etcd_cluster.health, timeout=1)
+    assert took < 1.8, f"etcd_cluster.health took {took:.2f} s with the first member silent"
+    assert health["healthy"] == len(MEMBERS) - 1 and health["quorum"] is True
+
+
+SILENT = {name: "silent" for name in cluster_config()["member_names"]}
+
+
+@pytest.mark.parametrize("recorded", [("healthy", (), SILENT)], indirect=True)
+def test_members_are_asked_at_once_so_silent_ones_cost_one_timeout(recorded):
+    # 3 members that accept and never answer, timeout 1 s: asked one after another that is 3 s
+    # or more per call; asked at once, about 1 s.
+    bound = 2.5
+    for function in (patroni.list_, patroni.cluster, patroni.history, patroni.dynamic_config):
+        error, took = _timed(function, timeout=1)
+        assert took < bound, f"patroni.{function.__name__} took {took:.2f} s"
+        assert isinstance(error, CommandExecutionError)
+        assert "no Patroni REST API answered" in str(error)
+        for name, address in (("postgres-srv1", "127.0.0.11"), ("postgres-srv3", "127.0.0.13")):
+            assert f"{name}'s Patroni REST API did not answer GET http://{address}:18008/" in str(error)
+    health, took = _timed(patroni.health, timeout=1)
+    assert took < bound, f"patroni.health took {took:.2f} s"
+    assert health["healthy"] is False
+    assert all(not m["rest_api"] and m["error"] for m in health["members"].values())
+    etcd_health, took = _timed(etcd_cluster.health, timeout=1)
+    assert took < bound, f"etcd_cluster.health took {took:.2f} s"
+    assert (etcd_health["healthy"], etcd_health["quorum"]) == (0, False)
+    assert "http://127.0.0.12:12379/health" in etcd_health["endpoints"]["http://127.0.0.12:12379"]["error"]
+    status, took = _timed(etcd_cluster.status, timeout=1)
+    assert took < bound, f"etcd_cluster.status took {took:.2f} s"
+    assert len(status) == 3 and all("error" in row for row in status)
+    for function in (etcd_cluster.members, etcd_cluster.patroni_keys):
+        error, took = _timed(function, timeout=1)
+        assert took < bound, f"etcd_cluster.{function.__name__} took {took:.2f} s"
+        assert isinstance(error, CommandExecutionError) and "no etcd endpoint answered" in str(error)
+
+
+@pytest.mark.parametrize("how", ["close", "garbage"])
+def test_a_member_that_hangs_up_or_answers_garbage_is_a_clear_error(how):
+    wrong = {"close": "RemoteDisconnected", "garbage": "BadStatusLine"}[how]
+    cluster = RecordedCluster("healthy", raw={name: how for name in SILENT})
+    try:
+        with pytest.raises(CommandExecutionError, match="no Patroni REST API answered") as error:
+            patroni.list_(timeout=1)
+        for name, address in (("postgres-srv1", "127.0.0.11"), ("postgres-srv2", "127.0.0.12")):
+            assert (f"{name}'s Patroni REST API did not answer GET http://{address}:18008/cluster: "
+                    f"{wrong}") in str(error.value)
+        health = patroni.health(timeout=1)
+        assert all(wrong in m["error"] for m in health["members"].values())
+        endpoints = etcd_cluster.health(timeout=1)["endpoints"]
+        assert all(wrong in e["error"] and "/health" in e["error"] for e in endpoints.values())
+        with pytest.raises(CommandExecutionError, match=f"no etcd endpoint answered: .*{wrong}"):
+            etcd_cluster.members(timeout=1)
+        report = patroni.restart("postgres-srv2")
+        assert report["postgres-srv2"]["outcome"] == "unreachable"
+        assert "http://127.0.0.12:18008/restart" in report["postgres-srv2"]["message"]
+        assert patroni.__context__["retcode"] == 1
+    finally:
+        cluster.close()
+
+
+@pytest.mark.parametrize("how", ["close", "garbage"])
+@pytest.mark.parametrize("recorded", ["switchover"], indirect=True)
+def test_an_action_whose_answer_never_comes_is_a_clear_error(recorded, how):
+    # The member answers what it is asked to read, then hangs up or answers garbage to the
+    # action itself: an error naming it and the URL, not a traceback.
+    wrong = {"close": "RemoteDisconnected", "garbage": "BadStatusLine"}[how]
+    leader = patroni.leader()
+    sync = next(n for n, role in patroni.members().items() if role == "Sync Standby")
+    urls = {name: f"http://{address}:18008" for name, address in MEMBERS.items()}
+    recorded.misbehave(leader, "POST /switchover", how)
+    with pytest.raises(CommandExecutionError) as error:
+        patroni.switchover(candidate=sync)
+    assert str(error.value).startswith(
+        f"{leader}'s Patroni REST API did not answer POST {urls[leader]}/switchover: {wrong}")
+    recorded.misbehave(sync, "POST /reinitialize", how)
+    with pytest.raises(CommandExecutionError, match=f"{sync}'s Patroni REST API did not answer "
+                                                    f"POST {urls[sync]}/reinitialize: {wrong}"):
+        patroni.reinit(sync)
+    for name in MEMBERS:
+        recorded.misbehave(name, "POST /failover", how)
+    with pytest.raises(CommandExecutionError, match=f"did not answer POST .*/failover: {wrong}"):
+        patroni.failover(sync)
+
+
+@pytest.mark.parametrize("recorded", [("healthy", (), {"postgres-srv3": "silent"})], indirect=True)
+def test_an_action_on_a_member_that_hangs_ends_at_its_timeout(recorded, monkeypatch):
+    monkeypatch.setattr(patroni, "RESTART_TIMEOUT", 1)
+    report, took = _timed(patroni.restart, "postgres-srv3", timeout=1)
+    assert took < 2.5, f"patroni.restart took {took:.2f} s against a 1 s timeout"
+    assert report["postgres-srv3"]["outcome"] == "unreachable"
+    message = report["postgres-srv3"]["message"]
+    assert message.startswith("postgres-srv3's Patroni REST API did not answer POST "
+                              "http://127.0.0.13:18008/restart: ")
+    assert "timed out" in message or "no answer within 1 s" in message
 
 
 @pytest.mark.parametrize("recorded", [("healthy", ("postgres-srv3",))], indirect=True)
@@ -115,12 +229,14 @@ def test_switchover_refusals_carry_patronis_message(recorded):
         patroni.switchover(candidate=leader)
     with pytest.raises(CommandExecutionError, match="unknown member 'postgres-srv9'"):
         patroni.switchover(candidate="postgres-srv9")
-    # Patroni's own refusal, passed on with its status.
+    # Patroni's own refusal, passed on with its status (the candidate is valid as far as the
+    # module can tell: the synchronous standby).
     answers = recorded.answers[leader]
     answers["POST /switchover"] = answers["POST /switchover (unknown candidate)"]
-    replica = next(n for n in recorded.answers if n != leader)
-    with pytest.raises(CommandExecutionError, match=r"Patroni refused the switchover \(HTTP 4\d\d\)"):
-        patroni.switchover(candidate=replica)
+    sync = next(n for n, role in patroni.members().items() if role == "Sync Standby")
+    with pytest.raises(CommandExecutionError, match=r"Patroni refused the switchover \(HTTP 412\): "
+                                                    "candidate name does not match with sync_standby"):
+        patroni.switchover(candidate=sync)
     sent = [r for r in recorded.requests() if r[0] == "POST"]
     assert sent and sent[-1][3]["Authorization"].startswith("Basic ")
     answers["POST /reinitialize"] = answers["POST /reinitialize (on the leader)"]
@@ -128,11 +244,155 @@ def test_switchover_refusals_carry_patronis_message(recorded):
         patroni.reinit(leader)
 
 
-@pytest.mark.parametrize("recorded", ["healthy"], indirect=True)
+def _sync_and_async(leader):
+    roles = patroni.members()
+    sync = next(n for n, role in roles.items() if role == "Sync Standby")
+    asynchronous = next(n for n, role in roles.items() if role == "Replica")
+    return sync, asynchronous
+
+
+@pytest.mark.parametrize("recorded", ["switchover"], indirect=True)
+def test_switchover_without_a_candidate_lets_patroni_choose(recorded):
+    leader = patroni.leader()
+    sync, _ = _sync_and_async(leader)
+    answers = recorded.answers[leader]
+    answers["POST /switchover"] = answers["POST /switchover (to the synchronous standby)"]
+    result = patroni.switchover()
+    # Only the leader: with synchronous_mode Patroni takes the synchronous standby.
+    assert recorded.posts("/switchover") == [(leader, {"leader": leader})]
+    assert result["previous_leader"] == leader and result["candidate"] is None
+    assert f'switched over to "{sync}"' in result["message"]
+    assert recorded.requests(leader)[-1][3]["Authorization"].startswith("Basic ")
+
+
+@pytest.mark.parametrize("recorded", ["switchover"], indirect=True)
+def test_switchover_to_the_synchronous_standby(recorded):
+    leader = patroni.leader()
+    sync, _ = _sync_and_async(leader)
+    answers = recorded.answers[leader]
+    answers["POST /switchover"] = answers["POST /switchover (to the synchronous standby)"]
+    result = patroni.switchover(candidate=sync)
+    assert recorded.posts("/switchover") == [(leader, {"leader": leader, "candidate": sync})]
+    assert result == {"previous_leader": leader, "candidate": sync, "scheduled_at": None,
+                      "message": f'Successfully switched over to "{sync}"'}
+
+
+@pytest.mark.parametrize("recorded", ["switchover"], indirect=True)
+def test_switchover_to_an_asynchronous_replica_is_refused_before_asking_patroni(recorded):
+    leader = patroni.leader()
+    sync, asynchronous = _sync_and_async(leader)
+    # What Patroni answers it (recorded), were the module to ask.
+    answers = recorded.answers[leader]
+    answers["POST /switchover"] = answers["POST /switchover (asynchronous candidate)"]
+    expected = (f"{asynchronous} is an asynchronous replica; with synchronous_mode Patroni "
+                f"switches over only to the synchronous standby: {sync}")
+    with pytest.raises(CommandExecutionError) as error:
+        patroni.switchover(candidate=asynchronous)
+    assert str(error.value) == expected
+    # Without GET /config (an older API, or none answers it) the roles in /cluster tell.
+    for member_answers in recorded.answers.values():
+        del member_answers["GET /config"]
+    with pytest.raises(CommandExecutionError) as error:
+        patroni.switchover(candidate=asynchronous)
+    assert str(error.value) == expected
+    assert recorded.posts("/switchover") == []
+
+
+@pytest.mark.parametrize("recorded", ["member_down"], indirect=True)
+def test_switchover_to_a_stopped_or_nofailover_replica_is_refused_before_asking_patroni(recorded):
+    # srv3 is powered off (Patroni lists it as stopped); srv2 is the synchronous standby.
+    with pytest.raises(CommandExecutionError) as error:
+        patroni.switchover(candidate="postgres-srv3")
+    assert str(error.value) == ("postgres-srv3 is stopped: Patroni promotes only a running "
+                                "replica; valid candidates: postgres-srv2")
+    for answers in recorded.answers.values():
+        if "GET /cluster" not in answers:
+            continue  # srv3: powered off when recorded, nothing to serve
+        cluster = json.loads(answers["GET /cluster"]["body"])
+        for member in cluster["members"]:
+            if member["name"] == "postgres-srv2":
+                member["tags"] = {"nofailover": True}
+        answers["GET /cluster"]["body"] = json.dumps(cluster)
+    with pytest.raises(CommandExecutionError) as error:
+        patroni.switchover(candidate="postgres-srv2")
+    assert str(error.value) == ("postgres-srv2 is tagged nofailover: Patroni never promotes it; "
+                                "valid candidates: none now")
+    assert recorded.posts("/switchover") == []
+
+
+@pytest.mark.parametrize("recorded", ["healthy", "lag", "member_down", "switched_over"],
+                         indirect=True)
+def test_health_names_roles_as_list_does(recorded):
+    listing = {m["name"]: m["role"] for m in patroni.list_()["members"]}
+    health = {name: m["role"] for name, m in patroni.health()["members"].items()}
+    assert health == listing
+    assert "Sync Standby" in health.values()
+
+
+@pytest.mark.parametrize("recorded", [("refusals", ("postgres-srv3",))], indirect=True)
+def test_restart_all_reports_every_member_and_fails_when_one_did_not_restart(recorded):
+    srv1, srv2 = recorded.answers["postgres-srv1"], recorded.answers["postgres-srv2"]
+    # srv1 refuses (recorded: a request Patroni does not accept the credentials of), srv2
+    # restarts, srv3 is down.
+    srv1["POST /restart"] = srv1["POST /restart (no credentials)"]
+    srv2["POST /restart"] = srv2["POST /restart (restarted)"]
+    report = patroni.restart("all")
+    assert report == {
+        "postgres-srv1": {"outcome": "refused", "message": "Patroni refused the restart of "
+                          "postgres-srv1 (HTTP 401): no auth header received"},
+        "postgres-srv2": {"outcome": "ok", "message": "restarted successfully"},
+        "postgres-srv3": {"outcome": "unreachable", "message": report["postgres-srv3"]["message"]},
+    }
+    assert report["postgres-srv3"]["message"].startswith(
+        "postgres-srv3's Patroni REST API did not answer POST http://127.0.0.13:18008/restart: ")
+    assert [member for member, _ in recorded.posts("/restart")] == ["postgres-srv1", "postgres-srv2"]
+    assert patroni.__context__["retcode"] == 1
+
+
+@pytest.mark.parametrize("recorded", ["refusals"], indirect=True)
+def test_restart_pending_skips_the_members_with_nothing_pending(recorded):
+    restarted = recorded.answers["postgres-srv2"]["POST /restart (restarted)"]
+    nothing = recorded.answers["postgres-srv2"]["POST /restart (nothing pending)"]
+    recorded.answers["postgres-srv1"]["POST /restart"] = restarted
+    recorded.answers["postgres-srv2"]["POST /restart"] = nothing
+    recorded.answers["postgres-srv3"]["POST /restart"] = restarted
+    report = patroni.restart("all", pending=True)
+    assert {name: entry["outcome"] for name, entry in report.items()} == {
+        "postgres-srv1": "ok", "postgres-srv2": "skipped", "postgres-srv3": "ok"}
+    assert all(body == {"restart_pending": True} for _, body in recorded.posts("/restart"))
+    assert "retcode" not in patroni.__context__
+
+
+@pytest.mark.parametrize("recorded", ["switched_over"], indirect=True)
 def test_history(recorded):
     history = patroni.history()
-    for entry in history:
-        assert {"timeline", "lsn", "reason", "new_leader"} <= set(entry)
+    listing = patroni.list_()
+    leader = patroni.leader()
+    timeline = next(m["timeline"] for m in listing["members"] if m["name"] == leader)
+    assert timeline > 1 and len(history) == timeline - 1
+    last = history[-1]
+    # The last promotion made the current leader, and started its timeline.
+    assert last["new_leader"] == leader
+    assert last["timeline"] == timeline - 1
+    assert isinstance(last["lsn"], int) and last["lsn"] > 0
+    assert last["reason"] == "no recovery target specified"
+    assert datetime.fromisoformat(last["timestamp"]).tzinfo is not None
+    assert [entry["timeline"] for entry in history] == list(range(1, timeline))
+
+
+@pytest.mark.parametrize("recorded", ["switched_over"], indirect=True)
+def test_pause_and_resume_ask_the_leader(recorded):
+    # The leader (srv3 here) rather than the first member by name that answers.
+    leader = patroni.leader()
+    config = json.loads(recorded.answers[leader]["GET /config"]["body"])
+    recorded.answers[leader]["PATCH /config"] = {"status": 200,
+                                                 "body": json.dumps(dict(config, pause=True))}
+    assert patroni.pause() == {"paused": True}
+    recorded.answers[leader]["PATCH /config"]["body"] = json.dumps(config)
+    assert patroni.resume() == {"paused": False}
+    patches = [(s.member, json.loads(r[2])) for s in recorded.servers for r in s.requests
+               if r[0] == "PATCH"]
+    assert patches == [(leader, {"pause": True}), (leader, {"pause": False})]
 
 
 @pytest.mark.parametrize("recorded", ["healthy"], indirect=True)
@@ -160,3 +420,13 @@ def test_etcd_with_a_member_down(recorded):
     assert down["healthy"] is False and "refused" in down["error"].lower()
     rows = {row["endpoint"]: row for row in etcd_cluster.status()}
     assert "error" in rows["http://127.0.0.13:12379"]
+
+
+@pytest.mark.parametrize("recorded", [("healthy", ("postgres-srv3",))], indirect=True)
+def test_is_leader_asks_the_members_own_patroni(recorded):
+    leader = patroni.leader()
+    assert patroni.is_leader(leader) is True
+    others = [name for name in MEMBERS if name != leader]
+    # A replica says no (503), a member that does not answer is not the leader either.
+    assert [patroni.is_leader(name, timeout=1) for name in others] == [False, False]
+    assert patroni.is_leader("not-a-member") is False
