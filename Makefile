@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON := /usr/bin/python3
 VENV := .venv
 APT_PACKAGES := debootstrap systemd-container dpkg-dev iproute2 nftables python3-venv postgresql-15 \
-	python3-dev util-linux procps chromium wrk
+	python3-dev util-linux procps chromium wrk haproxy nginx pgbouncer etcd-server
 PYTEST_ARGS ?=
 
 .PHONY: lab lab-down test test-unit lint bench deps apt venv
@@ -42,14 +42,14 @@ lint: venv
 
 deps: apt venv
 
-# Debian packages the lab needs on this machine; installed only when one is missing.
+# Debian packages the lab and the tests need on this machine; installed only when one is
+# missing, and without starting or enabling a service (bin/host-packages says what it did).
+# debootstrap, systemd-container, dpkg-dev, iproute2, nftables, util-linux, procps: the lab;
+# python3-venv, python3-dev: .venv; postgresql-15: the web app's tests and the pg_hba check;
+# haproxy, nginx, pgbouncer, etcd-server: the rendered configs, each checked by its own tool;
+# chromium: the browser test; wrk: bench/web.py.
 apt:
-	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
-		| grep -q '^install ok installed' || echo $$p; done); \
-	if [ -n "$$missing" ]; then \
-		echo "installing: $$missing"; \
-		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
-	fi
+	@bin/host-packages $(APT_PACKAGES)
 
 # The Salt environment: Debian's own python3 (3.11, as in the lab hosts, which run their
 # minions from it read-only). Rebuilt when requirements.txt changes.
