@@ -3,19 +3,25 @@
 A WSGI application (gunicorn on the web host, behind nginx). Writes go through HAProxy's
 port 5000 (the leader), reads through 5001 (the replicas, the leader when none is healthy).
 Connections are kept per worker and reopened after a failover. Every answer to bad input is a
-4xx with a clear message; a write that finds no leader is a 503 with Retry-After.
+4xx with a clear message; a write that finds no leader is a 503 with Retry-After. /healthz is
+liveness (no database); /readyz answers 200 only when a primary takes writes and a reader answers.
 
 Configuration: a JSON file named by WEBAPP_CONFIG (default /etc/webapp/config.json):
-{"writer": {dsn parts}, "reader": {dsn parts}, "patroni": ["http://10.0.0.11:8008", ...]}.
+{"writer": {dsn parts}, "reader": {dsn parts}, "patroni": ["http://10.0.0.11:8008", ...],
+ "csrf_secret": "..." (optional: without it the form's key is derived from the DB password)}.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import html
 import json
 import os
 import re
+import sys
 import threading
+import time
 import urllib.request
 import uuid
 from urllib.parse import parse_qs
@@ -27,10 +33,19 @@ MAX_TEXT = 1000  # characters
 MAX_BODY = 16 * 1024  # bytes
 LATEST = 10
 RETRY_AFTER = "2"
+MAX_ID = 2**63 - 1  # the id column is a bigserial: a bigint
+READY_TIMEOUT = 2.5  # seconds: /readyz answers within this whatever the servers do
+CSRF_MAX_AGE = 12 * 3600  # seconds a form stays valid
 # Patroni's roles as patronictl shows them.
 ROLE_NAMES = {"leader": "Leader", "primary": "Leader", "sync_standby": "Sync Standby",
               "replica": "Replica", "standby_leader": "Standby Leader"}
-ID_RE = re.compile(r"^[0-9]{1,18}$")
+DIGITS_RE = re.compile(r"[0-9]+")  # always with fullmatch: "$" would let "1\n" through
+# Control characters but tab, newline and carriage return: invisible in a page, terminal
+# escapes in a log, and NUL cannot be stored in PostgreSQL's text at all.
+CONTROL_RE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+FIELDS = ("text", "idempotency_key")
+JSON_TYPES = {bool: "true or false", int: "a number", float: "a number", type(None): "null",
+              list: "an array", dict: "an object"}
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -48,11 +63,90 @@ class HTTPError(Exception):
         self.status = status
         self.message = message
         self.headers = headers or []
+        self.form: dict | None = None  # what a failed form post re-shows
 
 
-STATUS = {200: "OK", 201: "Created", 303: "See Other", 400: "Bad Request", 404: "Not Found",
-          405: "Method Not Allowed", 413: "Payload Too Large", 415: "Unsupported Media Type",
-          503: "Service Unavailable"}
+STATUS = {200: "OK", 201: "Created", 303: "See Other", 400: "Bad Request", 403: "Forbidden",
+          404: "Not Found", 405: "Method Not Allowed", 413: "Payload Too Large",
+          415: "Unsupported Media Type", 422: "Unprocessable Content", 503: "Service Unavailable"}
+
+
+def _shown(value, limit: int = 40) -> str:
+    """A value quoted for a message: control characters and surrogates escaped, long ones cut."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _describe(exc: UnicodeDecodeError) -> str:
+    bad = exc.object[exc.start:exc.start + 3]
+    # ED A0..BF xx is how a UTF-16 surrogate (U+D800-DFFF) would be encoded: never valid UTF-8.
+    if len(bad) == 3 and bad[0] == 0xED and 0xA0 <= bad[1] <= 0xBF:
+        return (f"bytes {bad.hex(' ').upper()} at byte {exc.start + 1} encode a lone surrogate, "
+                f"which is not Unicode")
+    return f"{exc.reason} (0x{bad[0]:02X}) at byte {exc.start + 1}"
+
+
+def _utf8(raw: bytes, what: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise HTTPError(400, f"{what} is not valid UTF-8: {_describe(exc)}.") from None
+
+
+def _wsgi_text(value: str, what: str) -> str:
+    """PEP 3333 hands the request's bytes over as latin-1 text; clients mean UTF-8."""
+    try:
+        raw = value.encode("latin-1")
+    except UnicodeEncodeError:  # a server that decoded it already: check it all the same
+        raw = value.encode("utf-8", "surrogatepass")
+    return _utf8(raw, what)
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+
+
+def csrf_secret(config: dict) -> bytes:
+    """The form tokens' key, the same in every gunicorn worker: the config's csrf_secret, else one
+    derived from the database password (one-way, so neither key nor token tells the password)."""
+    if config.get("csrf_secret"):
+        return str(config["csrf_secret"]).encode("utf-8", "surrogatepass")
+    seed = (config.get("writer") or {}).get("password")
+    if not seed:
+        sys.stderr.write("webapp: no csrf_secret and no database password in the config: the "
+                         "form's tokens use a key anyone who knows the config can make\n")
+        seed = json.dumps(config, sort_keys=True, default=str)
+    return hmac.new(str(seed).encode("utf-8", "surrogatepass"), b"webapp csrf key v1",
+                    hashlib.sha256).digest()
+
+
+class Csrf:
+    """Stateless form tokens, "<unix time>.<HMAC-SHA256 of it>": nothing kept between requests,
+    valid in every worker, and a page on another site cannot read one from ours."""
+
+    def __init__(self, secret: bytes):
+        self.secret = secret
+
+    def _mac(self, stamp: str) -> bytes:
+        return hmac.new(self.secret, b"webapp-form:" + stamp.encode(), hashlib.sha256).hexdigest().encode()
+
+    def token(self, now: float | None = None) -> str:
+        stamp = str(int(time.time() if now is None else now))
+        return f"{stamp}.{self._mac(stamp).decode()}"
+
+    def check(self, token) -> None:
+        if not token:
+            raise HTTPError(403, "The form was sent without its security token: reload the page "
+                                 "and send it again.")
+        stamp, _, mac = str(token).partition(".")
+        age = time.time() - int(stamp) if DIGITS_RE.fullmatch(stamp) and len(stamp) <= 12 else None
+        if age is None or age < -60 or not hmac.compare_digest(
+                mac.encode("utf-8", "surrogatepass"), self._mac(stamp)):
+            raise HTTPError(403, "The form's security token is not valid (was the form made by "
+                                 "another site?): reload the page and send it again.")
+        if age > CSRF_MAX_AGE:
+            raise HTTPError(403, f"The form has expired (it is more than {CSRF_MAX_AGE // 3600} "
+                                 f"hours old): reload the page and send it again.")
 
 
 class Database:
@@ -111,15 +205,16 @@ class App:
     def __init__(self, config: dict):
         self.db = Database(config["writer"], config["reader"])
         self.patroni = config.get("patroni", [])
+        self.csrf = Csrf(csrf_secret(config))
 
     # -- data ------------------------------------------------------------------------------
 
-    def add(self, text: str, key: str | None) -> dict:
+    def add(self, text, key, form: bool = False) -> dict:
         text = self._valid_text(text)
         key = self._valid_key(key) or str(uuid.uuid4())
         try:
             # A retried post with the same key returns the row the first one made.
-            return self.db.run(
+            row = self.db.run(
                 "writer",
                 "INSERT INTO messages (text, idempotency_key) VALUES (%s, %s) "
                 "ON CONFLICT (idempotency_key) DO UPDATE SET idempotency_key = EXCLUDED.idempotency_key "
@@ -130,20 +225,29 @@ class App:
             raise HTTPError(503, "No database leader is reachable right now (a failover may be "
                                  "under way). Nothing was lost: retry in a few seconds.",
                             [("Retry-After", RETRY_AFTER)]) from None
+        if row["text"] != text:
+            # Not a retry but a second message under a spent key: answering with the first row
+            # would tell the client its new text was stored.
+            if form:
+                raise HTTPError(422, f"This form was already used to add another message (ID "
+                                     f"{row['id']}); it has been renewed: press Add again to add "
+                                     f"this text.")
+            raise HTTPError(422, f"The idempotency key {key} was already used for another message "
+                                 f"(ID {row['id']}): send a new key for a new message.")
+        return row
 
     def get(self, message_id: str, role: str = "reader") -> dict:
-        if not ID_RE.match(message_id or ""):
-            raise HTTPError(400, f"The id must be a positive whole number, not {message_id!r}.")
+        number = self._valid_id(message_id)
         try:
             row = self.db.run(role, "SELECT id, text, created_at, host(inet_server_addr()) AS "
-                                    "server FROM messages WHERE id = %s", (int(message_id),))
+                                    "server FROM messages WHERE id = %s", (number,))
         except psycopg2.errors.UndefinedTable:
             row = None
         except psycopg2.Error:
             raise HTTPError(503, "No database server is reachable right now: retry in a few "
                                  "seconds.", [("Retry-After", RETRY_AFTER)]) from None
         if row is None:
-            raise HTTPError(404, f"There is no message {message_id}.")
+            raise HTTPError(404, f"There is no message {number}.")
         return row
 
     def latest(self, limit: int = LATEST) -> list:
@@ -169,15 +273,79 @@ class App:
                  "state": m.get("state"), "lag": m.get("lag")} for m in data.get("members", [])]}
         return {"scope": None, "members": [], "error": "no Patroni REST API answered"}
 
+    def readiness(self) -> tuple[int, dict]:
+        """Both roles checked at once on fresh connections, each in a thread so that a server
+        that accepts and then says nothing cannot hold the probe past READY_TIMEOUT."""
+        results: dict[str, str] = {}
+        threads = [threading.Thread(target=self._probe, args=(role, results), daemon=True)
+                   for role in ("writer", "reader")]
+        deadline = time.monotonic() + READY_TIMEOUT
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        checks = {role: results.get(role, f"no answer within {READY_TIMEOUT:g} s")
+                  for role in ("writer", "reader")}
+        missing = [role for role, state in checks.items() if state != "ok"]
+        if not missing:
+            return 200, {"status": "ready", "checks": checks}
+        return 503, {"status": "not ready", "missing": missing, "checks": checks,
+                     "error": "Not ready: " + "; ".join(f"{role}: {checks[role]}" for role in missing)}
+
+    def _probe(self, role: str, results: dict) -> None:
+        # The join in readiness() bounds the answer; these timeouts free the thread too.
+        params = {**self.db.params[role], "connect_timeout": 2,  # libpq's least
+                  "application_name": f"webapp-readyz-{role}"}
+        try:
+            conn = psycopg2.connect(**params)
+        except psycopg2.Error as exc:
+            results[role] = f"cannot connect: {_first_line(exc)}"
+            return
+        try:
+            with conn.cursor() as cur:
+                # SET LOCAL, not "options": PgBouncer pools sessions and ignores startup options.
+                cur.execute("SET LOCAL statement_timeout = 1500")
+                cur.execute("SELECT pg_is_in_recovery()")
+                standby = cur.fetchone()[0]
+            conn.rollback()
+            # The writer's port must lead to the primary: a standby there refuses every write.
+            results[role] = ("reached a standby (pg_is_in_recovery() is true), not the primary"
+                             if role == "writer" and standby else "ok")
+        except psycopg2.Error as exc:
+            results[role] = f"query failed: {_first_line(exc)}"
+        finally:
+            conn.close()
+
+    @staticmethod
+    def _text_field(data: dict):
+        if "text" in data:
+            return data["text"]
+        unknown = [_shown(name) for name in data if name not in FIELDS]
+        hint = f" (unknown field{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)})" if unknown else ""
+        raise HTTPError(400, f'The field "text" is missing{hint}: send {{"text": "..."}}.')
+
     @staticmethod
     def _valid_text(text) -> str:
-        if not isinstance(text, str) or not text.strip():
+        if not isinstance(text, str):
+            raise HTTPError(400, f"text must be a string, not {JSON_TYPES.get(type(text), 'that')}.")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:  # JSON's "\ud800" escapes make these
+            raise HTTPError(400, f"The text is not valid Unicode: it holds a lone surrogate, "
+                                 f"U+{ord(text[exc.start]):04X}, at character {exc.start + 1}.") from None
+        if not text.strip():
             raise HTTPError(400, "The message is empty: write some text.")
         if len(text) > MAX_TEXT:
             raise HTTPError(400, f"The message is {len(text)} characters long; the limit is "
                                  f"{MAX_TEXT}.")
-        if "\x00" in text:
-            raise HTTPError(400, "The message contains a NUL character.")
+        control = CONTROL_RE.search(text)
+        if control and control.group() == "\x00":
+            raise HTTPError(400, f"The message contains a NUL character (U+0000) at character "
+                                 f"{control.start() + 1}, which the database cannot store.")
+        if control:
+            raise HTTPError(400, f"The message contains the control character "
+                                 f"U+{ord(control.group()):04X} at character {control.start() + 1}; "
+                                 f"of those only tab, newline and carriage return are allowed.")
         return text
 
     @staticmethod
@@ -188,6 +356,15 @@ class App:
             return str(uuid.UUID(str(key)))
         except ValueError:
             raise HTTPError(400, "The idempotency key must be a UUID.") from None
+
+    @staticmethod
+    def _valid_id(value: str) -> int:
+        if not DIGITS_RE.fullmatch(value or "") or not value.strip("0"):
+            raise HTTPError(400, f"The id must be a positive whole number, not {_shown(value)}.")
+        digits = value.lstrip("0")
+        if len(digits) > len(str(MAX_ID)) or int(digits) > MAX_ID:
+            raise HTTPError(400, f"The id {_shown(value)} is out of range: ids go from 1 to {MAX_ID}.")
+        return int(digits)
 
     # -- HTTP ------------------------------------------------------------------------------
 
@@ -204,37 +381,46 @@ class App:
             status, headers, body = self.error(environ, HTTPError(503, "Something went wrong "
                                                                   "on our side: retry shortly.",
                                                                   [("Retry-After", RETRY_AFTER)]))
-        payload = body.encode()
+        # "replace": a stray surrogate in a page must not turn the answer into a server error.
+        payload = body.encode("utf-8", "replace")
         start_response(f"{status} {STATUS.get(status, '')}".strip(),
                        [*headers, ("Content-Length", str(len(payload)))])
         return [payload]
 
     def route(self, environ):
         method = environ["REQUEST_METHOD"]
-        path = environ.get("PATH_INFO") or "/"
+        path = _wsgi_text(environ.get("PATH_INFO") or "/", "The path")
         if path in ("/", "/cgi-bin/db_app.cgi"):
             return self.page(environ, method)
         if path == "/healthz":
+            # Liveness only: a database outage must not make the orchestrator restart the app.
             self._allow(method, "GET", "HEAD")
             return 200, [("Content-Type", "application/json")], json.dumps({"status": "ok"})
+        if path == "/readyz":
+            self._allow(method, "GET", "HEAD")
+            return self.json(*self.readiness())
         if path == "/api/cluster":
             self._allow(method, "GET", "HEAD")
             return self.json(200, self.cluster())
         if path == "/api/messages":
-            self._allow(method, "GET", "HEAD", "POST")
-            if method == "POST":
-                data = self.json_body(environ)
-                key = environ.get("HTTP_IDEMPOTENCY_KEY") or data.get("idempotency_key")
-                return self.json(201, self.add(data.get("text"), key))
-            limit = parse_qs(environ.get("QUERY_STRING", "")).get("limit", [str(LATEST)])[0]
-            if not ID_RE.match(limit) or not 1 <= int(limit) <= 100:
-                raise HTTPError(400, "limit must be a whole number from 1 to 100.")
-            return self.json(200, {"messages": self.latest(int(limit))})
-        match = re.match(r"^/api/messages/([^/]*)$", path)
+            return self.messages(environ, method)
+        match = re.fullmatch(r"/api/messages/([^/]*)", path)
         if match:
             self._allow(method, "GET", "HEAD")
             return self.json(200, self.get(match.group(1)))
-        raise HTTPError(404, f"There is no page {path}.")
+        raise HTTPError(404, f"There is no page {_shown(path)}.")
+
+    def messages(self, environ, method):
+        self._allow(method, "GET", "HEAD", "POST")
+        if method == "POST":
+            # No CSRF token here: a cross-site form cannot send application/json.
+            data = self.json_body(environ)
+            key = environ.get("HTTP_IDEMPOTENCY_KEY") or data.get("idempotency_key")
+            return self.json(201, self.add(self._text_field(data), key))
+        limit = self.query(environ).get("limit", str(LATEST))
+        if not DIGITS_RE.fullmatch(limit) or len(limit) > 3 or not 1 <= int(limit) <= 100:
+            raise HTTPError(400, "limit must be a whole number from 1 to 100.")
+        return self.json(200, {"messages": self.latest(int(limit))})
 
     @staticmethod
     def _allow(method, *allowed):
@@ -255,28 +441,32 @@ class App:
     def json_body(self, environ) -> dict:
         if not environ.get("CONTENT_TYPE", "").startswith("application/json"):
             raise HTTPError(415, "Send the message as JSON (Content-Type: application/json).")
-        raw = self.read_body(environ)
+        text = _utf8(self.read_body(environ), "The request body")
         try:
-            data = json.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError:
-            raise HTTPError(400, "The request body is not valid UTF-8.") from None
+            data = json.loads(text)
+        except RecursionError:  # "[[[[..." within 16 KiB is enough to reach the limit
+            raise HTTPError(400, "The request body's JSON is nested too deeply.") from None
         except ValueError:
             raise HTTPError(400, 'The request body is not valid JSON: send {"text": "..."}.') from None
         if not isinstance(data, dict):
             raise HTTPError(400, 'Send a JSON object: {"text": "..."}.')
         return data
 
-    def form_body(self, environ) -> dict:
-        raw = self.read_body(environ)
+    @staticmethod
+    def _fields(text: str, what: str, **options) -> dict:
         try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise HTTPError(400, "The form is not valid UTF-8.") from None
-        try:
-            fields = parse_qs(text, keep_blank_values=True, errors="strict")
-        except UnicodeDecodeError:
-            raise HTTPError(400, "The form is not valid UTF-8.") from None
+            fields = parse_qs(text, errors="strict", **options)
+        except UnicodeDecodeError as exc:  # a %-escape that is not UTF-8
+            raise HTTPError(400, f"{what} is not valid UTF-8: {_describe(exc)}.") from None
         return {k: v[0] for k, v in fields.items()}
+
+    def form_body(self, environ) -> dict:
+        return self._fields(_utf8(self.read_body(environ), "The form"), "The form",
+                            keep_blank_values=True)
+
+    def query(self, environ) -> dict:
+        return self._fields(_wsgi_text(environ.get("QUERY_STRING", ""), "The query string"),
+                            "The query string")
 
     @staticmethod
     def json(status, data):
@@ -291,40 +481,61 @@ class App:
         if self.wants_json(environ):
             return exc.status, [("Content-Type", "application/json"), *headers], \
                 json.dumps({"error": exc.message})
+        form = exc.form or {}
         body = self.render(notice=f"<p class='error'>{html.escape(exc.message)}</p>",
-                           status_code=exc.status)
+                           text=form.get("text", ""), key=form.get("key"))
         return exc.status, [("Content-Type", "text/html; charset=utf-8"), *headers], body
 
     # -- the page --------------------------------------------------------------------------
 
     def page(self, environ, method):
         self._allow(method, "GET", "HEAD", "POST")
-        query = parse_qs(environ.get("QUERY_STRING", ""))
         notice = ""
         if method == "POST":
             form = self.form_body(environ)
-            row = self.add(form.get("text"), form.get("idempotency_key"))
+            # Checked first, and a refused form is not re-filled: another site's text must
+            # not come back in our form with a good token, one click from being posted.
+            self.csrf.check(form.get("csrf_token"))
+            try:
+                row = self.add(self._text_field(form), form.get("idempotency_key"), form=True)
+            except HTTPError as exc:
+                exc.form = {"text": form.get("text", ""), "key": self._refill_key(form, exc)}
+                raise
             # Read your writes: shown from the leader that took it, not a lagging replica.
             notice = (f"<p class='added'>Message added with ID <b id='new-id'>{row['id']}</b> "
                       f"(written to {html.escape(row['server'] or '')}).</p>")
-        elif query.get("id"):
-            message_id = query["id"][0]
+        elif message_id := self.query(environ).get("id"):
             row = self.get(message_id)
             notice = (f"<p class='found'>Message <b>{row['id']}</b>: "
                       f"<q id='found-text'>{html.escape(row['text'])}</q> "
                       f"(read from {html.escape(row['server'] or '')}).</p>")
         return 200, [("Content-Type", "text/html; charset=utf-8")], self.render(notice)
 
-    def render(self, notice="", status_code=200):
+    def _refill_key(self, form: dict, exc: HTTPError) -> str | None:
+        """The key a re-shown form keeps: the same one, so sending it again after a 503 whose
+        insert did happen adds nothing twice; a new one after a 422 (that key is spent)."""
+        if exc.status == 422:
+            return None
+        try:
+            return self._valid_key(form.get("idempotency_key"))
+        except HTTPError:
+            return None
+
+    def _latest_html(self) -> str:
         try:
             latest = self.latest()
-            latest_html = "".join(
-                f"<tr><td>{m['id']}</td><td>{html.escape(m['text'])}</td>"
-                f"<td>{html.escape(str(m['created_at']))[:19]}</td></tr>" for m in latest)
-            read_from = latest[0]["server"] if latest else ""
         except HTTPError as exc:
-            latest_html = f"<tr><td colspan=3>{html.escape(exc.message)}</td></tr>"
-            read_from = "none"
+            return f"<p class='error'>The latest messages cannot be read: {html.escape(exc.message)}</p>"
+        if not latest:
+            return "<p id='no-messages'>No messages yet.</p>"
+        rows = "".join(
+            f"<tr><td>{m['id']}</td><td>{html.escape(m['text'])}</td>"
+            f"<td>{html.escape(str(m['created_at']))[:19]}</td></tr>" for m in latest)
+        return (f"<p>Read from <span id=\"read-from\">{html.escape(latest[0]['server'] or 'a local socket')}"
+                f"</span>.</p>\n<table id=\"latest\"><tr><th>ID</th><th>Text</th><th>Created</th></tr>"
+                f"{rows}</table>")
+
+    def render(self, notice="", text="", key=None):
         cluster = self.cluster()
         members = "".join(
             f"<tr class='{html.escape(str(m['role']))}'><td>{html.escape(str(m['name']))}</td>"
@@ -333,15 +544,18 @@ class App:
             f"<td>{html.escape(str(m['state']))}</td>"
             f"<td>{'' if m.get('lag') is None else html.escape(str(m['lag']))}</td></tr>"
             for m in cluster["members"]) or "<tr><td colspan=5>no Patroni REST API answered</td></tr>"
-        key = uuid.uuid4()
-        return PAGE.format(notice=notice, key=key, latest=latest_html, members=members,
-                           read_from=html.escape(read_from or ""), max_text=MAX_TEXT,
+        text = text if isinstance(text, str) else ""
+        # A page that re-shows what was typed does not reload itself: that would lose it.
+        refresh = "" if text else '<meta http-equiv="refresh" content="30">'
+        return PAGE.format(notice=notice, key=key or uuid.uuid4(), csrf=self.csrf.token(),
+                           text=html.escape(text), refresh=refresh,
+                           latest=self._latest_html(), members=members, max_text=MAX_TEXT,
                            scope=html.escape(str(cluster.get("scope") or "")))
 
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Messages</title>
-<meta http-equiv="refresh" content="30">
+{refresh}
 <style>body{{font-family:sans-serif;max-width:50em;margin:2em auto}}
 table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.2em .6em}}
 .leader td{{background:#e6ffe6}}.error{{color:#b00}}.added,.found{{background:#eef}}</style>
@@ -349,12 +563,13 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.2em .6em}
 <h1>Messages</h1>
 {notice}
 <form method="post" action="/"><input type="hidden" name="idempotency_key" value="{key}">
-<label>New message <input name="text" id="text" maxlength="{max_text}" required></label>
+<input type="hidden" name="csrf_token" value="{csrf}">
+<label>New message <input name="text" id="text" maxlength="{max_text}" value="{text}" required></label>
 <button type="submit" id="add">Add</button></form>
 <form method="get" action="/"><label>Show message ID <input name="id" id="id" inputmode="numeric"
 required></label> <button type="submit" id="show">Show</button></form>
-<h2>Latest messages</h2><p>Read from <span id="read-from">{read_from}</span>.</p>
-<table id="latest"><tr><th>ID</th><th>Text</th><th>Created</th></tr>{latest}</table>
+<h2>Latest messages</h2>
+{latest}
 <h2>Cluster {scope}</h2>
 <table id="cluster"><tr><th>Member</th><th>Host</th><th>Role</th><th>State</th><th>Lag</th></tr>
 {members}</table>
