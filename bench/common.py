@@ -1,4 +1,5 @@
-"""What every benchmark shares: the machine it ran on, the lab's secrets, writing results."""
+"""What every benchmark shares: the machine it ran on and writing results. The cluster's names,
+addresses, ports and passwords come from its pillar through lab/cluster.py."""
 
 from __future__ import annotations
 
@@ -8,8 +9,6 @@ import platform
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-
-import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -27,14 +26,6 @@ def machine() -> str:
 
 def now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-
-
-def app_password() -> str:
-    return yaml.safe_load((REPO / "pillar/generated/credentials.yaml").read_text())["app"]
-
-
-def cluster_pillar() -> dict:
-    return yaml.safe_load((REPO / "pillar/cluster.sls").read_text())["pgcluster"]
 
 
 def write_results(name: str, data: dict, title: str, table: list[str], notes: str = "") -> str:

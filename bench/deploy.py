@@ -29,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from bench.common import machine, now, progress, write_results  # noqa: E402
-from lab.workload import salt  # noqa: E402
+from lab.cluster import on_web, salt  # noqa: E402
 
 SALT_RUN = REPO / ".venv" / "bin" / "salt-run"
 
@@ -101,7 +101,7 @@ def main() -> int:
         lab("down")
         runs["hosts_up_s"], _ = timed("bin/lab up: hosts boot, minions connect", lab, "up")
         runs["deploy_s"], runs["deploy"] = timed("orchestration from bare hosts", orchestrate)
-        health = salt("web", "patroni.health", check=True)["web"]
+        health = on_web("patroni.health", check=True)
         if not health.get("healthy"):
             raise SystemExit(f"the cluster is not healthy after the orchestration: {health}")
     runs["second_apply_s"], runs["second_apply"] = timed("salt '*' state.apply", apply_all)

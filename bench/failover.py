@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""Failover write outage: seconds without a successful write through HAProxy port 5000.
+"""Failover write outage: seconds without a successful write through HAProxy's primary port.
 
 Needs the lab up and the cluster deployed (`make lab`). A writer on this machine inserts a row
-every 100 ms through 10.0.0.10:5000 (reconnecting after errors); for each scenario the leader is
+every 100 ms through the web host's primary port (reconnecting after errors); for each scenario the leader is
 hurt, and the outage is the longest gap between two acknowledged writes around the fault.
 Every acknowledged row is then looked for on the new leader: `lost` must be 0.
 
@@ -28,17 +28,9 @@ import time
 
 REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from bench.common import RESULTS, app_password, machine, now, progress, write_results  # noqa: E402
-from lab.workload import (  # noqa: E402
-    FAULTS,
-    Timeline,
-    Writer,
-    ensure_table,
-    rows_on,
-    salt,
-    salt_web,
-    wait_healthy,
-)
+from bench.common import RESULTS, machine, now, progress, write_results  # noqa: E402
+from lab.cluster import cluster, credentials, leader, on_web, salt  # noqa: E402
+from lab.workload import FAULTS, Timeline, Writer, ensure_table, rows_on, wait_healthy  # noqa: E402
 
 # Pillar overrides under `pgcluster`. "project" is the pillar's own defaults (pgcluster.py).
 TIMINGS = {
@@ -55,8 +47,8 @@ CALM = 5  # seconds of writes after an outage that end a run's watch
 def apply_timing(name: str) -> dict:
     """Apply a preset with Salt and return the timing Patroni then runs with."""
     override = json.dumps({"pgcluster": TIMINGS[name]})
-    members = [m["name"] for m in salt_web("patroni.list")["members"]]
-    for target, sls in ((",".join(members), "patroni"), ("web", "haproxy")):
+    members = cluster().members
+    for target, sls in ((",".join(members), "patroni"), (cluster().web, "haproxy")):
         result = salt("-L", target, "state.apply", sls, f"pillar={override}", timeout=600,
                       check=True)
         failed = [s["comment"] for ret in result.values() for s in
@@ -64,7 +56,7 @@ def apply_timing(name: str) -> dict:
                   if not s["result"]]
         if failed or not result:
             raise SystemExit(f"applying the {name} timing to {target} failed: {failed or result}")
-    config = salt_web("patroni.dynamic_config")
+    config = on_web("patroni.dynamic_config")
     return {key: config.get(key) for key in ("ttl", "loop_wait", "retry_timeout")}
 
 
@@ -75,9 +67,7 @@ def run_once(name: str, password: str, ttl: int) -> dict:
     writer.start()
     time.sleep(3)
     targets = fault.targets()
-    listing = salt_web("patroni.list")
-    timeline = Timeline({m["name"]: m["host"] for m in listing["members"]}, targets,
-                        listing["cluster"])
+    timeline = Timeline(cluster().members, targets, cluster().name)
     timeline.start()
     fault_at = time.monotonic()
     for host in targets:
@@ -101,8 +91,7 @@ def run_once(name: str, password: str, ttl: int) -> dict:
     started = time.monotonic()
     wait_healthy(300, sync_standby=True)
     progress(f"  healthy again {time.monotonic() - started:.0f} s after the repair")
-    listing = salt_web("patroni.list")
-    new = next(m["name"] for m in listing["members"] if m["role"] == "Leader")
+    new = leader()
     lost = writer.acked - rows_on(new, tag)
     return {"scenario": name, "outage_s": round(outage, 2), "acked": len(writer.acked),
             "lost": len(lost), "hurt": targets, "new_leader": new, **timeline.events(fault_at),
@@ -149,7 +138,7 @@ def main() -> int:
     args = parser.parse_args()
     timings, scenarios = args.timings.split(","), args.scenarios.split(",")
     kept = earlier_runs(timings, scenarios) if args.keep_other_timings else {}
-    password = app_password()
+    password = credentials()["app"]
     ensure_table(password)
     wait_healthy(300, sync_standby=True)
     results, applied = [], {}
@@ -193,7 +182,7 @@ def main() -> int:
                                                   for p in PHASES) + " |" for n in scenarios]
     presets = "; ".join(f"{t} (measured {dates[t]}): Patroni {applied[t]}, pillar override "
                         f"{TIMINGS[t] or 'none'}" for t in timings)
-    text = write_results("failover", data, f"Failover write outage through HAProxy 5000, writer "
+    text = write_results("failover", data, f"Failover write outage through HAProxy's primary port, writer "
                          f"every 100 ms, {args.runs} runs each, {data['date']}, {data['machine']}",
                          table, f"Timings: {presets}.")
     print(text)

@@ -28,8 +28,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from bench.common import PGBENCH, app_password, cluster_pillar, machine, now, progress, write_results  # noqa: E402
-from lab.workload import LAB, WEB  # noqa: E402
+from bench.common import PGBENCH, machine, now, progress, write_results  # noqa: E402
+from lab.cluster import cluster, credentials  # noqa: E402
+from lab.workload import LAB  # noqa: E402
 
 # Runs inside a host with its own python3: PSS in KiB per service, from /proc.
 PROBE = r"""
@@ -86,20 +87,21 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=int, default=30)
     args = parser.parse_args()
-    cluster = cluster_pillar()
-    hosts = sorted(cluster["members"]) + sorted(cluster["web"])
-    env = {**os.environ, "PGPASSWORD": app_password()}
+    c = cluster()
+    hosts = list(c.hosts)
+    env = {**os.environ, "PGPASSWORD": credentials()["app"]}
+    user, db, web = c.app["user"], c.app["database"], c.web_address
     progress("idle: sampling every host ...")
     idle = peak([snapshot(hosts) for _ in range(3)])
-    progress("pgbench -i -s 5 through HAProxy 5000 ...")
-    subprocess.run([PGBENCH, "-i", "-q", "-s", "5", "-h", WEB, "-p", "5000", "-U", "webapp", "webapp"],
-                   check=True, capture_output=True, env=env)
-    progress(f"load: TPC-B through 5000 and select-only through 5001, {args.clients} clients each, "
-             f"{args.seconds} s ...")
-    common = ["-U", "webapp", "-n", "-c", str(args.clients), "-j", "2", "-T", str(args.seconds)]
-    loads = [subprocess.Popen([PGBENCH, "-h", WEB, "-p", port, *common, *extra, "webapp"], env=env,
+    progress(f"pgbench -i -s 5 through HAProxy {c.primary_port} ...")
+    subprocess.run([PGBENCH, "-i", "-q", "-s", "5", "-h", web, "-p", str(c.primary_port), "-U", user,
+                    db], check=True, capture_output=True, env=env)
+    progress(f"load: TPC-B through {c.primary_port} and select-only through {c.replica_port}, "
+             f"{args.clients} clients each, {args.seconds} s ...")
+    common = ["-U", user, "-n", "-c", str(args.clients), "-j", "2", "-T", str(args.seconds)]
+    loads = [subprocess.Popen([PGBENCH, "-h", web, "-p", str(port), *common, *extra, db], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-             for port, extra in (("5000", []), ("5001", ["-S"]))]
+             for port, extra in ((c.primary_port, []), (c.replica_port, ["-S"]))]
     snapshots = []
     time.sleep(min(5, args.seconds / 4))
     while all(p.poll() is None for p in loads):

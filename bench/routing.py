@@ -26,18 +26,17 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from bench.common import (  # noqa: E402
     PGBENCH,
-    app_password,
-    cluster_pillar,
     machine,
     now,
     progress,
     write_results,
 )
-from lab.workload import WEB, leader  # noqa: E402
+from lab.cluster import cluster, credentials, leader  # noqa: E402
 
 
 def pgbench(host: str, port: int, password: str, *args: str) -> dict:
-    cmd = [PGBENCH, "-h", host, "-p", str(port), "-U", "webapp", *args, "webapp"]
+    app = cluster().app
+    cmd = [PGBENCH, "-h", host, "-p", str(port), "-U", app["user"], *args, app["database"]]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True,
                          env={**os.environ, "PGPASSWORD": password}).stdout
     return {"tps": float(re.search(r"tps = ([\d.]+)", out).group(1)),
@@ -51,14 +50,15 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--scale", type=int, default=5)
     args = parser.parse_args()
-    password = app_password()
-    members = cluster_pillar()["members"]
-    primary = members[leader()]["address"]
-    paths = {"direct": (primary, 5432), "pgbouncer": (primary, 6432), "haproxy": (WEB, 5000),
-             "haproxy-replicas": (WEB, 5001)}
+    c = cluster()
+    password = credentials()["app"]
+    primary = c.members[leader()]
+    paths = {"direct": (primary, c.model["postgresql"]["port"]),
+             "pgbouncer": (primary, c.model["pgbouncer"]["port"]),
+             "haproxy": (c.web_address, c.primary_port),
+             "haproxy-replicas": (c.web_address, c.replica_port)}
     progress(f"pgbench -i -s {args.scale} on the leader {primary} ...")
-    subprocess.run([PGBENCH, "-i", "-q", "-s", str(args.scale), "-h", primary, "-U", "webapp", "webapp"],
-                   check=True, capture_output=True, env={**os.environ, "PGPASSWORD": password})
+    pgbench(primary, paths["direct"][1], password, "-i", "-q", "-s", str(args.scale))
     load = ["-n", "-c", str(args.clients), "-j", "2", "-T", str(args.seconds)]
     plan = [("tpcb", [], ["direct", "pgbouncer", "haproxy"]),
             ("select-only", ["-S"], ["direct", "pgbouncer", "haproxy", "haproxy-replicas"]),

@@ -29,10 +29,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from bench.common import PGBENCH, app_password, machine, now, progress, write_results  # noqa: E402
-from lab import workload  # noqa: E402
+from bench.common import PGBENCH, machine, now, progress, write_results  # noqa: E402
+from lab.cluster import cluster, credentials  # noqa: E402
 
-WEB = f"http://{workload.WEB}"
+WEB = cluster().url
 SELECT = "SELECT id, text, created_at, host(inet_server_addr()) AS server FROM messages WHERE id = :id;"
 INSERT = "INSERT INTO messages (text) VALUES ('bench') RETURNING id;"
 
@@ -70,9 +70,10 @@ def pgbench(sql: str, port: int, password: str, connections: int, seconds: int, 
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "script.sql"
         script.write_text("".join(f"\\set {k} {v}\n" for k, v in variables.items()) + sql + "\n")
-        cmd = [PGBENCH, "-h", workload.WEB, "-p", str(port), "-U", "webapp", "-n", "-f", str(script),
-               "-c", str(connections), "-j", "2", "-T", str(seconds), "-l", "--log-prefix",
-               f"{tmp}/log", "webapp"]
+        app = cluster().app
+        cmd = [PGBENCH, "-h", cluster().web_address, "-p", str(port), "-U", app["user"], "-n", "-f",
+               str(script), "-c", str(connections), "-j", "2", "-T", str(seconds), "-l",
+               "--log-prefix", f"{tmp}/log", app["database"]]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=tmp,
                              env={**os.environ, "PGPASSWORD": password}).stdout
         # Per-transaction log lines: client, transaction, latency in microseconds, ...
@@ -90,7 +91,8 @@ def main() -> int:
                         help="comma-separated: each concurrency is measured in turn")
     parser.add_argument("--seconds", type=int, default=15)
     args = parser.parse_args()
-    password = app_password()
+    password = credentials()["app"]
+    primary, replicas = cluster().primary_port, cluster().replica_port
     s = args.seconds
     ids = add_messages(200)
     get_lua = (f"ids = {{{', '.join(map(str, ids))}}}\n"
@@ -99,20 +101,21 @@ def main() -> int:
     post_lua = ("wrk.method = 'POST'\nwrk.path = '/api/messages'\n"
                 "wrk.headers['Content-Type'] = 'application/json'\n"
                 "wrk.body = '{\"text\": \"bench\"}'\n")
-    names = {"get_web": "GET /api/messages/<id> through nginx", "get_sql": "its SELECT through 5001",
-             "post_web": "POST /api/messages through nginx", "post_sql": "its INSERT through 5000"}
+    names = {"get_web": "GET /api/messages/<id> through nginx",
+             "get_sql": f"its SELECT through {replicas}",
+             "post_web": "POST /api/messages through nginx", "post_sql": f"its INSERT through {primary}"}
     table = ["| what | connections | requests/s | p50 ms | p99 ms | errors | web / SQL |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     runs = {}
     for c in map(int, args.connections.split(",")):
         progress(f"GET by id through nginx, {c} connections, {s}s ...")
         run = {"get_web": wrk(get_lua, c, s)}
-        progress("the same SELECT through HAProxy 5001 ...")
-        run["get_sql"] = pgbench(SELECT, 5001, password, c, s, id=f"random({min(ids)}, {max(ids)})")
+        progress(f"the same SELECT through HAProxy {replicas} ...")
+        run["get_sql"] = pgbench(SELECT, replicas, password, c, s, id=f"random({min(ids)}, {max(ids)})")
         progress(f"POST through nginx, {c} connections, {s}s ...")
         run["post_web"] = wrk(post_lua, c, s)
-        progress("the same INSERT through HAProxy 5000 ...")
-        run["post_sql"] = pgbench(INSERT, 5000, password, c, s)
+        progress(f"the same INSERT through HAProxy {primary} ...")
+        run["post_sql"] = pgbench(INSERT, primary, password, c, s)
         runs[c] = run
         for key, what in names.items():
             r = run[key]

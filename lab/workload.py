@@ -1,9 +1,9 @@
 """Load and faults for the deployed lab cluster, shared by bench/failover.py and the fault tests.
 
-A Writer inserts a numbered row every 100 ms through HAProxy's primary port (10.0.0.10:5000)
-and records every insert the database acknowledged; a Reader reads through the replica port
-(5001). FAULTS hurt a host with bin/lab and repair it. Needs psycopg2 (the repo's .venv), unlike
-the rest of this package.
+A Writer inserts a numbered row every 100 ms through HAProxy's primary port on the web host
+and records every insert the database acknowledged; a Reader reads through the replica port.
+FAULTS hurt a host with bin/lab and repair it. Addresses and ports come from the cluster's
+pillar (lab/cluster.py). Needs psycopg2 (the repo's .venv), unlike the rest of this package.
 """
 
 from __future__ import annotations
@@ -20,29 +20,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import settings
+from .cluster import cluster, leader, on_web, roles
 
 LAB = settings.REPO / "bin" / "lab"
-SALT = settings.VENV / "bin" / "salt"
-WEB = f"{settings.SUBNET_PREFIX}.10"
 INTERVAL = 0.1
 TABLE = "bench_writes"
-
-
-def salt(*args: str, timeout: int = 60, check: bool = False) -> dict:
-    """`salt ARGS --out=json --static` from the repo root: {minion: return}. A run that printed
-    no JSON gives {}, or with check=True raises RuntimeError with what it printed."""
-    out = subprocess.run([SALT, *args, "--out=json", "--static", "-t", str(timeout)],
-                         cwd=settings.REPO, capture_output=True, text=True, check=False)
-    try:
-        return json.loads(out.stdout or "{}")
-    except json.JSONDecodeError:
-        if check:
-            raise RuntimeError(f"salt {' '.join(args)}: {out.stdout}{out.stderr}") from None
-        return {}
-
-
-def salt_web(*args, timeout: int = 60) -> object:
-    return salt("web", *args, timeout=timeout).get("web")
 
 
 def wait_healthy(timeout: float = 180, sync_standby: bool = False) -> dict:
@@ -50,9 +32,9 @@ def wait_healthy(timeout: float = 180, sync_standby: bool = False) -> dict:
     sync_standby, a synchronous standby is named: what zero loss depends on); the listing."""
     deadline = time.monotonic() + timeout
     while True:
-        health = salt_web("patroni.health")
+        health = on_web("patroni.health")
         if isinstance(health, dict) and health.get("healthy"):
-            listing = salt_web("patroni.list")
+            listing = on_web("patroni.list")
             members = listing["members"] if isinstance(listing, dict) else []
             if members and all(m["state"] in ("running", "streaming") for m in members) and \
                     (not sync_standby or "Sync Standby" in [m["role"] for m in members]):
@@ -66,19 +48,11 @@ def lab(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([LAB, *args], check=True, capture_output=True, text=True)
 
 
-def roles() -> dict[str, str]:
-    """{member: patronictl role} as Patroni reports it ("Leader", "Sync Standby", "Replica")."""
-    listing = salt_web("patroni.list")
-    return {m["name"]: m["role"] for m in listing["members"]}
-
-
-def leader() -> str:
-    return next(name for name, role in roles().items() if role == "Leader")
-
-
-def app_dsn(password: str, port: int = 5000) -> dict:
-    return {"host": WEB, "port": port, "dbname": "webapp", "user": "webapp", "password": password,
-            "connect_timeout": 2}
+def app_dsn(password: str, port: int | None = None) -> dict:
+    """The app's database through HAProxy on the web host (the primary port by default)."""
+    c = cluster()
+    return {"host": c.web_address, "port": port or c.primary_port, "dbname": c.app["database"],
+            "user": c.app["user"], "password": password, "connect_timeout": 2}
 
 
 def ensure_table(password: str) -> None:
@@ -90,7 +64,8 @@ def ensure_table(password: str) -> None:
 
 def rows_on(host: str, tag: str) -> set[int]:
     """The rows of a tag as one member has them, read locally (peer auth, no network)."""
-    out = lab("exec", host, "--", "runuser", "-u", "postgres", "--", "psql", "-d", "webapp", "-XAtc",
+    out = lab("exec", host, "--", "runuser", "-u", "postgres", "--", "psql", "-d",
+              cluster().app["database"], "-XAtc",
               f"SELECT n FROM {TABLE} WHERE tag = '{tag}'").stdout
     return {int(line) for line in out.split()}
 
@@ -154,10 +129,10 @@ class _Loop(threading.Thread):
 
 
 class Writer(_Loop):
-    """Inserts (tag, n) through 5000; `acked` are the n the database acknowledged."""
+    """Inserts (tag, n) through the primary port; `acked` are the n the database acknowledged."""
 
     def __init__(self, password: str, tag: str):
-        super().__init__(password, 5000)
+        super().__init__(password, cluster().primary_port)
         self.tag = tag
 
     def statement(self, cur, n):
@@ -169,10 +144,10 @@ class Writer(_Loop):
 
 
 class Reader(_Loop):
-    """Reads through 5001, the replicas (or the leader when none is healthy)."""
+    """Reads through the replica port: the replicas (or the leader when none is healthy)."""
 
     def __init__(self, password: str):
-        super().__init__(password, 5001)
+        super().__init__(password, cluster().replica_port)
 
     def statement(self, cur, n):
         cur.execute(f"SELECT count(*) FROM {TABLE}")
@@ -188,10 +163,10 @@ class Timeline:
 
     POLL = 0.05
 
-    def __init__(self, members: dict[str, str], hurt: list[str], cluster: str,
+    def __init__(self, members: dict[str, str], hurt: list[str], scope: str,
                  namespace: str = "/service/"):
         self.members, self.hurt = members, set(hurt)
-        self.key = base64.b64encode(f"{namespace}{cluster}/leader".encode()).decode()
+        self.key = base64.b64encode(f"{namespace}{scope}/leader".encode()).decode()
         self.primary: dict[str, list[tuple[float, bool]]] = {name: [] for name in members}
         self.holder: list[tuple[float, str | None]] = []
         self.stop = threading.Event()
@@ -209,7 +184,7 @@ class Timeline:
             thread.join()
 
     def _poll_primary(self, name: str) -> None:
-        url = f"http://{self.members[name]}:8008/primary"
+        url = cluster().patroni_url(name, "/primary")
         while not self.stop.is_set():
             try:
                 with urllib.request.urlopen(url, timeout=0.5) as answer:
@@ -225,7 +200,8 @@ class Timeline:
         while not self.stop.is_set():
             holder = "?"
             for address in survivors:
-                request = urllib.request.Request(f"http://{address}:2379/v3/kv/range", data=body)
+                request = urllib.request.Request(f"http://{address}:{cluster().etcd_port}/v3/kv/range",
+                                                 data=body)
                 try:
                     with urllib.request.urlopen(request, timeout=0.5) as answer:
                         kvs = json.load(answer).get("kvs") or []
@@ -293,7 +269,7 @@ FAULTS = {
                          lambda h: lab("exec", h, "--", "systemctl", "stop", "etcd"),
                          lambda h: lab("exec", h, "--", "systemctl", "start", "etcd"), 30),
     "switchover": Fault("planned switchover (salt web patroni.switchover)", lambda: [leader()],
-                        lambda h: salt_web("patroni.switchover"), lambda h: None, 15),
+                        lambda h: on_web("patroni.switchover"), lambda h: None, 15),
     "replica-crash": Fault("power cut of the synchronous standby, then power on",
                            lambda: [_members_with("Sync Standby")],
                            lambda h: lab("crash", h), lambda h: lab("start", h), 30),

@@ -1,8 +1,8 @@
-"""Shared test helpers: the repo, and Salt commands run from its root as a user would."""
+"""Shared test helpers: the repo, and commands run from its root as a user would. Salt's own
+commands go through lab/cluster.py (salt)."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 from pathlib import Path
 
@@ -21,19 +21,6 @@ def run(*cmd, check=True, timeout=600, **kwargs) -> subprocess.CompletedProcess:
             f"stdout:\n{result.stdout[-4000:]}\nstderr:\n{result.stderr[-4000:]}"
         )
     return result
-
-
-def salt_json(*args, tool="salt", timeout=300, check=True) -> dict:
-    """`.venv/bin/<tool> ARGS --out=json` from the repo root, parsed. With check=False a
-    command that failed (a minion that did not answer) gives what it printed, or {}."""
-    extra = ["--static"] if tool == "salt" else []
-    result = run(VENV_BIN / tool, *args, "--out=json", *extra, timeout=timeout, check=check)
-    try:
-        return json.loads(result.stdout or "{}")
-    except json.JSONDecodeError:
-        if check:
-            raise
-        return {}
 
 
 def pytest_sessionfinish(session, exitstatus):

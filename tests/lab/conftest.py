@@ -7,7 +7,7 @@ import os
 import pytest
 
 from lab.workload import wait_healthy  # noqa: F401 - the lab tests' health wait
-from tests.conftest import REPO, run, salt_json
+from tests.conftest import REPO, run
 
 LAB = REPO / "bin" / "lab"
 # What bin/deploy printed when the session's lab was deployed.
@@ -35,6 +35,3 @@ def lab():
 def lab_exec(host: str, *cmd: str, check: bool = True, timeout: float = 120):
     return run(LAB, "exec", host, "--", *cmd, check=check, timeout=timeout)
 
-
-def on_web(function: str, *args: str, check: bool = True):
-    return salt_json("web", function, *args, "-t", "120", check=check).get("web")

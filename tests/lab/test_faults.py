@@ -1,5 +1,5 @@
-"""Every way a leader (or its consensus) can fail, under load: a writer through HAProxy 5000
-records every write the database acknowledged, a reader reads through 5001. After each fault
+"""Every way a leader (or its consensus) can fail, under load: a writer through HAProxy's primary
+port records every write the database acknowledged, a reader reads through the replica port. After each fault
 and its repair, every acknowledged write is on every member, the old leader is back as a
 replica, and the web app takes a message. The crash and the partition run three times: a rare
 failure is still a failure. Outages and counts go to tests/output/faults.{json,md}."""
@@ -13,25 +13,16 @@ from datetime import UTC, datetime
 
 import pytest
 
-from lab.workload import (
-    FAULTS,
-    Reader,
-    Writer,
-    ensure_table,
-    in_recovery,
-    roles,
-    rows_on,
-    wait_healthy,
-)
+from lab.cluster import cluster, credentials, roles
+from lab.workload import FAULTS, Reader, Writer, ensure_table, in_recovery, rows_on, wait_healthy
 from tests.conftest import REPO
-from tests.lab.test_cluster import MEMBERS, credentials
 from tests.lab.test_webapp import request
 
 RUNS = {"stop": 1, "kill9": 1, "crash": 3, "partition": 3, "etcd-one": 1, "etcd-quorum": 1,
         "switchover": 1, "replica-crash": 1}
 CASES = [(name, run) for name, runs in RUNS.items() for run in range(1, runs + 1)]
 OUTPUT = REPO / "tests" / "output"
-TTL = 20  # pgcluster:patroni:ttl
+MEMBERS = cluster().members
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +74,7 @@ def test_no_acknowledged_write_is_lost(lab, report, scenario, run):
     if scenario == "partition":
         # No split brain: the cut-off old leader must stop taking writes once its lock is gone
         # (ttl), while a new leader is being elected on the other side.
-        while time.monotonic() < fault_at + TTL + 10:
+        while time.monotonic() < fault_at + cluster().ttl + 10:
             if in_recovery(old_leader):
                 read_only_after = round(time.monotonic() - fault_at, 1)
                 break
@@ -116,5 +107,5 @@ def test_no_acknowledged_write_is_lost(lab, report, scenario, run):
     # Everyone is back: the old leader (and anything hurt) as a member of the cluster.
     assert sorted(after) == sorted(MEMBERS) and list(after.values()).count("Leader") == 1
     assert status == 201, body
-    # Reads through 5001 went on after the repair.
+    # Reads through the replica port went on after the repair.
     assert reader.ok and reader.ok[-1][0] > repaired_at

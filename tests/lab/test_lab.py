@@ -10,15 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, VENV_BIN, run, salt_json
+from lab import settings
+from lab.cluster import cluster, salt
+from tests.conftest import REPO, VENV_BIN, run
 from tests.lab.conftest import LAB, lab_exec
 
-HOSTS = {
-    "postgres-srv1": "10.0.0.11",
-    "postgres-srv2": "10.0.0.12",
-    "postgres-srv3": "10.0.0.13",
-    "web": "10.0.0.10",
-}
+C = cluster()
+HOSTS = C.hosts  # the lab map makes the hosts the pillar describes
+MASTER = settings.GATEWAY  # the salt-master listens on the lab's bridge
+FIRST, SECOND, THIRD = C.model["member_names"][:3]
+WEB = C.web
 
 
 def status() -> dict:
@@ -26,7 +27,7 @@ def status() -> dict:
 
 
 def ping_all() -> dict:
-    return salt_json("*", "test.ping", "-t", "15")
+    return salt("*", "test.ping", timeout=15)
 
 
 def tcp_probe(host: str, address: str, port: int, timeout: float = 3) -> str:
@@ -57,8 +58,8 @@ def test_every_minion_answers(lab):
 
 
 def test_hosts_are_booted_debian_12_with_their_own_identity(lab):
-    grains = salt_json("*", "grains.item", "os", "osrelease", "init", "virtual", "host",
-                       "ipv4", "machine_id")
+    grains = salt("*", "grains.item", "os", "osrelease", "init", "virtual", "host", "ipv4",
+                  "machine_id", check=True)
     assert set(grains) == set(HOSTS)
     for name, g in grains.items():
         assert (g["os"], g["osrelease"], g["init"]) == ("Debian", "12", "systemd")
@@ -66,12 +67,12 @@ def test_hosts_are_booted_debian_12_with_their_own_identity(lab):
         assert g["host"] == name
         assert HOSTS[name] in g["ipv4"]
     assert len({g["machine_id"] for g in grains.values()}) == len(HOSTS)
-    hosts_file = lab_exec("web", "getent", "hosts", "web").stdout
-    assert hosts_file.split()[0] == HOSTS["web"]
+    hosts_file = lab_exec(WEB, "getent", "hosts", FIRST).stdout
+    assert hosts_file.split()[0] == HOSTS[FIRST]
 
 
 def test_salt_cloud_lists_four_running_nodes(lab):
-    nodes = salt_json("-Q", tool="salt-cloud")["lab"]["lab"]
+    nodes = salt("-Q", tool="salt-cloud", check=True)["lab"]["lab"]
     assert set(nodes) == set(HOSTS)
     for name, node in nodes.items():
         assert node["state"] == "running"
@@ -87,80 +88,83 @@ def test_running_the_map_again_creates_nothing(lab):
 
 
 def test_packages_come_from_the_lab_repository_and_are_not_preinstalled(lab):
-    lab_exec("postgres-srv1", "apt-get", "update", "-q")
-    policy = lab_exec("postgres-srv1", "apt-cache", "policy", "postgresql-15").stdout
+    lab_exec(FIRST, "apt-get", "update", "-q")
+    policy = lab_exec(FIRST, "apt-cache", "policy", "postgresql-15").stdout
     assert "file:/srv/pglab/apt" in policy
     # The image the hosts boot from is bare: what the cluster needs, the states install.
     images = list(Path("/var/cache/pglab").glob("image-*"))
     assert images and not any((i / "usr/lib/postgresql").exists() for i in images)
     assert not any((i / "usr/bin/etcd").exists() for i in images)
-    pip = lab_exec("postgres-srv1", "cat", "/etc/pip.conf").stdout
+    pip = lab_exec(FIRST, "cat", "/etc/pip.conf").stdout
     assert "find-links = /srv/pglab/wheels" in pip
-    wheels = lab_exec("postgres-srv1", "ls", "/srv/pglab/wheels").stdout
+    wheels = lab_exec(FIRST, "ls", "/srv/pglab/wheels").stdout
     assert re.search(r"^patroni-4\.1\.\d+-", wheels, re.M)
 
 
 def test_hosts_reach_each_other_and_nothing_beyond_the_lab(lab):
-    assert "default" not in lab_exec("web", "ip", "route").stdout
-    assert lab_exec("web", "ping", "-c1", "-W2", HOSTS["postgres-srv1"], check=False).returncode == 0
+    assert "default" not in lab_exec(WEB, "ip", "route").stdout
+    assert lab_exec(WEB, "ping", "-c1", "-W2", HOSTS[FIRST], check=False).returncode == 0
     # No route out: an address beyond the lab subnet is unreachable at once.
-    out = lab_exec("web", "ping", "-c1", "-W1", "192.0.2.1", check=False)
+    out = lab_exec(WEB, "ping", "-c1", "-W1", "192.0.2.1", check=False)
     assert out.returncode != 0
     assert "unreachable" in (out.stdout + out.stderr).lower()
 
 
 def test_partition_cuts_a_host_off_silently_and_heal_restores_it(lab):
-    run(LAB, "partition", "postgres-srv3")
+    run(LAB, "partition", THIRD)
     try:
-        assert status()["postgres-srv3"]["state"] == "partitioned"
+        assert status()[THIRD]["state"] == "partitioned"
         # Silence, not resets: even a closed port of the cut-off host does not answer...
-        assert tcp_probe("postgres-srv1", HOSTS["postgres-srv3"], 22) == "silent"
+        assert tcp_probe(FIRST, HOSTS[THIRD], 22) == "silent"
         # ...and it cannot reach the others or the salt-master.
-        assert tcp_probe("postgres-srv3", "10.0.0.1", 4506) == "silent"
-        answer = salt_json("postgres-srv3", "test.ping", "-t", "5", check=False)
-        assert answer.get("postgres-srv3") is not True
+        assert tcp_probe(THIRD, MASTER, 4506) == "silent"
+        assert salt(THIRD, "test.ping", timeout=5).get(THIRD) is not True
     finally:
-        run(LAB, "heal", "postgres-srv3")
-    assert status()["postgres-srv3"]["state"] == "running"
-    assert tcp_probe("postgres-srv1", HOSTS["postgres-srv3"], 22) == "refused"
-    _wait_minion("postgres-srv3", timeout=60)
+        run(LAB, "heal", THIRD)
+    assert status()[THIRD]["state"] == "running"
+    assert tcp_probe(FIRST, HOSTS[THIRD], 22) == "refused"
+    _wait_minion(THIRD, timeout=60)
 
 
 def test_crash_kills_everything_at_once_and_the_address_goes_silent(lab):
-    family = host_pids("postgres-srv2")
+    family = host_pids(SECOND)
     assert len(family) > 5  # nspawn, systemd, journald, the minion...
-    run(LAB, "crash", "postgres-srv2")
-    assert status()["postgres-srv2"]["state"] == "stopped"
+    run(LAB, "crash", SECOND)
+    assert status()[SECOND]["state"] == "stopped"
     for p in family:
         assert not _alive(p), f"process {p} of the crashed host survived"
-    assert tcp_probe("postgres-srv1", HOSTS["postgres-srv2"], 22) == "silent"
-    run(LAB, "start", "postgres-srv2")
-    assert status()["postgres-srv2"]["state"] == "running"
-    _wait_minion("postgres-srv2")
+    assert tcp_probe(FIRST, HOSTS[SECOND], 22) == "silent"
+    run(LAB, "start", SECOND)
+    assert status()[SECOND]["state"] == "running"
+    _wait_minion(SECOND)
 
 
 def test_clean_stop_and_start_through_salt_cloud_actions(lab):
-    out = salt_json("-a", "stop", "web", "-y", tool="salt-cloud")
+    machine_id = lab_exec(WEB, "cat", "/etc/machine-id").stdout.strip()
+    marker = f"/var/tmp/survives-a-stop-{time.time_ns()}"
+    lab_exec(WEB, "touch", marker)
+    out = salt("-a", "stop", WEB, "-y", tool="salt-cloud", check=True)
     assert "stopped" in json.dumps(out)
-    assert status()["web"]["state"] == "stopped"
-    salt_json("-a", "start", "web", "-y", tool="salt-cloud")
-    assert status()["web"]["state"] == "running"
-    _wait_minion("web")
-    # The disk survived the power-off: the machine id is the one the host was created with.
-    assert lab_exec("web", "test", "-s", "/etc/machine-id").returncode == 0
+    assert status()[WEB]["state"] == "stopped"
+    salt("-a", "start", WEB, "-y", tool="salt-cloud", check=True)
+    assert status()[WEB]["state"] == "running"
+    _wait_minion(WEB)
+    # The disk survived the power-off: the same machine id, and a file written before it.
+    assert lab_exec(WEB, "cat", "/etc/machine-id").stdout.strip() == machine_id
+    assert lab_exec(WEB, "test", "-f", marker, check=False).returncode == 0
 
 
 def test_destroy_and_recreate_through_salt_cloud(lab):
-    run(VENV_BIN / "salt-cloud", "-d", "web", "-y")
-    assert "web" not in status()
-    keys = salt_json("-L", tool="salt-key")
-    assert "web" not in keys.get("minions", [])
+    run(VENV_BIN / "salt-cloud", "-d", WEB, "-y")
+    assert WEB not in status()
+    keys = salt("-L", tool="salt-key", check=True)
+    assert WEB not in keys.get("minions", [])
     run(VENV_BIN / "salt-cloud", "-m", "cloud.maps.d/lab.map", "-P", "-y")
-    assert status()["web"]["state"] == "running"
-    _wait_minion("web")
+    assert status()[WEB]["state"] == "running"
+    _wait_minion(WEB)
     # A fresh VM converges with one highstate (and the cluster has its web host back).
-    result = salt_json("web", "state.apply", "-t", "600")
-    assert all(s["result"] for s in result["web"].values())
+    result = salt(WEB, "state.apply", timeout=600, check=True)
+    assert all(s["result"] for s in result[WEB].values())
 
 
 @pytest.mark.lab_last
@@ -203,11 +207,11 @@ def _alive(pid: int) -> bool:
 
 def _wait_minion(name: str, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
-    while salt_json(name, "test.ping", "-t", "5", check=False).get(name) is not True:
+    while salt(name, "test.ping", timeout=5).get(name) is not True:
         assert time.monotonic() < deadline, f"{name}'s minion did not answer within {timeout}s"
         time.sleep(1)
 
 
 def test_tcp_probe_helper_sees_an_open_port(lab):
     # The probes above mean something only if 'open' is reachable: the salt-master's port is.
-    assert tcp_probe("web", "10.0.0.1", 4506) == "open"
+    assert tcp_probe(WEB, MASTER, 4506) == "open"

@@ -6,10 +6,17 @@ import time
 
 import pytest
 
+from lab.cluster import cluster, leader, on_web
 from tests.conftest import VENV_BIN, run
-from tests.lab.conftest import LAB, on_web, wait_healthy
+from tests.lab.conftest import LAB, wait_healthy
 
-MEMBERS = ("postgres-srv1", "postgres-srv2", "postgres-srv3")
+C = cluster()
+MEMBERS = list(C.members)
+WEB = C.web
+LAST = MEMBERS[-1]
+# The modules' default timeout per round of requests (DEFAULT_TIMEOUT in _modules/patroni.py and
+# _modules/etcd_cluster.py): a member down costs at most this much, once per call.
+MODULE_TIMEOUT = 2.0
 
 
 @pytest.fixture
@@ -21,9 +28,14 @@ def leader_of(listing: dict) -> str:
     return next(m["name"] for m in listing["members"] if m["role"] == "Leader")
 
 
+def salt_on_web(*args: str):
+    """`salt WEB ARGS` as an operator types it: the table or error they read, and the exit."""
+    return run(VENV_BIN / "salt", WEB, *args, check=False)
+
+
 def test_patroni_list_from_the_web_host(healthy_cluster):
     listing = on_web("patroni.list")
-    assert listing["cluster"] == "pg-cluster-skynet"
+    assert listing["cluster"] == C.name
     assert listing["system_identifier"].isdigit()
     assert listing["paused"] is False
     roles = sorted(m["role"] for m in listing["members"])
@@ -31,8 +43,8 @@ def test_patroni_list_from_the_web_host(healthy_cluster):
     for member in listing["members"]:
         assert {"name", "host", "role", "state", "timeline", "lag_mb"} <= set(member)
     # The default outputter shows a table, as patronictl list does.
-    table = run(VENV_BIN / "salt", "web", "patroni.list").stdout
-    assert "+ Cluster: pg-cluster-skynet (" in table
+    table = salt_on_web("patroni.list").stdout
+    assert f"+ Cluster: {C.name} (" in table
     assert "| Member" in table and "| Leader" in table and "| Sync Standby" in table
 
 
@@ -43,7 +55,7 @@ def test_switchover_moves_the_leader_and_list_shows_it(healthy_cluster):
     assert result["previous_leader"] == old
     assert candidate in result["message"]
     deadline = time.monotonic() + 60
-    while leader_of(on_web("patroni.list")) != candidate:
+    while leader() != candidate:
         assert time.monotonic() < deadline, "the leader did not change"
         time.sleep(1)
     assert on_web("patroni.leader") == candidate
@@ -54,42 +66,68 @@ def test_switchover_moves_the_leader_and_list_shows_it(healthy_cluster):
 
 def test_patroni_refusals_are_clear(healthy_cluster):
     current = leader_of(healthy_cluster)
-    out = run(VENV_BIN / "salt", "web", "patroni.switchover", f"candidate={current}", check=False)
+    out = salt_on_web("patroni.switchover", f"candidate={current}")
     assert out.returncode != 0 and f"{current} is already the leader" in out.stdout
-    out = run(VENV_BIN / "salt", "web", "patroni.switchover", "candidate=postgres-srv9", check=False)
-    assert "unknown member 'postgres-srv9'" in out.stdout
-    out = run(VENV_BIN / "salt", "web", "patroni.reinit", current, check=False)
+    out = salt_on_web("patroni.switchover", "candidate=no-such-member")
+    assert "unknown member 'no-such-member'" in out.stdout
+    out = salt_on_web("patroni.reinit", current)
     # Patroni's own message, passed on.
     assert out.returncode != 0 and "Patroni refused the reinitialize" in out.stdout
+    # synchronous_mode: only the synchronous standby can take over in a switchover; the module
+    # says so (naming it) before asking Patroni, and the leader stays.
+    sync = next(m["name"] for m in healthy_cluster["members"] if m["role"] == "Sync Standby")
+    asynchronous = next(m["name"] for m in healthy_cluster["members"] if m["role"] == "Replica")
+    out = salt_on_web("patroni.switchover", f"candidate={asynchronous}")
+    assert out.returncode != 0
+    assert (f"{asynchronous} is an asynchronous replica; with synchronous_mode Patroni switches "
+            f"over only to the synchronous standby: {sync}") in " ".join(out.stdout.split())
+    assert leader() == current
 
 
 def test_etcd_health_status_and_members(healthy_cluster):
     health = on_web("etcd_cluster.health")
-    assert health["quorum"] is True and health["healthy"] == 3
+    assert health["quorum"] is True and health["healthy"] == len(MEMBERS)
     status = on_web("etcd_cluster.status")
-    assert len(status) == 3 and sum(r["is_leader"] for r in status) == 1
+    assert len(status) == len(MEMBERS) and sum(r["is_leader"] for r in status) == 1
     assert all(r["version"].startswith("3.4.") for r in status)
     members = on_web("etcd_cluster.members")
-    assert sorted(m["name"] for m in members) == list(MEMBERS)
+    assert sorted(m["name"] for m in members) == sorted(MEMBERS)
+    # Flat keys under /service/<scope>/: "leader", "config", "members/<name>"...
     keys = on_web("etcd_cluster.patroni_keys")
-    assert keys["leader"] == leader_of(healthy_cluster)
-    assert set(keys["members"] if isinstance(keys.get("members"), dict) else []) <= set(MEMBERS)
-    assert any(k.startswith("members/") for k in keys)
+    for name in MEMBERS:
+        assert f"members/{name}" in keys, sorted(keys)
+        assert keys[f"members/{name}"]["api_url"] == C.patroni_url(name, "/patroni")
+    assert keys["leader"] in MEMBERS and keys["leader"] == leader_of(healthy_cluster)
+    assert "config" in keys and keys["config"]["synchronous_mode"] is True
+
+
+def timed_on_web(function: str) -> tuple[object, float]:
+    started = time.monotonic()
+    result = on_web(function)
+    return result, time.monotonic() - started
 
 
 def test_a_stopped_host_shows_as_down_quickly_and_with_a_clear_error(healthy_cluster):
-    run(LAB, "stop", "postgres-srv3")
+    # What a salt call to the web host costs by itself (publish, return), to subtract.
+    overhead = min(timed_on_web("test.true")[1] for _ in range(3))
+    # A member down costs one timeout per call (every member is asked at once), plus margin.
+    bound = overhead + MODULE_TIMEOUT + 3.0
+    run(LAB, "stop", LAST)
     try:
-        health = on_web("etcd_cluster.health")
-        assert health["healthy"] == 2 and health["quorum"] is True
-        down = health["endpoints"]["http://10.0.0.13:2379"]
-        assert down["healthy"] is False and down["error"]
-        started = time.monotonic()
-        listing = on_web("patroni.list")
-        elapsed = time.monotonic() - started
-        srv3 = next(m for m in listing["members"] if m["name"] == "postgres-srv3")
-        assert srv3["state"] in ("unreachable", "stopped")
-        print(f"patroni.list with a host down took {elapsed:.1f}s")
+        health, took = timed_on_web("etcd_cluster.health")
+        assert took < bound, f"etcd_cluster.health took {took:.1f} s (bound {bound:.1f} s)"
+        assert health["healthy"] == len(MEMBERS) - 1 and health["quorum"] is True
+        down = health["endpoints"][C.etcd_url(LAST)]
+        assert down["healthy"] is False and f"{C.etcd_url(LAST)}/health" in down["error"]
+        listing, took = timed_on_web("patroni.list")
+        assert took < bound, f"patroni.list took {took:.1f} s (bound {bound:.1f} s)"
+        stopped = next(m for m in listing["members"] if m["name"] == LAST)
+        assert stopped["state"] in ("unreachable", "stopped")
+        health, took = timed_on_web("patroni.health")
+        assert took < bound, f"patroni.health took {took:.1f} s (bound {bound:.1f} s)"
+        stopped = health["members"][LAST]
+        assert stopped["rest_api"] is False
+        assert LAST in stopped["error"] and C.patroni_url(LAST, "/patroni") in stopped["error"]
     finally:
-        run(LAB, "start", "postgres-srv3")
+        run(LAB, "start", LAST)
     wait_healthy(timeout=240)

@@ -10,14 +10,26 @@ import urllib.request
 
 import pytest
 
+from lab import settings
+from lab.cluster import cluster, credentials
 from tests.conftest import run
 from tests.lab.conftest import LAB, lab_exec
-from tests.lab.test_cluster import MEMBERS, credentials
 
-OUTSIDER = "10.0.0.99"  # an address on the lab bridge that belongs to no cluster host
-BRIDGE = "pglab0"
-WEB = "10.0.0.10"
-DB = MEMBERS["postgres-srv2"]
+C = cluster()
+MEMBERS = C.members
+FIRST, SECOND = C.model["member_names"][:2]
+DB = MEMBERS[SECOND]
+WEB = C.web_address
+# The ports each kind of host serves, from the pillar.
+DB_CLIENT_PORTS = [C.model["postgresql"]["port"], C.model["pgbouncer"]["port"], C.patroni_port,
+                   C.etcd_port]
+PEER_PORT = C.model["etcd"]["peer_port"]
+WEB_PRIVATE_PORTS = [C.primary_port, C.replica_port, C.model["haproxy"]["stats_port"],
+                     int(C.model["webapp"]["bind"].rpartition(":")[2])]
+# An address on the lab bridge that belongs to no cluster host: a stranger in the subnet.
+OUTSIDER = next(f"{settings.SUBNET_PREFIX}.{i}" for i in range(254, 1, -1)
+                if f"{settings.SUBNET_PREFIX}.{i}" not in C.hosts.values())
+BRIDGE = settings.BRIDGE
 
 
 @pytest.fixture(scope="module")
@@ -47,83 +59,88 @@ def connects_from(host: str, address: str, port: int) -> bool:
     return lab_exec(host, "python3", "-c", probe).stdout.strip() == "0"
 
 
-@pytest.mark.parametrize("port", [5432, 6432, 8008, 2379, 2380])
+@pytest.mark.parametrize("port", [*DB_CLIENT_PORTS, PEER_PORT])
 def test_database_ports_are_closed_to_an_outsider(outsider, port):
     assert not connects(DB, port, source=outsider)
 
 
-@pytest.mark.parametrize("port", [5000, 5001, 7000, 8000])
+@pytest.mark.parametrize("port", WEB_PRIVATE_PORTS)
 def test_the_web_host_shows_an_outsider_only_http(outsider, port):
-    assert connects(WEB, 80, source=outsider)
+    assert connects(WEB, C.model["webapp"]["port"], source=outsider)
     assert not connects(WEB, port, source=outsider)
 
 
 def test_the_web_host_reaches_the_database_ports_it_uses_and_not_etcds_peer_port(lab):
-    for port in (5432, 6432, 8008, 2379):
-        assert connects_from("web", DB, port), port
-    assert not connects_from("web", DB, 2380)
+    for port in DB_CLIENT_PORTS:
+        assert connects_from(C.web, DB, port), port
+    assert not connects_from(C.web, DB, PEER_PORT)
     # Members are not HAProxy's clients either.
-    assert not connects_from("postgres-srv1", WEB, 5000)
+    assert not connects_from(FIRST, WEB, C.primary_port)
 
 
 def test_members_reach_each_other_on_every_cluster_port(lab):
-    for port in (5432, 6432, 8008, 2379, 2380):
-        assert connects_from("postgres-srv1", DB, port), port
+    for port in (*DB_CLIENT_PORTS, PEER_PORT):
+        assert connects_from(FIRST, DB, port), port
 
 
 def test_the_salt_master_is_let_in_as_the_admin(lab):
-    assert connects(DB, 5432) and connects(WEB, 5000)
+    assert connects(DB, C.model["postgresql"]["port"]) and connects(WEB, C.primary_port)
 
 
-def psql_from_web(user: str, password: str, dbname: str, *, port: int = 5432, replication=False):
+def psql_from_web(user: str, password: str, dbname: str, *, port: int | None = None,
+                  replication=False):
+    port = port or C.model["postgresql"]["port"]
     dsn = f"host={DB} port={port} user={user} dbname={dbname} connect_timeout=5"
     if replication:
         dsn += " replication=database"
     sql = "IDENTIFY_SYSTEM" if replication else "select current_user"
     # The password goes in on stdin: not in an argument list, not in a failed test's output.
-    return run(LAB, "exec", "web", "--", "sh", "-c", 'PGPASSWORD="$(cat)" exec psql "$0" -XAtc "$1"',
+    return run(LAB, "exec", C.web, "--", "sh", "-c", 'PGPASSWORD="$(cat)" exec psql "$0" -XAtc "$1"',
                dsn, sql, input=password, check=False)
 
 
 def test_pg_hba_lets_the_app_in_through_pgbouncer_and_nobody_else(lab):
     creds = credentials()
-    ok = psql_from_web("webapp", creds["app"], "webapp", port=6432)
-    assert ok.returncode == 0 and ok.stdout.strip() == "webapp", ok.stderr
+    user, db = C.app["user"], C.app["database"]
+    bouncer = C.model["pgbouncer"]["port"]
+    ok = psql_from_web(user, creds["app"], db, port=bouncer)
+    assert ok.returncode == 0 and ok.stdout.strip() == user, ok.stderr
     refused = {
         # PgBouncer connects from the member itself: nobody reaches PostgreSQL from web directly.
-        "app user straight to PostgreSQL": psql_from_web("webapp", creds["app"], "webapp"),
+        "app user straight to PostgreSQL": psql_from_web(user, creds["app"], db),
         "replication user from web": psql_from_web("replicator", creds["replication"], "postgres",
                                                    replication=True),
-        "app user on another database": psql_from_web("webapp", creds["app"], "postgres"),
+        "app user on another database": psql_from_web(user, creds["app"], "postgres"),
         "superuser from web": psql_from_web("postgres", creds["superuser"], "postgres"),
         "rewind user from web": psql_from_web("rewind", creds["rewind"], "postgres"),
     }
     for what, result in refused.items():
         assert result.returncode != 0 and "no pg_hba.conf entry" in result.stderr, what
-    wrong = psql_from_web("webapp", "not-the-password", "webapp", port=6432)
+    wrong = psql_from_web(user, "not-the-password", db, port=bouncer)
     assert wrong.returncode != 0 and "authentication failed" in wrong.stderr, wrong.stderr
     # PgBouncer serves only the app's database.
-    other = psql_from_web("webapp", creds["app"], "postgres", port=6432)
+    other = psql_from_web(user, creds["app"], "postgres", port=bouncer)
     assert other.returncode != 0, other.stdout
 
 
 @pytest.mark.parametrize("host", sorted(MEMBERS))
 def test_no_trust_in_pg_hba(lab, host):
-    hba = lab_exec(host, "cat", "/var/lib/postgresql/15/main/pg_hba.conf").stdout
+    version = C.model["postgresql"]["version"]
+    hba = lab_exec(host, "cat", f"/var/lib/postgresql/{version}/main/pg_hba.conf").stdout
     rules = [line.split() for line in hba.splitlines() if line.strip() and not line.startswith("#")]
     assert rules and all("trust" not in rule for rule in rules)
 
 
 @pytest.mark.parametrize(("method", "path", "body"), [
-    ("POST", "/switchover", {"leader": "postgres-srv1", "candidate": "postgres-srv2"}),
-    ("POST", "/failover", {"candidate": "postgres-srv2"}),
+    ("POST", "/switchover", {"leader": FIRST, "candidate": SECOND}),
+    ("POST", "/failover", {"candidate": SECOND}),
     ("POST", "/restart", {}),
     ("POST", "/reinitialize", {}),
     ("PATCH", "/config", {"ttl": 20}),
     ("POST", "/reload", {}),
 ])
 def test_patronis_unsafe_endpoints_refuse_requests_without_credentials(lab, method, path, body):
-    request = urllib.request.Request(f"http://{DB}:8008{path}", data=json.dumps(body).encode(),
+    request = urllib.request.Request(C.patroni_url(SECOND, path), data=json.dumps(body).encode(),
                                      method=method, headers={"Content-Type": "application/json"})
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(request, timeout=10)
@@ -132,7 +149,7 @@ def test_patronis_unsafe_endpoints_refuse_requests_without_credentials(lab, meth
 
 def test_no_secret_in_process_lists_or_logs(lab):
     secrets = [v for v in credentials().values() if v]
-    for host in [*sorted(MEMBERS), "web"]:
+    for host in C.hosts:
         processes = lab_exec(host, "ps", "-eo", "args").stdout
         logs = lab_exec(host, "journalctl", "--no-pager", "-q", "-o", "cat", timeout=120).stdout
         logs += lab_exec(host, "sh", "-c", "cat /var/log/postgresql/*.log 2>/dev/null",

@@ -1,0 +1,137 @@
+"""The deployed cluster as its pillar describes it, for the lab tests and the benchmarks.
+
+Names, addresses, ports and timings come from the cluster model as Salt renders it from the
+repo's pillar (``salt-call --local pgcluster.config``, the same function every state reads),
+never from constants of their own: change a port in pillar and the tests follow. Also the one
+Salt wrapper (``salt``) and the one "who is the leader" (``leader``) they share.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import subprocess
+from dataclasses import dataclass
+
+from . import settings
+
+SALT_BIN = settings.VENV / "bin"
+
+
+def salt(*args: str, tool: str = "salt", timeout: int = 120, check: bool = False) -> dict:
+    """`.venv/bin/<tool> ARGS --out=json` from the repo root, parsed ({minion: return} for
+    salt). A run that printed no JSON gives {}, or with check=True raises RuntimeError with
+    what it printed; so does, with check=True, a non-zero exit."""
+    extra = ["--static", "-t", str(timeout)] if tool == "salt" else []
+    out = subprocess.run([SALT_BIN / tool, *args, "--out=json", *extra], cwd=settings.REPO,
+                         capture_output=True, text=True, check=False, timeout=timeout + 600)
+    try:
+        parsed = json.loads(out.stdout or "{}")
+    except json.JSONDecodeError:
+        parsed = None
+    if check and (parsed is None or out.returncode != 0):
+        raise RuntimeError(f"{tool} {' '.join(args)} exited {out.returncode}:\n"
+                           f"{out.stdout[-4000:]}{out.stderr[-4000:]}")
+    return parsed if isinstance(parsed, dict) else {}
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """The model (pgcluster.config) and what the tests ask of it most."""
+
+    model: dict
+
+    @property
+    def name(self) -> str:
+        return self.model["name"]
+
+    @property
+    def members(self) -> dict[str, str]:
+        """{member: address}, in member order."""
+        return {n: self.model["members"][n]["address"] for n in self.model["member_names"]}
+
+    @property
+    def web(self) -> str:
+        """The (first) web host's minion id."""
+        return self.model["web_names"][0]
+
+    @property
+    def web_address(self) -> str:
+        return self.model["web"][self.web]["address"]
+
+    @property
+    def hosts(self) -> dict[str, str]:
+        """Every host of the cluster: {minion id: address}."""
+        return {**self.members, self.web: self.web_address}
+
+    @property
+    def url(self) -> str:
+        port = self.model["webapp"]["port"]
+        return f"http://{self.web_address}" + ("" if port == 80 else f":{port}")
+
+    def port(self, section: str, key: str) -> int:
+        return self.model[section][key]
+
+    @property
+    def primary_port(self) -> int:
+        return self.model["haproxy"]["primary_port"]
+
+    @property
+    def replica_port(self) -> int:
+        return self.model["haproxy"]["replica_port"]
+
+    @property
+    def patroni_port(self) -> int:
+        return self.model["patroni"]["restapi_port"]
+
+    @property
+    def etcd_port(self) -> int:
+        return self.model["etcd"]["client_port"]
+
+    @property
+    def ttl(self) -> int:
+        return self.model["patroni"]["ttl"]
+
+    @property
+    def app(self) -> dict[str, str]:
+        return self.model["app"]
+
+    def patroni_url(self, member: str, path: str = "") -> str:
+        return f"http://{self.members[member]}:{self.patroni_port}{path}"
+
+    def etcd_url(self, member: str) -> str:
+        return f"http://{self.members[member]}:{self.etcd_port}"
+
+
+def _local(*args: str) -> object:
+    """A masterless salt-call over the repo's states and pillar (etc/salt/minion)."""
+    return salt("--local", *args, tool="salt-call", check=True, timeout=120)["local"]
+
+
+@functools.cache
+def cluster() -> Cluster:
+    return Cluster(_local("pgcluster.config"))
+
+
+@functools.cache
+def credentials() -> dict[str, str]:
+    """The generated passwords (a member's share is all of them), as the pillar gives them."""
+    return _local("--id", cluster().model["bootstrap_member"], "pillar.get",
+                  "pgcluster_credentials", "unmask=True")
+
+
+def on_web(function: str, *args: str, timeout: int = 120, check: bool = False) -> object:
+    """An execution module function on the web host: what it returned (None if no answer)."""
+    web = cluster().web
+    return salt(web, function, *args, timeout=timeout, check=check).get(web)
+
+
+def roles() -> dict[str, str]:
+    """{member: role} as `patroni.list` reports it ("Leader", "Sync Standby", "Replica")."""
+    listing = on_web("patroni.list")
+    return {m["name"]: m["role"] for m in listing["members"]}
+
+
+def leader() -> str:
+    """The member Patroni lists as the leader."""
+    return next(name for name, role in roles().items() if role == "Leader")
