@@ -50,7 +50,8 @@ def _endpoints(endpoints=None):
         if isinstance(endpoints, str):
             endpoints = endpoints.split(",")
         return [e if e.startswith("http") else f"http://{e}" for e in endpoints]
-    cfg = __salt__["pgcluster.config"]()
+    # The master's pillar as it is now, not the minion's copy (a fixed mistake must not linger).
+    cfg = __salt__["pgcluster.config"](fresh=True)
     return [f"http://{e}" for e in cfg["etcd"]["endpoints"]]
 
 
@@ -293,7 +294,7 @@ def patroni_keys(scope=None, namespace="/service", endpoints=None, timeout=DEFAU
         salt web etcd_cluster.patroni_keys
     """
     if scope is None:
-        scope = __salt__["pgcluster.config"]()["name"]
+        scope = __salt__["pgcluster.config"](fresh=True)["name"]
     prefix = f"{namespace.rstrip('/')}/{scope}/"
     answer = _ask_all("/v3/kv/range", endpoints, timeout,
                       {"key": _b64(prefix), "range_end": _prefix_end(prefix)})

@@ -79,7 +79,8 @@ class _NoAnswer(CommandExecutionError):
 
 
 def _cluster_config():
-    return __salt__["pgcluster.config"]()
+    # The master's pillar as it is now, not the minion's copy (a fixed mistake must not linger).
+    return __salt__["pgcluster.config"](fresh=True)
 
 
 def _members():

@@ -40,25 +40,44 @@ def __virtual__():
     return __virtualname__
 
 
-def config():
+def _pillar(fresh):
+    """
+    The pillar to model the cluster from. A state run's own (``pillar.get``: compiled for the
+    run, with a ``pillar=`` override), or with ``fresh`` the master's as it is now: an operator's
+    call must not work from the copy the minion daemon keeps, which may hold a mistake fixed on
+    the master since. Fetched once per job (a job runs in a process of its own).
+    """
+    if not fresh:
+        # Salt 3008 masks pillar values that leave pillar.get outside a template: ask plainly.
+        return {key: __salt__["pillar.get"](key, None, unmask=True)
+                for key in ("pgcluster", "pgcluster_defaults")}
+    if "pgcluster.fresh_pillar" not in __context__:
+        __context__["pgcluster.fresh_pillar"] = __salt__["pillar.items"](unmask=True)
+    return __context__["pgcluster.fresh_pillar"]
+
+
+def config(fresh=False):
     """
     The cluster: pillar ``pgcluster`` over every component's defaults, checked, with the
     derived values (``member_names``, ``web_names``, ``bootstrap_member``, ``backend_port``,
     ``etcd:initial_cluster``, ``etcd:endpoints``). A bad pillar raises an error naming the key.
+    With ``fresh=True`` the pillar is asked of the master now, not taken from the minion's copy
+    (what the operations modules do).
 
     CLI Example:
 
     .. code-block:: bash
 
         salt postgres-srv1 pgcluster.config
+        salt web pgcluster.config fresh=True
     """
-    # Salt 3008 masks pillar values that leave pillar.get outside a template: ask for them plain.
-    pillar = __salt__["pillar.get"]("pgcluster", None, unmask=True)
+    pillar = _pillar(fresh)
+    defaults = pillar.get("pgcluster_defaults")
+    pillar = pillar.get("pgcluster")
     if pillar is None:
         raise CommandExecutionError(
             "pillar pgcluster is missing for this minion: pillar/top.sls gives pillar/cluster.sls "
             "to every minion")
-    defaults = __salt__["pillar.get"]("pgcluster_defaults", None, unmask=True)
     if not defaults:
         raise CommandExecutionError(
             "pillar pgcluster_defaults is missing for this minion: the master's ext_pillar "

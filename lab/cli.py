@@ -121,7 +121,11 @@ def cmd_up(args: argparse.Namespace) -> None:
 
 def cmd_down(args: argparse.Namespace) -> None:
     require_root()
-    for h in hosts.all_hosts():
+    existing = hosts.all_hosts()
+    if existing:
+        log(f"deleting the lab's hosts and their disks, the cluster's data with them: "
+            f"{', '.join(h.name for h in existing)}")
+    for h in existing:
         log(f"removing {h.name}")
         h.destroy()
     master.stop()
@@ -136,8 +140,8 @@ def cmd_down(args: argparse.Namespace) -> None:
         shutil.rmtree(path, ignore_errors=True)
     for generated in ("master.d/paths.conf", "cloud.conf.d/paths.conf"):
         (master.CONFIG_DIR / generated).unlink(missing_ok=True)
-    log("lab removed (the image, apt repository and wheelhouse stay cached in "
-        f"{settings.CACHE})")
+    log("lab removed: its hosts' data is gone; the image, apt repository and wheelhouse stay "
+        f"cached in {settings.CACHE} for the next bin/lab up")
 
 
 def status_rows() -> list[dict]:
@@ -206,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="verb", required=True)
     sub.add_parser("up", help="create the lab (idempotent)").set_defaults(func=cmd_up)
-    sub.add_parser("down", help="remove everything the lab made").set_defaults(func=cmd_down)
+    sub.add_parser("down", help="remove everything the lab made, the hosts' disks (the "
+                   "cluster's data) included; the caches stay").set_defaults(func=cmd_down)
     p = sub.add_parser("status", help="list the hosts")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)

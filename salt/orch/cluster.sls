@@ -1,6 +1,13 @@
 {#- Bare hosts to a working cluster, in order, waiting for health between the steps:
-    .venv/bin/salt-run state.orchestrate orch.cluster #}
+    bin/deploy, or .venv/bin/salt-run state.orchestrate orch.cluster
+    A pillar override for every step comes as pillar deploy_pillar (bin/deploy --pillar). #}
 {%- set cluster = salt['pillar.get']('pgcluster') %}
+{%- set deploy_pillar = salt['pillar.get']('deploy_pillar', {}) %}
+{%- macro override() %}
+{%-   if deploy_pillar %}
+    - pillar: {{ deploy_pillar | json }}
+{%-   endif %}
+{%- endmacro %}
 {%- set members = cluster.members | sort %}
 {%- set web = cluster.web | sort %}
 {%- set first = members[0] %}
@@ -16,6 +23,7 @@ common:
     - sls:
       - common
       - firewall
+{{- override() }}
     - require:
       - salt: modules-synced
 
@@ -25,6 +33,7 @@ etcd:
     - tgt: {{ members | join(',') }}
     - tgt_type: list
     - sls: etcd
+{{- override() }}
     - require:
       - salt: common
 
@@ -33,6 +42,7 @@ postgresql:
     - tgt: {{ members | join(',') }}
     - tgt_type: list
     - sls: postgresql
+{{- override() }}
     - require:
       - salt: common
 
@@ -41,6 +51,7 @@ patroni-first:
   salt.state:
     - tgt: {{ first }}
     - sls: patroni
+{{- override() }}
     - require:
       - salt: etcd
       - salt: postgresql
@@ -51,6 +62,7 @@ patroni-others:
     - tgt: {{ members[1:] | join(',') }}
     - tgt_type: list
     - sls: patroni
+{{- override() }}
     - require:
       - salt: patroni-first
 
@@ -59,6 +71,7 @@ app-database:
     - tgt: {{ members | join(',') }}
     - tgt_type: list
     - sls: postgresql.app
+{{- override() }}
     - require:
       - salt: patroni-others
 
@@ -67,6 +80,7 @@ pgbouncer:
     - tgt: {{ members | join(',') }}
     - tgt_type: list
     - sls: pgbouncer
+{{- override() }}
     - require:
       - salt: app-database
 
@@ -75,6 +89,7 @@ haproxy:
     - tgt: {{ web | join(',') }}
     - tgt_type: list
     - sls: haproxy
+{{- override() }}
     - require:
       - salt: pgbouncer
 
@@ -83,5 +98,6 @@ webapp:
     - tgt: {{ web | join(',') }}
     - tgt_type: list
     - sls: webapp
+{{- override() }}
     - require:
       - salt: haproxy

@@ -43,10 +43,33 @@ def changes(result: dict) -> dict:
     return found
 
 
-def test_deploy_printed_the_cluster_and_the_web_address(lab):
+def test_deploy_reads_as_success_at_a_glance(lab):
     out = DEPLOY["output"]
+    # One line per orchestration step, each ok, then the cluster and the web address.
+    steps = re.findall(r"^  (\S+) +(ok|FAILED|not run) +[\d.]+ s", out, re.M)
+    assert [name for name, _ in steps] == [
+        "modules-synced", "common", "etcd", "postgresql", "patroni-first", "patroni-others",
+        "app-database", "pgbouncer", "haproxy", "webapp"]
+    assert {status for _, status in steps} == {"ok"}
     assert C.name in out and "Leader" in out
     assert f"web: {C.url}/" in out
+    # Salt's noise goes to the log whose path is printed, not to the user.
+    assert "Traceback" not in out and "unclosed" not in out and "WARNING" not in out
+    assert len(out.splitlines()) < 60, out
+    log = re.search(r"Salt's whole output: (\S+)", out).group(1)
+    assert Path(log).stat().st_size > 0
+
+
+def test_deploy_with_a_bad_pillar_says_so_once_naming_the_key(lab):
+    result = run(REPO / "bin" / "deploy", "--pillar", '{"pgcluster": {"patroni": {"tll": 30}}}',
+                 check=False, timeout=900)
+    assert result.returncode == 1
+    message = "pillar pgcluster:patroni:tll: unknown key (did you mean ttl?)"
+    assert result.stdout.count(message) == 1, result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+    assert len(result.stdout.splitlines()) < 40, result.stdout
+    # Nothing was changed on the way: the cluster is still there.
+    assert leader() in MEMBERS
 
 
 @pytest.mark.parametrize("host", sorted(MEMBERS))

@@ -215,3 +215,11 @@ def _wait_minion(name: str, timeout: float = 90) -> None:
 def test_tcp_probe_helper_sees_an_open_port(lab):
     # The probes above mean something only if 'open' is reachable: the salt-master's port is.
     assert tcp_probe(WEB, MASTER, 4506) == "open"
+
+
+def test_this_machine_runs_none_of_the_packages_services(lab):
+    """make apt installs PostgreSQL, PgBouncer, etcd, nginx and HAProxy here for the tests'
+    own throw-away copies: none of them may run as this machine's service (bin/host-packages)."""
+    listening = {line.split()[3].rpartition(":")[2] for line in
+                 run("ss", "-ltnH").stdout.splitlines() if line.strip()}
+    assert not listening & {"5432", "6432", "2379", "2380"}, sorted(listening)

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from lab.cluster import cluster, leader, on_web
-from tests.conftest import VENV_BIN, run
+from lab.cluster import cluster, leader, on_web, salt
+from tests.conftest import REPO, VENV_BIN, run
 from tests.lab.conftest import LAB, wait_healthy
 
 C = cluster()
@@ -131,3 +131,20 @@ def test_a_stopped_host_shows_as_down_quickly_and_with_a_clear_error(healthy_clu
     finally:
         run(LAB, "start", LAST)
     wait_healthy(timeout=240)
+
+
+def test_a_pillar_mistake_fixed_on_the_master_is_gone_without_a_deployment(healthy_cluster):
+    cluster_sls = REPO / "pillar" / "cluster.sls"
+    original = cluster_sls.read_text()
+    try:
+        cluster_sls.write_text(original.replace("\n  members:", "\n  patorni: {}\n  members:", 1))
+        salt(WEB, "saltutil.refresh_pillar", "wait=True", check=True)
+        # The minion daemon's copy now holds the typo: a state would refuse it, naming the key.
+        assert "pgcluster:patorni: unknown key" in salt_on_web("pgcluster.config").stdout
+    finally:
+        cluster_sls.write_text(original)
+    # Fixed on the master: the operator's next call works at once, no deployment, no refresh.
+    listing = on_web("patroni.list", check=True)
+    assert sorted(m["name"] for m in listing["members"]) == sorted(MEMBERS)
+    assert on_web("etcd_cluster.health", check=True)["quorum"] is True
+    salt(WEB, "saltutil.refresh_pillar", "wait=True", check=True)

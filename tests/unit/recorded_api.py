@@ -164,7 +164,7 @@ class RecordedCluster:
             server.close()
 
 
-def cluster_config():
+def cluster_config(fresh=False):
     """What pgcluster.config gives, with the members on the loopback addresses above."""
     names = sorted(MEMBERS)
     return {

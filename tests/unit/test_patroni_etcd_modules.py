@@ -430,3 +430,19 @@ def test_is_leader_asks_the_members_own_patroni(recorded):
     # A replica says no (503), a member that does not answer is not the leader either.
     assert [patroni.is_leader(name, timeout=1) for name in others] == [False, False]
     assert patroni.is_leader("not-a-member") is False
+
+
+@pytest.mark.parametrize("recorded", ["healthy"], indirect=True)
+def test_operations_model_the_cluster_from_the_masters_pillar_as_it_is_now(recorded):
+    # The minion daemon's copy of the pillar may hold a mistake fixed on the master since.
+    asked = []
+
+    def config(fresh=False):
+        asked.append(fresh)
+        return cluster_config()
+
+    for module in (patroni, etcd_cluster):
+        module.__salt__["pgcluster.config"] = config
+    patroni.list_()
+    etcd_cluster.health()
+    assert asked and all(asked)

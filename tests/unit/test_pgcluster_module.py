@@ -25,6 +25,16 @@ def _pillar_get(pillar):
     return get
 
 
+def _pillar_items(pillar):
+    def items(unmask=False):
+        FETCHES.append(unmask)
+        return copy.deepcopy(pillar.get("on_the_master", pillar))
+    return items
+
+
+FETCHES: list = []
+
+
 @pytest.fixture
 def pillar():
     return {"pgcluster": copy.deepcopy(CLUSTER_PILLAR), "pgcluster_credentials": dict(CREDENTIALS),
@@ -34,7 +44,7 @@ def pillar():
 @pytest.fixture
 def configure_loader_modules(pillar):
     return {pgcluster: {
-        "__salt__": {"pillar.get": _pillar_get(pillar)},
+        "__salt__": {"pillar.get": _pillar_get(pillar), "pillar.items": _pillar_items(pillar)},
         "__utils__": salt_utils(),
         "__opts__": {"id": "postgres-srv1", "master": "10.0.0.1"},
         "__context__": {},
@@ -94,3 +104,15 @@ def test_missing_credentials_say_where_they_come_from(pillar):
     del pillar["pgcluster_credentials"]
     with pytest.raises(CommandExecutionError, match=r"ext_pillar pgcluster_credentials"):
         pgcluster.patroni_config("postgres-srv1")
+
+
+def test_fresh_asks_the_master_once_per_job_and_ignores_the_minions_copy(pillar):
+    FETCHES.clear()
+    # The minion's copy still holds a typo the master's pillar no longer has.
+    pillar["on_the_master"] = copy.deepcopy(pillar)
+    pillar["pgcluster"]["patorni"] = {}
+    with pytest.raises(CommandExecutionError, match="patorni"):
+        pgcluster.config()
+    assert pgcluster.config(fresh=True)["member_names"] == sorted(CLUSTER_PILLAR["members"])
+    pgcluster.config(fresh=True)
+    assert FETCHES == [True]  # one fetch, unmasked, for the whole job
