@@ -69,9 +69,6 @@ class Cluster:
         port = self.model["webapp"]["port"]
         return f"http://{self.web_address}" + ("" if port == 80 else f":{port}")
 
-    def port(self, section: str, key: str) -> int:
-        return self.model[section][key]
-
     @property
     def primary_port(self) -> int:
         return self.model["haproxy"]["primary_port"]
