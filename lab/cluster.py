@@ -90,6 +90,10 @@ class Cluster:
         return self.model["patroni"]["ttl"]
 
     @property
+    def retry_timeout(self) -> int:
+        return self.model["patroni"]["retry_timeout"]
+
+    @property
     def app(self) -> dict[str, str]:
         return self.model["app"]
 

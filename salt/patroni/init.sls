@@ -25,15 +25,38 @@ patroni-pip:
     - require:
       - cmd: patroni-venv
 
-{%- for tool in ('patroni', 'patronictl') %}
-
-patroni-{{ tool }}-on-path:
+patroni-on-path:
   file.symlink:
-    - name: /usr/local/bin/{{ tool }}
-    - target: {{ patroni.venv }}/bin/{{ tool }}
+    - name: /usr/local/bin/patroni
+    - target: {{ patroni.venv }}/bin/patroni
     - require:
       - pip: patroni-pip
-{%- endfor %}
+
+# patronictl on the PATH reads this host's config without -c, and ends within retry_timeout
+# when no etcd endpoint answers (Patroni's own waits for one without end).
+patroni-bounded-patronictl:
+  file.managed:
+    - name: {{ patroni.venv }}/bounded_patronictl.py
+    - source: salt://patroni/files/bounded_patronictl.py
+    - mode: '0644'
+    - require:
+      - pip: patroni-pip
+
+patronictl-on-path:
+  file.managed:
+    - name: /usr/local/bin/patronictl
+    - source: salt://patroni/files/patronictl.sh.jinja
+    - template: jinja
+    - mode: '0755'
+    # Replaces the symlink earlier versions of this state made, not the file it points to.
+    - follow_symlinks: false
+    - context:
+        venv: {{ patroni.venv }}
+        script: {{ patroni.venv }}/bounded_patronictl.py
+        config_file: {{ patroni.config_file }}
+        wait: {{ cluster.patroni.retry_timeout }}
+    - require:
+      - file: patroni-bounded-patronictl
 
 patroni-config-dir:
   file.directory:

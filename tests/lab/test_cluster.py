@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from lab.cluster import cluster, credentials, leader, on_web, salt
+from lab.cluster import cluster, credentials, leader, on_web, roles, salt
 from tests.conftest import REPO, VENV_BIN, run
-from tests.lab.conftest import DEPLOY, lab_exec
+from tests.lab.conftest import DEPLOY, LAB, lab_exec, wait_healthy
 
 C = cluster()
 MEMBERS = C.members
@@ -20,9 +20,8 @@ CREDENTIALS = REPO / "pillar" / "generated" / "credentials.yaml"
 
 
 def patronictl_list(host: str) -> list[dict]:
-    out = lab_exec(host, "patronictl", "-c", C.model["patroni"]["config_file"], "list",
-                   "-f", "json").stdout
-    return json.loads(out)
+    # As an operator types it on a host: patronictl on the PATH reads the host's config.
+    return json.loads(lab_exec(host, "patronictl", "list", "-f", "json").stdout)
 
 
 def psql_via_web(port: int, sql: str) -> str:
@@ -94,6 +93,32 @@ def test_patronictl_list_on_every_member_shows_one_leader_and_two_streaming_repl
     assert len({m["TL"] for m in members}) == 1
     for m in members:
         assert m["Host"] == MEMBERS[m["Member"]]
+
+
+def test_patronictl_on_a_member_cut_off_from_etcd_ends_within_its_bound(lab):
+    """Its own etcd stopped, patronictl asks the others; cut off from them too, it says so within
+    retry_timeout instead of waiting without end as Patroni's own patronictl does."""
+    wait_healthy()
+    replica = next(h for h, role in roles().items() if role == "Replica")  # the asynchronous one
+    others = [m for m in MEMBERS if m != replica]
+    lab_exec(replica, "systemctl", "stop", "etcd")
+    try:
+        assert sorted(m["Member"] for m in patronictl_list(replica)) == sorted(MEMBERS)
+        run(LAB, "partition", replica)
+        try:
+            started = time.monotonic()
+            result = lab_exec(replica, "patronictl", "list", check=False, timeout=C.retry_timeout + 60)
+            took = time.monotonic() - started
+        finally:
+            run(LAB, "heal", replica)
+    finally:
+        lab_exec(replica, "systemctl", "start", "etcd")
+    assert result.returncode == 1, result
+    assert took <= C.retry_timeout + 5, f"patronictl took {took:.1f} s"
+    assert f"{C.etcd_url(replica)}: Connection refused" in result.stderr, result.stderr
+    for member in others:
+        assert f"{C.etcd_url(member)}: no answer in {C.retry_timeout:g} s" in result.stderr, result.stderr
+    wait_healthy(timeout=240)
 
 
 def test_etcd_reports_three_healthy_endpoints(lab):

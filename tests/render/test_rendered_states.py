@@ -4,7 +4,11 @@ for three pillars, and every config file it writes checked by the config's own t
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import socket
 import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -162,3 +166,104 @@ def test_a_typo_in_the_pillar_fails_the_render_naming_the_key():
     assert all("pillar pgcluster:haproxy:chek: unknown key (did you mean check?)" in e
                for e in result["errors"]), result["errors"]
     assert not any("Traceback" in e for e in result["errors"])
+
+
+# --- patronictl on the PATH -------------------------------------------------------------------
+# The rendered wrapper and script, run with the Patroni the hosts run, against a copy of the
+# rendered config whose etcd endpoints are on this machine's loopback (only they differ).
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def bounded_patronictl(rendered, tmp_path):
+    """(run, config, rendered config): run(*args, etcd_hosts) runs the rendered
+    /usr/local/bin/patronictl of a lab member with the rendered config, its etcd hosts replaced."""
+    reason = validators.missing("patroni_config")
+    if reason:
+        pytest.skip(reason)
+    python = validators.patroni_venv().parent / "python"
+    files = _member(rendered, "lab")
+    defaults = yaml.safe_load((REPO / "salt/patroni/defaults.yaml").read_text())["patroni"]
+    script = tmp_path / "bounded_patronictl.py"
+    script.write_text(files["patroni-bounded-patronictl"]["text"])
+    config = tmp_path / "config.yml"
+    wrapper = tmp_path / "patronictl"
+    wrapper.write_text(files["patronictl-on-path"]["text"]
+                       .replace(f"{defaults['venv']}/bin/python", str(python))
+                       .replace(files["patroni-bounded-patronictl"]["name"], str(script))
+                       .replace(defaults["config_file"], str(config)))
+    wrapper.chmod(0o755)
+    rendered_config = yaml.safe_load(files["patroni-config"]["text"])
+
+    def run(*args: str, etcd_hosts: list[str]) -> tuple[subprocess.CompletedProcess, float]:
+        config.write_text(yaml.safe_dump({**rendered_config, "etcd3": {"hosts": etcd_hosts}}))
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PATRONICTL_", "PGCLUSTER_"))}
+        started = time.monotonic()
+        result = subprocess.run([wrapper, *args], capture_output=True, text=True, timeout=60, env=env,
+                                check=False)
+        return result, time.monotonic() - started
+
+    return run, config, rendered_config
+
+
+def test_patronictl_ends_within_retry_timeout_when_no_etcd_answers(bounded_patronictl):
+    """One endpoint refuses, one accepts and never answers (a partitioned host's view): Patroni's
+    patronictl would wait without end; the one on the PATH says so within retry_timeout."""
+    run, _, rendered_config = bounded_patronictl
+    wait = rendered_config["bootstrap"]["dcs"]["retry_timeout"]
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        hosts = [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{silent.getsockname()[1]}"]
+        result, took = run("list", etcd_hosts=hosts)
+    assert result.returncode == 1, result
+    assert wait - 1 <= took <= wait + 5, took
+    message = result.stderr
+    assert "no etcd endpoint" in message and "systemctl status etcd" in message, message
+    assert f"http://{hosts[0]}: Connection refused" in message, message
+    assert f"http://{hosts[1]}: no answer in {wait:g} s" in message, message
+    assert "Traceback" not in message
+
+
+def test_patronis_own_patronictl_waits_without_end(bounded_patronictl):
+    """Why the wrapper exists: the same config straight to Patroni's patronictl is still waiting
+    well after the wrapper's bound (if Patroni ever bounds it, the wrapper can go)."""
+    _, config, rendered_config = bounded_patronictl
+    wait = rendered_config["bootstrap"]["dcs"]["retry_timeout"]
+    config.write_text(yaml.safe_dump({"scope": "x", "etcd3": {"hosts": [f"127.0.0.1:{_free_port()}"]}}))
+    patronictl = validators.patroni_venv().parent / "patronictl"
+    with pytest.raises(subprocess.TimeoutExpired):
+        subprocess.run([patronictl, "-c", config, "list"], capture_output=True, timeout=wait + 5, check=False)
+
+
+def test_patronictl_runs_patronis_own_when_etcd_answers(bounded_patronictl, tmp_path):
+    """A real etcd on loopback: the wrapper hands over to Patroni's patronictl, which reads the
+    host's config without -c and lists the (empty) cluster."""
+    if not shutil.which("etcd"):
+        pytest.skip("etcd is not installed (make apt installs it)")
+    run, _, rendered_config = bounded_patronictl
+    client, peer = _free_port(), _free_port()
+    etcd = subprocess.Popen(
+        ["etcd", "--name", "t", "--data-dir", str(tmp_path / "etcd"),
+         "--listen-client-urls", f"http://127.0.0.1:{client}", "--advertise-client-urls",
+         f"http://127.0.0.1:{client}", "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+         "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+         "--initial-cluster", f"t=http://127.0.0.1:{peer}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", client)) == 0:
+                    break
+            time.sleep(0.2)
+        result, _ = run("list", etcd_hosts=[f"127.0.0.1:{client}"])
+    finally:
+        etcd.terminate()
+        etcd.wait(timeout=30)
+    assert result.returncode == 0, result
+    assert f"Cluster: {rendered_config['scope']}" in result.stdout, result.stdout
