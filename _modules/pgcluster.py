@@ -89,6 +89,28 @@ def config(fresh=False):
         raise CommandExecutionError(str(exc)) from None
 
 
+def own_address():
+    """
+    The address the pillar gives this host, and the pillar key it comes from:
+    ``{"address": "10.0.0.11", "key": "pgcluster:members:postgres-srv1:address"}``. A host that
+    is neither a member nor a web host is refused, naming both lists.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt postgres-srv1 pgcluster.own_address
+    """
+    cfg = config()
+    me = __opts__["id"]
+    for section in ("members", "web"):
+        if me in cfg[section]:
+            return {"address": cfg[section][me]["address"], "key": f"pgcluster:{section}:{me}:address"}
+    raise CommandExecutionError(
+        f"{me} is in neither pillar pgcluster:members ({', '.join(cfg['member_names'])}) nor "
+        f"pgcluster:web ({', '.join(cfg['web_names'])})")
+
+
 def _member(cfg, minion_id):
     minion_id = minion_id or __opts__["id"]
     if minion_id not in cfg["members"]:

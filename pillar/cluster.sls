@@ -1,5 +1,6 @@
-# The cluster, described once: the same in the lab and on Yandex Cloud (the maps give the VMs
-# these addresses). Every key and its default: pillar.example. Checked by pgcluster.config.
+# The cluster in the lab (cloud.maps.d/lab.map gives the hosts these addresses, in the lab's
+# 10.0.0.0/24); on Yandex Cloud, pillar/cluster_yandex.sls (pillar/top.sls chooses). Every key
+# and its default: pillar.example. Checked by pgcluster.config.
 pgcluster:
   name: pg-cluster-skynet
   members:

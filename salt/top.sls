@@ -2,6 +2,7 @@
 {%- set cluster = salt['pillar.get']('pgcluster', {}) %}
 base:
   '*':
+    - common.address
     - common
     - firewall
 {%- if cluster.get('members') %}

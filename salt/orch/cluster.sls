@@ -17,6 +17,17 @@ modules-synced:
     - tgt: '*'
     - sls: saltutil
 
+# Every host of the pillar answers and has the address the pillar gives it, before anything
+# is configured from that address.
+addresses:
+  salt.state:
+    - tgt: {{ (members + web) | join(',') }}
+    - tgt_type: list
+    - sls: common.address
+{{- override() }}
+    - require:
+      - salt: modules-synced
+
 common:
   salt.state:
     - tgt: '*'
@@ -25,7 +36,7 @@ common:
       - firewall
 {{- override() }}
     - require:
-      - salt: modules-synced
+      - salt: addresses
 
 # All members at once: each etcd waits for a quorum of the others.
 etcd:

@@ -47,7 +47,7 @@ def test_deploy_reads_as_success_at_a_glance(lab):
     # One line per orchestration step, each ok, then the cluster and the web address.
     steps = re.findall(r"^  (\S+) +(ok|FAILED|not run) +[\d.]+ s", out, re.M)
     assert [name for name, _ in steps] == [
-        "modules-synced", "common", "etcd", "postgresql", "patroni-first", "patroni-others",
+        "modules-synced", "addresses", "common", "etcd", "postgresql", "patroni-first", "patroni-others",
         "app-database", "pgbouncer", "haproxy", "webapp"]
     assert {status for _, status in steps} == {"ok"}
     assert C.name in out and "Leader" in out
@@ -69,6 +69,22 @@ def test_deploy_with_a_bad_pillar_says_so_once_naming_the_key(lab):
     assert len(result.stdout.splitlines()) < 40, result.stdout
     # Nothing was changed on the way: the cluster is still there.
     assert leader() in MEMBERS
+
+
+def test_deploy_stops_before_configuring_anything_when_a_host_lacks_its_pillar_address(lab):
+    host = sorted(MEMBERS)[1]
+    wrong = "10.0.0.99"
+    override = json.dumps({"pgcluster": {"members": {host: {"address": wrong}}}})
+    result = run(REPO / "bin" / "deploy", "--pillar", override, check=False, timeout=900)
+    assert result.returncode == 1
+    message = (f"{host} has {MEMBERS[host]}, but pgcluster:members:{host}:address gives it {wrong}: "
+               "make the map (its ip_address) and the pillar agree")
+    assert result.stdout.count(message) == 1, result.stdout
+    steps = dict(re.findall(r"^  (\S+) +(ok|FAILED|not run) ", result.stdout, re.M))
+    assert steps["addresses"] == "FAILED" and steps["common"] == "not run", result.stdout
+    # Nothing was configured from the wrong address: the host still has its config.
+    config = lab_exec(host, "cat", C.model["patroni"]["config_file"]).stdout
+    assert f"{MEMBERS[host]}:{C.patroni_port}" in config
 
 
 @pytest.mark.parametrize("host", sorted(MEMBERS))

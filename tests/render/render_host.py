@@ -32,15 +32,18 @@ def _args(chunk: list) -> dict:
     return args
 
 
-def render(host: str, pillar_root: str | None, pillar: dict | None) -> dict:
+def render(host: str, pillar_root: str | None, pillar: dict | None, site: str | None = None) -> dict:
     # A root of its own: several renders may run at once without sharing a file cache.
     with tempfile.TemporaryDirectory(prefix="render-") as root:
-        return _render(host, pillar_root, pillar, root)
+        return _render(host, pillar_root, pillar, root, site)
 
 
-def _render(host: str, pillar_root: str | None, pillar: dict | None, root: str) -> dict:
+def _render(host: str, pillar_root: str | None, pillar: dict | None, root: str,
+            site: str | None = None) -> dict:
     opts = salt.config.minion_config(str(REPO / "etc" / "salt" / "minion"))
     opts["id"] = host
+    if site:
+        opts["pgcluster_site"] = site  # as bin/master --site sets it on the master
     for key in ("cachedir", "pki_dir", "sock_dir", "extension_modules", "pidfile", "log_file"):
         opts[key] = str(Path(root) / key)
     opts["log_level"] = "quiet"
@@ -84,8 +87,9 @@ def main() -> None:
     parser.add_argument("host")
     parser.add_argument("--pillar-root")
     parser.add_argument("--pillar", type=json.loads)
+    parser.add_argument("--site", help="the master's pgcluster_site (pillar/top.sls): lab or yandex")
     args = parser.parse_args()
-    json.dump(render(args.host, args.pillar_root, args.pillar), sys.stdout, default=str)
+    json.dump(render(args.host, args.pillar_root, args.pillar, args.site), sys.stdout, default=str)
 
 
 if __name__ == "__main__":

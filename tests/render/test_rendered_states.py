@@ -18,7 +18,7 @@ import yaml
 from tests.conftest import REPO, VENV_BIN
 from tests.render import validators
 
-# The pillars: the repo's (the lab's; the Yandex map gives its VMs the same addresses), the
+# The pillars: the repo's, as the lab's master and as the Yandex master serve it, the
 # example of every key, and one that takes the other branches (five members, no PgBouncer,
 # other ports, admin networks, Patroni tags, the firewall off).
 VARIANT = {
@@ -36,11 +36,13 @@ VARIANT = {
 }
 PILLARS = {
     "lab": None,
+    "yandex": None,  # the repo's pillar as the Yandex master serves it (pgcluster_site: yandex)
     "example": yaml.safe_load((REPO / "pillar" / "pillar.example").read_text()),
     "variant": {"pgcluster": VARIANT},
 }
-HOSTS = {"lab": ("postgres-srv1", "web"), "example": ("postgres-srv2", "web"),
-         "variant": ("db5", "front")}
+SITES = {"yandex": "yandex"}
+HOSTS = {"lab": ("postgres-srv1", "web"), "yandex": ("postgres-srv3", "web"),
+         "example": ("postgres-srv2", "web"), "variant": ("db5", "front")}
 CASES = [(pillar, host) for pillar, hosts in HOSTS.items() for host in hosts]
 
 
@@ -54,8 +56,11 @@ def _pillar_root(tmp: Path, name: str) -> str | None:
     return str(root)
 
 
-def render(host: str, pillar_root: str | None = None, pillar: dict | None = None) -> dict:
+def render(host: str, pillar_root: str | None = None, pillar: dict | None = None,
+           site: str | None = None) -> dict:
     cmd = [VENV_BIN / "python", REPO / "tests/render/render_host.py", host]
+    if site:
+        cmd += ["--site", site]
     if pillar_root:
         cmd += ["--pillar-root", pillar_root]
     if pillar:
@@ -70,12 +75,13 @@ def rendered(tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("pillars")
     roots = {name: _pillar_root(tmp, name) for name in PILLARS}
     with ThreadPoolExecutor(max_workers=3) as pool:
-        futures = {(p, h): pool.submit(render, h, roots[p]) for p, h in CASES}
+        futures = {(p, h): pool.submit(render, h, roots[p], None, SITES.get(p)) for p, h in CASES}
         return {case: future.result() for case, future in futures.items()}
 
 
-MEMBER_STATES = {"common", "firewall", "etcd", "postgresql", "patroni", "postgresql.app", "pgbouncer"}
-WEB_STATES = {"common", "firewall", "haproxy", "webapp"}
+MEMBER_STATES = {"common.address", "common", "firewall", "etcd", "postgresql", "patroni", "postgresql.app",
+                 "pgbouncer"}
+WEB_STATES = {"common.address", "common", "firewall", "haproxy", "webapp"}
 
 
 def _sls(states: dict) -> set[str]:
@@ -267,3 +273,16 @@ def test_patronictl_runs_patronis_own_when_etcd_answers(bounded_patronictl, tmp_
         etcd.wait(timeout=30)
     assert result.returncode == 0, result
     assert f"Cluster: {rendered_config['scope']}" in result.stdout, result.stdout
+
+
+def test_the_yandex_site_gets_the_yandex_pillar(rendered):
+    """bin/master --site yandex: the members' services bind the addresses of their zones' subnets."""
+    yandex = yaml.safe_load((REPO / "pillar/cluster_yandex.sls").read_text())["pgcluster"]
+    address = yandex["members"]["postgres-srv3"]["address"]
+    member = _member(rendered, "yandex")
+    assert yaml.safe_load(member["patroni-config"]["text"])["restapi"]["listen"].startswith(f"{address}:")
+    states = rendered["yandex", "postgres-srv3"]["states"]
+    check = states["common-host-has-its-pillar-address"]["pgcluster"]
+    assert {"name": address} in check and {"failhard": True} in check
+    lab = yaml.safe_load((REPO / "pillar/cluster.sls").read_text())["pgcluster"]
+    assert lab["members"]["postgres-srv3"]["address"] != address

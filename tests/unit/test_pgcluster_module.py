@@ -116,3 +116,15 @@ def test_fresh_asks_the_master_once_per_job_and_ignores_the_minions_copy(pillar)
     assert pgcluster.config(fresh=True)["member_names"] == sorted(CLUSTER_PILLAR["members"])
     pgcluster.config(fresh=True)
     assert FETCHES == [True]  # one fetch, unmasked, for the whole job
+
+
+def test_own_address_is_the_pillars_with_its_key():
+    assert pgcluster.own_address() == {
+        "address": CLUSTER_PILLAR["members"]["postgres-srv1"]["address"],
+        "key": "pgcluster:members:postgres-srv1:address"}
+    web = next(iter(CLUSTER_PILLAR["web"]))
+    pgcluster.__opts__["id"] = web
+    assert pgcluster.own_address()["key"] == f"pgcluster:web:{web}:address"
+    pgcluster.__opts__["id"] = "stranger"
+    with pytest.raises(CommandExecutionError, match="stranger is in neither pillar pgcluster:members"):
+        pgcluster.own_address()
