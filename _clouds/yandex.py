@@ -27,12 +27,20 @@ The endpoints are options (``iam_url``, ``compute_url``, ``vpc_url``, ``operatio
 can point the driver elsewhere.
 
 Profile options, named after Terraform's ``yandex_compute_instance``: ``zone``,
-``platform_id``, ``cores``, ``memory`` (GB), ``core_fraction``, ``disk_size`` (GB),
-``disk_type``, ``image_family`` (in ``image_folder_id``, ``standard-images`` by default) or
-``image_id``, ``subnet_id`` or ``subnet_name``, ``ip_address``, ``nat``,
-``security_group_ids``, ``preemptible``, ``labels``, ``service_account_id``, ``hostname``,
-``description``, ``ssh_username``, ``ssh_keyfile`` and ``ssh_public_key_file`` (default: the
-key file with ``.pub``), ``user_data``, ``keep_on_failure``.
+``platform_id``, ``cores``, ``memory`` (GB), ``core_fraction`` (checked together against the
+platform's documented sizes), ``disk_size`` (GB), ``disk_type``, ``secondary_disks`` (up to 3
+of ``{size, type, device_name, auto_delete}``), ``image_family`` (in ``image_folder_id``,
+``standard-images`` by default) or ``image_id``, ``subnet_id`` or ``subnet_name`` (default: the
+provider network's subnet of the VM's zone), ``ip_address``, ``nat`` or ``nat_ip_address`` (a
+reserved address, by name or value), ``placement_group`` (by name), ``security_group_ids``,
+``preemptible``, ``labels``, ``service_account_id``, ``hostname``, ``description``,
+``ssh_username``, ``ssh_keyfile`` and ``ssh_public_key_file`` (default: the key file with
+``.pub``), ``user_data``, ``keep_on_failure``.
+
+The network around the VMs is the provider's ``network:`` block (a name, one subnet CIDR per
+zone, a NAT gateway, spread placement groups, reserved addresses):
+``salt-cloud -f ensure_network yandex`` finds or makes it, ``-f destroy_network yandex``
+deletes it once no VM uses it.
 """
 
 from __future__ import annotations
@@ -77,7 +85,30 @@ JWT_AUDIENCE = "https://iam.api.cloud.yandex.net/iam/v1/tokens"
 GB = 1024**3
 # Instance names and hostnames: https://yandex.cloud/en/docs/compute/concepts/vm
 NAME_RULE = re.compile(r"^[a-z]([-_a-z0-9]{0,61}[a-z0-9])?$")
-CORE_FRACTIONS = (5, 20, 50, 100)
+
+
+def _steps(low, high, step):
+    return tuple(round(low + i * step, 2) for i in range(round((high - low) / step) + 1))
+
+
+_EVEN_TO_16 = tuple(range(2, 17, 2))
+_SHARED = [((2, 4), _steps(0.5, 4, 0.5))]
+# What each platform takes, by core fraction: [(vCPU counts, GB of memory per vCPU)], from
+# yandex-cloud/docs en/compute/concepts/performance-levels.md (read 2026-12-02). Below 100 %
+# only 2 or 4 vCPUs; on standard-v3 the memory per vCPU shrinks as the count grows.
+PLATFORM_SIZES = {
+    "standard-v1": {5: [((2, 4), (0.5, 1, 1.5, 2))], 20: _SHARED,
+                    100: [((*_EVEN_TO_16, 20, 24, 28, 32), _steps(1, 8, 1))]},
+    "standard-v2": {5: [((2, 4), (0.25, 0.5, 1, 1.5, 2))], 20: _SHARED, 50: _SHARED,
+                    100: [((*_EVEN_TO_16, *range(20, 81, 4)), _steps(1, 16, 1))]},
+    "standard-v3": {20: _SHARED, 50: _SHARED,
+                    100: [((*_EVEN_TO_16, 20, 36, 40), _steps(1, 16, 1)), ((44,), _steps(1, 14, 1)),
+                          ((24, 48), _steps(1, 13, 1)), ((52,), _steps(1, 12, 1)),
+                          ((28, 56), _steps(1, 11, 1)), ((32, 60, 64), _steps(1, 10, 1)),
+                          ((68,), _steps(1, 9, 1)), ((72, 76, 80), _steps(1, 8, 1)),
+                          ((84, 88), _steps(1, 7, 1)), ((92, 96), _steps(1, 6, 1))]},
+    "highfreq-v3": {100: [((*_EVEN_TO_16, *range(20, 57, 4)), _steps(1, 16, 1))]},
+}
 METADATA_VALUE_LIMIT = 256 * 1024
 METADATA_TOTAL_LIMIT = 512 * 1024
 # HTTP statuses worth another try: RESOURCE_EXHAUSTED (rate limit), INTERNAL, UNAVAILABLE,
@@ -353,10 +384,17 @@ def _wait_operation(operation, what):
     return operation.get("response", {})
 
 
-def _mutate(method, path, what, body=None):
+def _mutate(method, path, what, body=None, api=None):
     """A mutating call with an Idempotency-Key; returns (operation, instance id or None)."""
-    operation = _compute(method, path, what, json_body=body, idempotency_key=str(uuid.uuid4()))
+    operation = (api or _compute)(method, path, what, json_body=body, idempotency_key=str(uuid.uuid4()))
     return operation, (operation.get("metadata") or {}).get("instanceId")
+
+
+def _done(api, method, path, what, body=None):
+    """A mutating call, waited for: the resource the operation answers (without its @type)."""
+    operation, _ = _mutate(method, path, what, body, api)
+    response = _wait_operation(operation, what)
+    return {k: v for k, v in response.items() if k != "@type"}
 
 
 # --- instances ----------------------------------------------------------------------------------
@@ -546,6 +584,251 @@ def show_instance(name, call=None):
     return node
 
 
+# --- the network: salt-cloud -f ensure_network / destroy_network --------------------------------
+
+# The zones of ru-central1 that take new resources (ru-central1-c is retired).
+ZONES = ("ru-central1-a", "ru-central1-b", "ru-central1-d")
+# ensure_network finds what it made by name, and the VPC list calls filter only on a name of
+# 3-63 lowercase letters, digits or '-' (ListSubnetsRequest.filter, vpc/v1 subnet_service.proto):
+# the names it gives follow that rule (gateway names allow nothing else anyway). The network's
+# name is the stem of its subnets' (<name>-ru-central1-a), hence at most 54 characters.
+NETWORK_NAME_RULE = re.compile(r"^[a-z][-a-z0-9]{1,52}[a-z0-9]$")
+FILTER_NAME_RULE = re.compile(r"^[a-z][-a-z0-9]{1,61}[a-z0-9]$")
+# vpc/v1 subnet_service.proto CreateSubnetRequest.v4_cidr_blocks: "Minimum subnet size is /28,
+# maximum subnet size is /16"; VPC subnets take private (RFC 1918) ranges only.
+SUBNET_PREFIXES = (16, 28)
+PRIVATE_RANGES = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
+NETWORK_KEYS = ("name", "subnets", "nat_gateway", "placement_groups", "addresses")
+# Labels on everything ensure_network makes, so a user can tell it apart in the console.
+NETWORK_LABELS = {"managed-by": "salt-cloud"}
+
+
+def _subnet_blocks(where, subnets):
+    """{zone: IPv4 network} of network:subnets, each a private /16-/28, none overlapping."""
+    blocks = {}
+    for zone, cidr in subnets.items():
+        key = f"{where}:subnets:{zone}"
+        if zone not in ZONES:
+            raise SaltCloudSystemExit(f"{key}: unknown zone (zones: {', '.join(ZONES)})")
+        try:
+            block = ipaddress.ip_network(str(cidr), strict=True)
+        except ValueError as exc:
+            raise SaltCloudSystemExit(f"{key}: {cidr!r} is not an IPv4 network: {exc}") from None
+        if block.version != 4 or not SUBNET_PREFIXES[0] <= block.prefixlen <= SUBNET_PREFIXES[1]:
+            raise SaltCloudSystemExit(f"{key}: {cidr} must be an IPv4 network of /16 to /28")
+        if not any(block.subnet_of(r) for r in PRIVATE_RANGES):
+            raise SaltCloudSystemExit(f"{key}: {cidr} is not in a private range "
+                                      "(10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16)")
+        for other_zone, other in blocks.items():
+            if block.overlaps(other):
+                raise SaltCloudSystemExit(f"{key}: {cidr} overlaps {other} of {other_zone}")
+        blocks[zone] = block
+    return blocks
+
+
+def _named_extras(where, raw):
+    """The placement groups' names and the reserved addresses' {name: zone}, checked."""
+    groups = raw.get("placement_groups") or []
+    if not isinstance(groups, list):
+        raise SaltCloudSystemExit(f"{where}:placement_groups must be a list of names")
+    for group in groups:
+        if not isinstance(group, str) or not FILTER_NAME_RULE.match(group):
+            raise SaltCloudSystemExit(f"{where}:placement_groups: {group!r} must be 3-63 lowercase "
+                                      "letters, digits or '-', starting with a letter")
+    addresses = raw.get("addresses") or {}
+    if not isinstance(addresses, dict):
+        raise SaltCloudSystemExit(f"{where}:addresses must map each address's name to its zone")
+    for address, zone in addresses.items():
+        if not isinstance(address, str) or not FILTER_NAME_RULE.match(address):
+            raise SaltCloudSystemExit(f"{where}:addresses: {address!r} must be 3-63 lowercase "
+                                      "letters, digits or '-', starting with a letter")
+        if zone not in ZONES:
+            raise SaltCloudSystemExit(f"{where}:addresses:{address}: unknown zone {zone!r} "
+                                      f"(zones: {', '.join(ZONES)})")
+    return list(groups), dict(addresses)
+
+
+def _network_config():
+    """
+    The provider's ``network:`` block, checked whole before any API call: every problem is
+    named with its key. Returns {name, subnets: {zone: network}, nat_gateway, placement_groups,
+    addresses: {name: zone}} and the names ensure_network gives what it makes.
+    """
+    raw = _provider_value("network")
+    where = "provider option network"
+    if not raw:
+        raise SaltCloudSystemExit(f"{where} is not set: ensure_network needs the network's name and "
+                                  "one subnet per zone (cloud.providers.d/yandex.conf.example)")
+    if not isinstance(raw, dict):
+        raise SaltCloudSystemExit(f"{where} must be a mapping, not {raw!r}")
+    unknown = sorted(set(raw) - set(NETWORK_KEYS))
+    if unknown:
+        raise SaltCloudSystemExit(f"{where}: unknown key {unknown[0]} (known: {', '.join(NETWORK_KEYS)})")
+    name = raw.get("name")
+    if not isinstance(name, str) or not NETWORK_NAME_RULE.match(name):
+        raise SaltCloudSystemExit(
+            f"{where}:name {name!r} must be 3-54 lowercase letters, digits or '-', starting with a "
+            "letter and not ending with '-' (it is the stem of the subnets' and the gateway's names)")
+    subnets = raw.get("subnets")
+    if not isinstance(subnets, dict) or not subnets:
+        raise SaltCloudSystemExit(f"{where}:subnets must map each zone to its subnet's CIDR, e.g. "
+                                  "ru-central1-a: 10.128.0.0/24")
+    blocks = _subnet_blocks(where, subnets)
+    groups, addresses = _named_extras(where, raw)
+    nat = raw.get("nat_gateway", True)
+    if not isinstance(nat, bool):
+        raise SaltCloudSystemExit(f"{where}:nat_gateway must be true or false, not {nat!r}")
+    return {"name": name, "subnets": blocks, "nat_gateway": nat, "placement_groups": groups,
+            "addresses": addresses, "subnet_names": {z: f"{name}-{z}" for z in blocks},
+            "egress_name": f"{name}-egress"}
+
+
+KINDS = {"networks": "network", "subnets": "subnet", "gateways": "gateway",
+         "routeTables": "route table", "addresses": "address", "placementGroups": "placement group"}
+
+
+def _by_name(api, kind, name):
+    """The folder's resource of this kind and name, or None."""
+    found = _list(api, kind, kind, f"looking up {KINDS[kind]} {name}", folderId=_folder(),
+                  filter=f'name="{name}"')
+    return found[0] if found else None
+
+
+def _ensure(report, api, kind, name, body):
+    """Find the named resource, or make it; report says which."""
+    label = KINDS[kind]
+    existing = _by_name(api, kind, name)
+    if existing:
+        report[f"{label} {name}"] = f"found {existing['id']}"
+        return existing, False
+    made = _done(api, "POST", kind, f"creating {label} {name}",
+                 {"folderId": _folder(), "name": name, "labels": NETWORK_LABELS, **body})
+    report[f"{label} {name}"] = f"made {made['id']}"
+    return made, True
+
+
+def ensure_network(kwargs=None, call=None):
+    """
+    Find or make what the cluster's VMs need around them, from the provider's ``network:``
+    block: the network, one subnet per zone, a NAT gateway (shared egress gateway) with a route
+    table sending 0.0.0.0/0 through it attached to every subnet (VMs without a public address
+    still reach package mirrors), the spread placement groups, and the reserved public
+    addresses. Running it again makes nothing; it says what it found and what it made.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-cloud -f ensure_network yandex
+    """
+    if call != "function":
+        raise SaltCloudSystemExit("ensure_network must be called with -f or --function")
+    net = _network_config()
+    report = {}
+    network, _ = _ensure(report, _vpc, "networks", net["name"],
+                         {"description": "the pgcluster network (salt-cloud ensure_network)"})
+    route_table_id = None
+    if net["nat_gateway"]:
+        gateway, _ = _ensure(report, _vpc, "gateways", net["egress_name"],
+                             {"sharedEgressGatewaySpec": {}})
+        routes = [{"destinationPrefix": "0.0.0.0/0", "gatewayId": gateway["id"]}]
+        table, made = _ensure(report, _vpc, "routeTables", net["egress_name"],
+                              {"networkId": network["id"], "staticRoutes": routes})
+        if table.get("networkId") != network["id"]:
+            raise SaltCloudSystemExit(f"route table {net['egress_name']} ({table['id']}) belongs to "
+                                      f"network {table.get('networkId')}, not {net['name']}")
+        if not made and [{k: r.get(k) for k in ("destinationPrefix", "gatewayId")}
+                         for r in table.get("staticRoutes", [])] != routes:
+            _done(_vpc, "PATCH", f"routeTables/{table['id']}", f"routing {net['egress_name']}",
+                  {"updateMask": "staticRoutes", "staticRoutes": routes})
+            report[f"route table {net['egress_name']}"] += ", its route set to the gateway"
+        route_table_id = table["id"]
+    for zone, block in net["subnets"].items():
+        name = net["subnet_names"][zone]
+        body = {"networkId": network["id"], "zoneId": zone, "v4CidrBlocks": [str(block)]}
+        if route_table_id:
+            body["routeTableId"] = route_table_id
+        subnet, made = _ensure(report, _vpc, "subnets", name, body)
+        found = (subnet.get("networkId"), subnet.get("zoneId"), subnet.get("v4CidrBlocks"))
+        if found != (network["id"], zone, [str(block)]):
+            raise SaltCloudSystemExit(
+                f"subnet {name} ({subnet['id']}) is {found[2]} in {found[1]} of network {found[0]}; "
+                f"the provider's network wants {block} in {zone} of {net['name']} ({network['id']})")
+        if route_table_id and subnet.get("routeTableId") != route_table_id:
+            _done(_vpc, "PATCH", f"subnets/{subnet['id']}", f"routing subnet {name}",
+                  {"updateMask": "routeTableId", "routeTableId": route_table_id})
+            report[f"subnet {name}"] += ", egress route table attached"
+    for group in net["placement_groups"]:
+        _ensure(report, _compute, "placementGroups", group,
+                {"spreadPlacementStrategy": {}})
+    for address, zone in net["addresses"].items():
+        found, _ = _ensure(report, _vpc, "addresses", address,
+                           {"externalIpv4AddressSpec": {"zoneId": zone}})
+        ip = (found.get("externalIpv4Address") or {}).get("address")
+        report[f"address {address}"] += f" ({ip}, {zone})"
+    return report
+
+
+def destroy_network(kwargs=None, call=None):
+    """
+    Delete what ensure_network made, in the order the API allows (subnets, route table,
+    gateway, placement groups, addresses, network). Refuses, changing nothing, while a VM
+    still uses a subnet, a placement group or an address of it.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-cloud -f destroy_network yandex
+    """
+    if call != "function":
+        raise SaltCloudSystemExit("destroy_network must be called with -f or --function")
+    net = _network_config()
+    subnets = {z: _by_name(_vpc, "subnets", n) for z, n in net["subnet_names"].items()}
+    groups = {g: _by_name(_compute, "placementGroups", g) for g in net["placement_groups"]}
+    addresses = {a: _by_name(_vpc, "addresses", a) for a in net["addresses"]}
+    subnet_ids = {s["id"]: s["name"] for s in subnets.values() if s}
+    group_ids = {g["id"]: g["name"] for g in groups.values() if g}
+    public_ips = {(a.get("externalIpv4Address") or {}).get("address"): a["name"]
+                  for a in addresses.values() if a}
+    users = []
+    for instance in _instances():
+        uses = [f"subnet {subnet_ids[nic['subnetId']]}" for nic in instance.get("networkInterfaces", [])
+                if nic.get("subnetId") in subnet_ids]
+        group = (instance.get("placementPolicy") or {}).get("placementGroupId")
+        if group in group_ids:
+            uses.append(f"placement group {group_ids[group]}")
+        uses += [f"address {public_ips[ip]}" for ip in _addresses(instance)[1] if ip in public_ips]
+        if uses:
+            users.append(f"{instance['name']} ({', '.join(uses)})")
+    if users:
+        raise SaltCloudSystemExit(
+            f"network {net['name']} is still in use, nothing was deleted: {'; '.join(users)}. "
+            "Delete those VMs first (salt-cloud -m <map> -d, or salt-cloud -d NAME)")
+    report = {}
+
+    def delete(api, kind, label, resource, name):
+        if resource is None:
+            report[f"{label} {name}"] = "absent"
+            return
+        _done(api, "DELETE", f"{kind}/{resource['id']}", f"deleting {label} {name}")
+        report[f"{label} {name}"] = f"deleted {resource['id']}"
+
+    for zone, subnet in subnets.items():
+        delete(_vpc, "subnets", "subnet", subnet, net["subnet_names"][zone])
+    if net["nat_gateway"]:
+        delete(_vpc, "routeTables", "route table", _by_name(_vpc, "routeTables", net["egress_name"]),
+               net["egress_name"])
+        delete(_vpc, "gateways", "gateway", _by_name(_vpc, "gateways", net["egress_name"]),
+               net["egress_name"])
+    for name, group in groups.items():
+        delete(_compute, "placementGroups", "placement group", group, name)
+    for name, address in addresses.items():
+        delete(_vpc, "addresses", "address", address, name)
+    delete(_vpc, "networks", "network", _by_name(_vpc, "networks", net["name"]), net["name"])
+    return report
+
+
 # --- create -------------------------------------------------------------------------------------
 
 
@@ -585,10 +868,26 @@ def _image(vm_):
                     params={"folderId": folder, "family": family})
 
 
+def _network_subnet_name(vm_, zone):
+    """The provider network's subnet of the VM's zone, checked before any API call."""
+    net = _network_config()
+    if zone not in net["subnet_names"]:
+        raise SaltCloudSystemExit(
+            f"{vm_['name']}: zone {zone} has no subnet in the provider's network "
+            f"(network:subnets has {', '.join(net['subnet_names'])})")
+    address = _vm_value("ip_address", vm_)
+    if address:
+        _check_address(vm_, {"name": net["subnet_names"][zone],
+                             "v4CidrBlocks": [str(net["subnets"][zone])]}, address)
+    return net["subnet_names"][zone]
+
+
 def _subnet(vm_, zone):
     name = vm_["name"]
     subnet_id = _vm_value("subnet_id", vm_)
     subnet_name = _vm_value("subnet_name", vm_)
+    if not subnet_id and not subnet_name and _provider_value("network"):
+        subnet_name = _network_subnet_name(vm_, zone)
     if subnet_id:
         subnet = _vpc("GET", f"subnets/{subnet_id}", f"{name}: looking up subnet {subnet_id}")
     elif subnet_name:
@@ -598,7 +897,7 @@ def _subnet(vm_, zone):
             raise SaltCloudSystemExit(f"{name}: no subnet named {subnet_name} in folder {_folder()}")
         subnet = found[0]
     else:
-        raise SaltCloudSystemExit(f"{name}: set subnet_id or subnet_name")
+        raise SaltCloudSystemExit(f"{name}: set subnet_id or subnet_name, or the provider's network")
     if subnet.get("zoneId") != zone:
         raise SaltCloudSystemExit(
             f"{name}: subnet {subnet.get('name') or subnet['id']} is in {subnet.get('zoneId')}, "
@@ -663,18 +962,112 @@ def _metadata(vm_):
     return metadata
 
 
+def _listed(numbers):
+    """Numbers as a message lists them: 0.5, 1, 1.5."""
+    return ", ".join(f"{n:g}" for n in numbers)
+
+
+def _check_size(vm_, platform, cores, memory_gb, fraction):
+    """The platform's vCPU counts, core fractions and memory per vCPU (PLATFORM_SIZES)."""
+    name = vm_["name"]
+    if platform not in PLATFORM_SIZES:
+        raise SaltCloudSystemExit(
+            f"{name}: platform_id {platform!r} is not one of {', '.join(PLATFORM_SIZES)}")
+    by_fraction = PLATFORM_SIZES[platform]
+    if fraction not in by_fraction:
+        raise SaltCloudSystemExit(
+            f"{name}: core_fraction {fraction} is not offered on {platform} (it has {_listed(by_fraction)})")
+    for counts, per_core in by_fraction[fraction]:
+        if cores in counts:
+            if not any(abs(memory_gb / cores - gb) < 1e-6 for gb in per_core):
+                raise SaltCloudSystemExit(
+                    f"{name}: memory {memory_gb:g} GB is {memory_gb / cores:g} GB per core; {platform} at "
+                    f"core_fraction {fraction} with {cores} cores takes {_listed(per_core)} GB per core")
+            return
+    allowed = sorted(c for counts, _ in by_fraction[fraction] for c in counts)
+    raise SaltCloudSystemExit(
+        f"{name}: cores {cores} is not offered on {platform} at core_fraction {fraction} "
+        f"(it has {_listed(allowed)})")
+
+
+def _secondary_disks(vm_):
+    """secondary_disks: [{size (GB), type, device_name, auto_delete}] as secondaryDiskSpecs."""
+    disks = _vm_value("secondary_disks", vm_) or []
+    if not isinstance(disks, list) or len(disks) > 3:
+        raise SaltCloudSystemExit(f"{vm_['name']}: secondary_disks must be a list of at most 3 disks")
+    specs = []
+    for n, disk in enumerate(disks):
+        if not isinstance(disk, dict) or not isinstance(disk.get("size"), int) or disk["size"] <= 0:
+            raise SaltCloudSystemExit(f"{vm_['name']}: secondary_disks[{n}] needs a size in GB")
+        device = disk.get("device_name", f"data{n}")
+        # instance_service.proto AttachedDiskSpec.device_name: [a-z][a-z0-9-_]{,19}
+        if not re.fullmatch(r"[a-z][a-z0-9-_]{0,19}", str(device)):
+            raise SaltCloudSystemExit(f"{vm_['name']}: secondary_disks[{n}] device_name {device!r} must "
+                                      "be 1-20 lowercase letters, digits, '-' or '_', starting with a letter")
+        spec = {"typeId": disk.get("type", "network-ssd"), "size": str(disk["size"] * GB)}
+        specs.append({"autoDelete": bool(disk.get("auto_delete", True)), "deviceName": device,
+                      "diskSpec": spec})
+    return specs
+
+
+def _placement_group(vm_):
+    """placement_group (a name) as its id; a name the provider's network does not list is refused
+    before any API call."""
+    group = _vm_value("placement_group", vm_)
+    if not group:
+        return None
+    if _provider_value("network") and group not in _network_config()["placement_groups"]:
+        raise SaltCloudSystemExit(
+            f"{vm_['name']}: placement_group {group} is not in the provider's network:placement_groups "
+            f"({', '.join(_network_config()['placement_groups']) or 'none'})")
+    found = _by_name(_compute, "placementGroups", group)
+    if found is None:
+        raise SaltCloudSystemExit(f"{vm_['name']}: no placement group named {group} in folder {_folder()} "
+                                  "(salt-cloud -f ensure_network yandex makes it)")
+    return found["id"]
+
+
+def _nat_address(vm_, zone):
+    """nat_ip_address: a reserved address, by name or by value, in the VM's zone and not in use."""
+    wanted = _vm_value("nat_ip_address", vm_)
+    if not wanted:
+        return None
+    addresses = _list(_vpc, "addresses", "addresses", f"{vm_['name']}: looking up address {wanted}",
+                      folderId=_folder())
+    found = next((a for a in addresses if wanted in (a.get("name"),
+                  (a.get("externalIpv4Address") or {}).get("address"))), None)
+    if found is None:
+        raise SaltCloudSystemExit(f"{vm_['name']}: nat_ip_address {wanted} is not a reserved address of "
+                                  f"folder {_folder()} (salt-cloud -f ensure_network yandex reserves it)")
+    external = found.get("externalIpv4Address") or {}
+    if external.get("zoneId") != zone:
+        raise SaltCloudSystemExit(f"{vm_['name']}: nat_ip_address {wanted} is in {external.get('zoneId')}, "
+                                  f"the VM's zone is {zone}")
+    if found.get("used"):
+        raise SaltCloudSystemExit(f"{vm_['name']}: nat_ip_address {wanted} is already used by another VM")
+    return external["address"]
+
+
 def _create_body(vm_):
-    """The CreateInstanceRequest of a profile, checked here where the API's answer would be vague."""
+    """The CreateInstanceRequest of a profile, checked here where the API's answer would be vague:
+    what needs no API call first, so a bad profile costs none."""
     name = vm_["name"]
     _check_name("VM name", name)
     hostname = _vm_value("hostname", vm_, name)
     _check_name("hostname", hostname)
     zone = _vm_value("zone", vm_, "ru-central1-a")
+    if zone not in ZONES:
+        raise SaltCloudSystemExit(f"{name}: zone {zone!r} is not one of {', '.join(ZONES)}")
+    platform = _vm_value("platform_id", vm_, "standard-v3")
+    cores = _number(vm_, "cores", 2)
     core_fraction = _number(vm_, "core_fraction", 100)
-    if core_fraction not in CORE_FRACTIONS:
-        raise SaltCloudSystemExit(f"{name}: core_fraction must be one of 5, 20, 50, 100, not {core_fraction}")
     memory_gb = _number(vm_, "memory", 2, float)
+    _check_size(vm_, platform, cores, memory_gb, core_fraction)
     disk_gb = _number(vm_, "disk_size", 10)
+    secondary_disks = _secondary_disks(vm_)
+    if _provider_value("network") and not _vm_value("subnet_id", vm_) and not _vm_value("subnet_name", vm_):
+        _network_subnet_name(vm_, zone)
+    placement_group_id = _placement_group(vm_)
     image = _image(vm_)
     if disk_gb * GB < int(image.get("minDiskSize", 0)):
         raise SaltCloudSystemExit(
@@ -687,7 +1080,10 @@ def _create_body(vm_):
     if address:
         _check_address(vm_, subnet, address)
         address_spec["address"] = address
-    if _vm_value("nat", vm_, False):
+    nat_address = _nat_address(vm_, zone)
+    if nat_address:
+        address_spec["oneToOneNatSpec"] = {"address": nat_address}
+    elif _vm_value("nat", vm_, False):
         address_spec["oneToOneNatSpec"] = {"ipVersion": "IPV4"}
     interface = {"subnetId": subnet["id"], "primaryV4AddressSpec": address_spec}
     if _vm_value("security_group_ids", vm_):
@@ -698,12 +1094,12 @@ def _create_body(vm_):
         "description": _vm_value("description", vm_, f"salt-cloud profile {vm_.get('profile')}"),
         "labels": {str(k): str(v) for k, v in (_vm_value("labels", vm_) or {}).items()},
         "zoneId": zone,
-        "platformId": _vm_value("platform_id", vm_, "standard-v3"),
+        "platformId": platform,
         "hostname": hostname,
         # int64 fields go as strings, as the API writes them.
         "resourcesSpec": {
             "memory": str(int(memory_gb * GB)),
-            "cores": str(_number(vm_, "cores", 2)),
+            "cores": str(cores),
             "coreFraction": str(core_fraction),
         },
         "metadata": _metadata(vm_),
@@ -718,6 +1114,10 @@ def _create_body(vm_):
         "networkInterfaceSpecs": [interface],
         "schedulingPolicy": {"preemptible": bool(_vm_value("preemptible", vm_, False))},
     }
+    if secondary_disks:
+        body["secondaryDiskSpecs"] = secondary_disks
+    if placement_group_id:
+        body["placementPolicy"] = {"placementGroupId": placement_group_id}
     if _vm_value("service_account_id", vm_):
         body["serviceAccountId"] = _vm_value("service_account_id", vm_)
     return body
@@ -725,7 +1125,7 @@ def _create_body(vm_):
 
 def _ssh_address(vm_, instance):
     private, public = _addresses(instance)
-    wanted = public if _vm_value("nat", vm_, False) else private
+    wanted = public if _vm_value("nat", vm_, False) or _vm_value("nat_ip_address", vm_) else private
     return wanted[0] if wanted else None
 
 

@@ -8,12 +8,16 @@ import socket
 import threading
 
 import pytest
+import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
+from lab.yandex.fake_api import FOLDER, FakeYandex
 from tests.conftest import REPO, VENV_BIN, run
-from tests.yandex.fake_api import FOLDER, FakeYandex
 
+# The network a user's provider config describes (cloud.providers.d/yandex.conf.example).
+EXAMPLE = yaml.safe_load((REPO / "cloud.providers.d" / "yandex.conf.example").read_text())
+NETWORK = EXAMPLE["yandex"]["network"]
 SERVICE_ACCOUNT = "ajefake0service00001"
 KEY_ID = "ajefake0key000000001"
 
@@ -78,6 +82,7 @@ def provider_config(fake, key_file, ssh_key, **overrides):
         "wait_for_ip_interval": 0.1,
         "deploy": False,
         "minion": {"master": "127.0.0.1"},
+        "network": NETWORK,
         **overrides,
     }
 
@@ -119,8 +124,17 @@ class SaltCloud:
 
 
 @pytest.fixture
-def salt_cloud(tmp_path, fake, key_file, ssh_key):
+def bare_salt_cloud(tmp_path, fake, key_file, ssh_key):
+    """salt-cloud with the example's provider, in a folder with nothing made yet."""
     return SaltCloud(tmp_path / "salt", provider_config(fake, key_file, ssh_key))
+
+
+@pytest.fixture
+def salt_cloud(bare_salt_cloud):
+    """... after `salt-cloud -f ensure_network yandex`, as the README has a user start."""
+    result = bare_salt_cloud("-f", "ensure_network", "yandex")
+    assert result.returncode == 0, result.stdout + result.stderr
+    return bare_salt_cloud
 
 
 @pytest.fixture

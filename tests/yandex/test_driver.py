@@ -80,7 +80,7 @@ def test_destroy_refuses_to_be_called_as_a_function():
 @pytest.mark.parametrize(("options", "message"), [
     ({"name": "Postgres.srv1"}, "VM name 'Postgres.srv1' is not a valid Yandex Cloud name"),
     ({"hostname": "db-"}, "hostname 'db-' is not a valid Yandex Cloud name"),
-    ({"core_fraction": 30}, "core_fraction must be one of 5, 20, 50, 100, not 30"),
+    ({"core_fraction": 30}, r"core_fraction 30 is not offered on standard-v3 \(it has 20, 50, 100\)"),
     ({"memory": "lots"}, "memory must be a number, not 'lots'"),
     ({"disk_size": 2}, r"disk_size 2 GB is smaller than image fd8\w+ needs \(3 GB\)"),
     ({"ip_address": "10.1.0.5"}, r"ip_address 10.1.0.5 is outside subnet pgcluster-subnet \(10.0.0.0/24\)"),
@@ -199,3 +199,111 @@ def test_keep_on_failure_keeps_the_vm_for_debugging(fake):
     with pytest.raises(SaltCloudSystemExit, match=r"instance db1 \(\w+\) is kept for debugging"):
         yandex.create(vm("db1", keep_on_failure=True))
     assert fake.names() == ["db1"]
+
+
+# --- the network: ensure_network, destroy_network and the profile options that use it ---------
+
+NETWORK = {"name": "pgcluster",
+           "subnets": {"ru-central1-a": "10.0.1.0/24", "ru-central1-b": "10.0.2.0/24",
+                       "ru-central1-d": "10.0.3.0/24"},
+           "placement_groups": ["pgcluster-db"], "addresses": {"pgcluster-web": "ru-central1-a"}}
+
+
+def with_network(provider, **changes):
+    provider["network"] = {**NETWORK, **changes}
+
+
+def network_vm(name, **options):
+    """A VM of a profile that names no subnet: the provider's network gives the zone's."""
+    return {"name": name, "profile": "test", "driver": "yandex:yandex", **PROFILE, "subnet_name": None,
+            **options}
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"subnets": {"ru-central1-c": "10.0.1.0/24"}}, "network:subnets:ru-central1-c: unknown zone"),
+    ({"subnets": {"ru-central1-a": "10.0.1.0/24", "ru-central1-b": "10.0.1.128/25"}},
+     "network:subnets:ru-central1-b: 10.0.1.128/25 overlaps 10.0.1.0/24 of ru-central1-a"),
+    ({"subnets": {"ru-central1-a": "10.0.1.5/24"}}, "10.0.1.5/24' is not an IPv4 network: .*host bits"),
+    ({"subnets": {"ru-central1-a": "10.0.1.0/29"}}, "10.0.1.0/29 must be an IPv4 network of /16 to /28"),
+    ({"subnets": {"ru-central1-a": "8.8.8.0/24"}}, "8.8.8.0/24 is not in a private range"),
+    ({"name": "PG_cluster"}, "network:name 'PG_cluster' must be 3-54 lowercase letters"),
+    ({"name": "pg"}, "network:name 'pg' must be 3-54 lowercase letters"),
+    ({"nat": True}, "network: unknown key nat"),
+    ({"nat_gateway": "yes"}, "network:nat_gateway must be true or false"),
+    ({"placement_groups": ["db_1"]}, "network:placement_groups: 'db_1' must be 3-63 lowercase"),
+    ({"addresses": {"pgcluster-web": "ru-central1-c"}},
+     "network:addresses:pgcluster-web: unknown zone 'ru-central1-c'"),
+], ids=["unknown-zone", "overlap", "host-bits", "too-small", "public-range", "bad-name", "short-name",
+        "unknown-key", "bad-nat", "bad-group", "address-zone"])
+def test_a_bad_network_is_refused_before_any_api_call(fake, provider, changes, message):
+    with_network(provider, **changes)
+    with pytest.raises(SaltCloudSystemExit, match=message):
+        yandex.ensure_network(call="function")
+    assert fake.requests == []
+
+
+def test_network_functions_refuse_to_be_called_as_actions(provider):
+    with_network(provider)
+    for function in (yandex.ensure_network, yandex.destroy_network):
+        with pytest.raises(SaltCloudSystemExit, match="-f or --function"):
+            function(call="action")
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"zone": "ru-central1-c"},
+     "zone 'ru-central1-c' is not one of ru-central1-a, ru-central1-b, ru-central1-d"),
+    ({"cores": 3}, r"cores 3 is not offered on standard-v3 at core_fraction 100 \(it has 2, 4, 6"),
+    ({"cores": 8, "memory": 8, "core_fraction": 20},
+     r"cores 8 is not offered on standard-v3 at core_fraction 20 \(it has 2, 4\)"),
+    ({"core_fraction": 5}, r"core_fraction 5 is not offered on standard-v3 \(it has 20, 50, 100\)"),
+    ({"memory": 40},
+     "memory 40 GB is 20 GB per core; standard-v3 at core_fraction 100 with 2 cores takes 1, 2,"),
+    ({"cores": 96, "memory": 960},
+     "memory 960 GB is 10 GB per core; .* with 96 cores takes 1, 2, 3, 4, 5, 6 GB"),
+    ({"platform_id": "standard-v9"}, "platform_id 'standard-v9' is not one of standard-v1"),
+    ({"secondary_disks": [{"size": 10}] * 4}, "secondary_disks must be a list of at most 3 disks"),
+    ({"secondary_disks": [{"size": 10, "device_name": "Disk0"}]}, "device_name 'Disk0' must be"),
+    ({"zone": "ru-central1-b", "ip_address": "10.0.1.12"},
+     r"ip_address 10.0.1.12 is outside subnet pgcluster-ru-central1-b \(10.0.2.0/24\)"),
+    ({"placement_group": "pgcluster-web"},
+     r"placement_group pgcluster-web is not in the provider's network:placement_groups \(pgcluster-db\)"),
+], ids=["retired-zone", "odd-cores", "fraction-cores", "fraction-platform", "memory-per-core",
+        "v3-96-cores", "platform", "four-disks", "device-name", "address-zone", "unknown-group"])
+def test_a_bad_profile_is_refused_before_any_api_call(fake, provider, options, message):
+    with_network(provider)
+    with pytest.raises(SaltCloudSystemExit, match=message):
+        yandex.create(network_vm("db1", **options))
+    assert fake.requests == []
+
+
+def test_a_zone_without_a_subnet_in_the_network_is_refused_before_any_api_call(fake, provider):
+    with_network(provider, subnets={"ru-central1-a": "10.0.1.0/24"})
+    with pytest.raises(SaltCloudSystemExit,
+                       match=r"zone ru-central1-b has no subnet in the provider's network \(network:subnets "
+                             r"has ru-central1-a\)"):
+        yandex.create(network_vm("db2", zone="ru-central1-b"))
+    assert fake.requests == []
+
+
+@pytest.mark.parametrize(("platform", "cores", "memory", "fraction"), [
+    ("standard-v2", 2, 0.5, 5), ("standard-v1", 4, 2, 5), ("standard-v3", 4, 16, 50),
+    ("standard-v3", 96, 576, 100), ("highfreq-v3", 56, 896, 100), ("standard-v2", 80, 1280, 100),
+])
+def test_every_documented_size_passes_the_check(platform, cores, memory, fraction):
+    yandex._check_size({"name": "db1"}, platform, cores, memory, fraction)
+
+
+def test_on_a_vm_the_driver_signs_in_through_the_metadata_service(fake, provider):
+    """No credential in the provider: the token of the VM's service account, from the metadata
+    service (Metadata-Flavor: Google), as on the salt-master VM in Yandex Cloud."""
+    del provider["service_account_key_file"]
+    provider["metadata_url"] = fake.url
+    fake.metadata_service = True
+    assert yandex.list_nodes() == {}
+    asked = fake.calls("GET", r"^/computeMetadata/v1/instance/service-accounts/default/token$")
+    assert len(asked) == 1 and asked[0][2].get("Metadata-Flavor") == "Google"
+    assert fake.calls("POST", r"^/iam/v1/tokens$") == []
+    fake.metadata_service = False
+    yandex._TOKENS.clear()
+    with pytest.raises(SaltCloudSystemExit, match="getting a token from the metadata service"):
+        yandex.list_nodes()

@@ -3,12 +3,17 @@ Yandex API: what a user runs, and what they see."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 
+import yaml
+
 from tests.conftest import REPO
-from tests.yandex.conftest import provider_config, write_key_file
+from tests.yandex.conftest import NETWORK, provider_config, write_key_file
 
 MAP = REPO / "cloud.maps.d" / "yandex.map"
+# The cluster as the Yandex master serves it (bin/master --site yandex): the map's VMs must match.
+YANDEX = yaml.safe_load((REPO / "pillar" / "cluster_yandex.sls").read_text())["pgcluster"]
 
 
 def creates(fake):
@@ -38,17 +43,35 @@ def test_a_profile_makes_a_debian_12_vm_as_the_api_documents(salt_cloud, fake, s
     assert body["labels"] == {"project": "pgcluster", "role": "database"}
 
 
-def test_the_map_makes_the_four_servers_once(salt_cloud, fake):
+def test_the_map_makes_the_four_servers_once_members_in_three_zones(salt_cloud, fake):
     first = salt_cloud("-m", MAP, "-P")
     assert first.returncode == 0, first.stdout + first.stderr
-    assert fake.names() == ["postgres-srv1", "postgres-srv2", "postgres-srv3", "web"]
+    hosts = {**YANDEX["members"], **YANDEX["web"]}
+    assert fake.names() == sorted(hosts)
     nodes = salt_cloud.json("-Q")["yandex"]["yandex"]
+    # Each VM at the address the Yandex pillar gives it, in the zone whose subnet holds it.
     assert {name: n["private_ips"] for name, n in nodes.items()} == {
-        "postgres-srv1": ["10.0.0.11"], "postgres-srv2": ["10.0.0.12"],
-        "postgres-srv3": ["10.0.0.13"], "web": ["10.0.0.10"]}
-    # Only the web server has a public address, and the run shows it, as `terraform apply` did.
+        name: [host["address"] for host in [entry]] for name, entry in hosts.items()}
+    zones = {i["name"]: i["zoneId"] for i in fake.instances.values()}
+    assert len({zones[m] for m in YANDEX["members"]}) == 3
+    for name, zone in zones.items():
+        subnet = fake.subnets[next(i for i in fake.instances.values() if i["name"] == name)
+                              ["networkInterfaces"][0]["subnetId"]]
+        assert subnet["zoneId"] == zone
+        block = ipaddress.ip_network(subnet["v4CidrBlocks"][0])
+        assert ipaddress.ip_address(hosts[name]["address"]) in block
+    # The members share one spread placement group; the web VM is outside it.
+    groups = {i["name"]: (i.get("placementPolicy") or {}).get("placementGroupId")
+              for i in fake.instances.values()}
+    group = fake.placement_groups[groups["postgres-srv1"]]
+    assert group["name"] == "pgcluster-db" and "spreadPlacementStrategy" in group
+    assert {groups[m] for m in YANDEX["members"]} == {group["id"]} and not groups["web"]
+    # Only the web server has a public address, the reserved one, and the run shows it, as
+    # `terraform apply` did.
+    reserved = next(a for a in fake.addresses.values() if a["name"] == "pgcluster-web")
     web_public = nodes["web"]["public_ips"]
-    assert len(web_public) == 1 and all(not n["public_ips"] for k, n in nodes.items() if k != "web")
+    assert web_public == [reserved["externalIpv4Address"]["address"]] and reserved["used"] is True
+    assert all(not n["public_ips"] for k, n in nodes.items() if k != "web")
     assert web_public[0] in first.stdout
     # Each VM signed in with its own process's token: four creates, each with its own key.
     keys = {c[2]["Idempotency-Key"] for c in fake.calls("POST", r"^/compute/v1/instances$")}
@@ -139,6 +162,75 @@ def test_a_failed_bootstrap_deletes_the_vm_and_its_minion_key(salt_cloud, fake, 
     assert "bootstrapping web at 127.0.77.1 failed" in output
     assert "was deleted" in output
     assert fake.names() == [] and fake.disks == {}
-    assert len(fake.public_pool) == 3  # its public address went back too
+    # Its public address is free again, and still reserved for the next web VM.
+    reserved = next(a for a in fake.addresses.values() if a["name"] == "pgcluster-web")
+    assert reserved["used"] is False
     pki = salt_cloud.root / "etc" / "pki" / "master"
     assert not list(pki.glob("minions*/web"))
+
+
+CHANGES = r"^/(vpc|compute)/"  # every POST but the token exchange
+
+
+def made(report):
+    return {what: how.split()[0] for what, how in report.items()}
+
+
+def test_ensure_network_makes_what_is_missing_once_and_destroy_network_waits_for_the_vms(bare_salt_cloud,
+                                                                                        fake):
+    salt_cloud = bare_salt_cloud
+    first = salt_cloud.json("-f", "ensure_network", "yandex")["yandex"]["yandex"]
+    subnet_names = [f"subnet {NETWORK['name']}-{zone}" for zone in NETWORK["subnets"]]
+    expected = {f"network {NETWORK['name']}", f"gateway {NETWORK['name']}-egress",
+                f"route table {NETWORK['name']}-egress", *subnet_names,
+                *(f"placement group {g}" for g in NETWORK["placement_groups"]),
+                *(f"address {a}" for a in NETWORK["addresses"])}
+    assert set(first) == expected and set(made(first).values()) == {"made"}, first
+    changes = len(fake.calls("POST", CHANGES)) + len(fake.calls("PATCH"))
+    second = salt_cloud.json("-f", "ensure_network", "yandex")["yandex"]["yandex"]
+    assert set(second) == expected and set(made(second).values()) == {"found"}, second
+    assert len(fake.calls("POST", CHANGES)) + len(fake.calls("PATCH")) == changes
+    # Every subnet sends 0.0.0.0/0 through the NAT gateway.
+    network = next(n for n in fake.networks.values() if n["name"] == NETWORK["name"])
+    gateway = next(g for g in fake.gateways.values() if g["name"] == f"{NETWORK['name']}-egress")
+    for zone, cidr in NETWORK["subnets"].items():
+        subnet = next(s for s in fake.subnets.values() if s["name"] == f"{NETWORK['name']}-{zone}")
+        assert (subnet["networkId"], subnet["zoneId"]) == (network["id"], zone)
+        assert subnet["v4CidrBlocks"] == [cidr]
+        table = fake.route_tables[subnet["routeTableId"]]
+        assert [(r["destinationPrefix"], r["gatewayId"]) for r in table["staticRoutes"]] == \
+            [("0.0.0.0/0", gateway["id"])]
+
+    assert salt_cloud("-m", MAP, "-P").returncode == 0
+    refused = salt_cloud("-f", "destroy_network", "yandex")
+    output = refused.stdout + refused.stderr
+    assert f"network {NETWORK['name']} is still in use, nothing was deleted" in output, output
+    assert f"postgres-srv2 (subnet {NETWORK['name']}-ru-central1-b, placement group pgcluster-db)" in output
+    assert "web (subnet pgcluster-ru-central1-a, address pgcluster-web)" in output
+    assert network["id"] in fake.networks and len(fake.calls("DELETE")) == 0
+
+    assert salt_cloud("-m", MAP, "-d").returncode == 0
+    gone = salt_cloud.json("-f", "destroy_network", "yandex")["yandex"]["yandex"]
+    assert set(gone) == expected and set(made(gone).values()) == {"deleted"}, gone
+    ours = [r for store in (fake.networks, fake.subnets, fake.gateways, fake.route_tables,
+                            fake.placement_groups, fake.addresses) for r in store.values()
+            if r.get("labels", {}).get("managed-by") == "salt-cloud"]
+    assert ours == [] and fake.instances == {} and fake.disks == {}
+
+
+def test_a_subnet_that_is_not_what_the_network_says_is_named_with_both(bare_salt_cloud, fake):
+    fake.add_subnet(f"{NETWORK['name']}-ru-central1-b", "ru-central1-b", "10.0.9.0/24")
+    result = bare_salt_cloud("-f", "ensure_network", "yandex")
+    output = result.stdout + result.stderr
+    assert f"subnet {NETWORK['name']}-ru-central1-b" in output
+    assert "['10.0.9.0/24'] in ru-central1-b" in output
+    assert f"the provider's network wants {NETWORK['subnets']['ru-central1-b']} in ru-central1-b" in output
+
+
+def test_a_bad_network_block_is_refused_before_any_call(bare_salt_cloud, fake, key_file, ssh_key):
+    network = {**NETWORK, "subnets": {**NETWORK["subnets"], "ru-central1-d": "10.0.1.128/25"}}
+    bare_salt_cloud.set_provider(provider_config(fake, key_file, ssh_key, network=network))
+    result = bare_salt_cloud("-f", "ensure_network", "yandex")
+    output = result.stdout + result.stderr
+    assert "network:subnets:ru-central1-d: 10.0.1.128/25 overlaps 10.0.1.0/24 of ru-central1-a" in output
+    assert fake.requests == []
