@@ -598,7 +598,7 @@ FILTER_NAME_RULE = re.compile(r"^[a-z][-a-z0-9]{1,61}[a-z0-9]$")
 # maximum subnet size is /16"; VPC subnets take private (RFC 1918) ranges only.
 SUBNET_PREFIXES = (16, 28)
 PRIVATE_RANGES = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
-NETWORK_KEYS = ("name", "subnets", "nat_gateway", "placement_groups", "addresses")
+NETWORK_KEYS = ("name", "subnets", "nat_gateway", "security_group", "placement_groups", "addresses")
 # Labels on everything ensure_network makes, so a user can tell it apart in the console.
 NETWORK_LABELS = {"managed-by": "salt-cloud"}
 
@@ -675,16 +675,39 @@ def _network_config():
                                   "ru-central1-a: 10.128.0.0/24")
     blocks = _subnet_blocks(where, subnets)
     groups, addresses = _named_extras(where, raw)
-    nat = raw.get("nat_gateway", True)
-    if not isinstance(nat, bool):
-        raise SaltCloudSystemExit(f"{where}:nat_gateway must be true or false, not {nat!r}")
-    return {"name": name, "subnets": blocks, "nat_gateway": nat, "placement_groups": groups,
+    switches = {}
+    for key, default in (("nat_gateway", True), ("security_group", False)):
+        switches[key] = raw.get(key, default)
+        if not isinstance(switches[key], bool):
+            raise SaltCloudSystemExit(f"{where}:{key} must be true or false, not {switches[key]!r}")
+    return {"name": name, "subnets": blocks, **switches, "placement_groups": groups,
             "addresses": addresses, "subnet_names": {z: f"{name}-{z}" for z in blocks},
-            "egress_name": f"{name}-egress"}
+            "egress_name": f"{name}-egress", "security_group_name": f"{name}-cluster"}
+
+
+def _security_group_rules(net):
+    """The cluster's security group: anything between the network's subnets (the hosts'
+    nftables firewall narrows it per port), HTTP to the web app and SSH to the salt-master from
+    anywhere (only VMs with a public address can be reached so), everything out."""
+    anywhere = {"v4CidrBlocks": ["0.0.0.0/0"]}
+
+    def tcp(port, description):
+        return {"direction": "INGRESS", "description": description, "protocolName": "TCP",
+                "ports": {"fromPort": str(port), "toPort": str(port)}, "cidrBlocks": anywhere}
+
+    return [
+        {"direction": "INGRESS", "description": "inside the network", "protocolName": "ANY",
+         "cidrBlocks": {"v4CidrBlocks": [str(b) for b in net["subnets"].values()]}},
+        tcp(80, "the web app"),
+        tcp(22, "SSH (the salt-master)"),
+        {"direction": "EGRESS", "description": "out, through the NAT gateway", "protocolName": "ANY",
+         "cidrBlocks": anywhere},
+    ]
 
 
 KINDS = {"networks": "network", "subnets": "subnet", "gateways": "gateway",
-         "routeTables": "route table", "addresses": "address", "placementGroups": "placement group"}
+         "routeTables": "route table", "addresses": "address", "placementGroups": "placement group",
+         "securityGroups": "security group"}
 
 
 def _by_name(api, kind, name):
@@ -707,13 +730,49 @@ def _ensure(report, api, kind, name, body):
     return made, True
 
 
+def _ensure_egress(report, net, network):
+    """The NAT gateway and the route table sending 0.0.0.0/0 through it; the table's id."""
+    gateway, _ = _ensure(report, _vpc, "gateways", net["egress_name"], {"sharedEgressGatewaySpec": {}})
+    routes = [{"destinationPrefix": "0.0.0.0/0", "gatewayId": gateway["id"]}]
+    table, made = _ensure(report, _vpc, "routeTables", net["egress_name"],
+                          {"networkId": network["id"], "staticRoutes": routes})
+    if table.get("networkId") != network["id"]:
+        raise SaltCloudSystemExit(f"route table {net['egress_name']} ({table['id']}) belongs to "
+                                  f"network {table.get('networkId')}, not {net['name']}")
+    if not made and [{k: r.get(k) for k in ("destinationPrefix", "gatewayId")}
+                     for r in table.get("staticRoutes", [])] != routes:
+        _done(_vpc, "PATCH", f"routeTables/{table['id']}", f"routing {net['egress_name']}",
+              {"updateMask": "staticRoutes", "staticRoutes": routes})
+        report[f"route table {net['egress_name']}"] += ", its route set to the gateway"
+    return table["id"]
+
+
+def _ensure_subnet(report, net, network, zone, route_table_id):
+    """The zone's subnet, as the network block says, routed through the egress table."""
+    name, block = net["subnet_names"][zone], net["subnets"][zone]
+    body = {"networkId": network["id"], "zoneId": zone, "v4CidrBlocks": [str(block)]}
+    if route_table_id:
+        body["routeTableId"] = route_table_id
+    subnet, _ = _ensure(report, _vpc, "subnets", name, body)
+    found = (subnet.get("networkId"), subnet.get("zoneId"), subnet.get("v4CidrBlocks"))
+    if found != (network["id"], zone, [str(block)]):
+        raise SaltCloudSystemExit(
+            f"subnet {name} ({subnet['id']}) is {found[2]} in {found[1]} of network {found[0]}; "
+            f"the provider's network wants {block} in {zone} of {net['name']} ({network['id']})")
+    if route_table_id and subnet.get("routeTableId") != route_table_id:
+        _done(_vpc, "PATCH", f"subnets/{subnet['id']}", f"routing subnet {name}",
+              {"updateMask": "routeTableId", "routeTableId": route_table_id})
+        report[f"subnet {name}"] += ", egress route table attached"
+
+
 def ensure_network(kwargs=None, call=None):
     """
     Find or make what the cluster's VMs need around them, from the provider's ``network:``
     block: the network, one subnet per zone, a NAT gateway (shared egress gateway) with a route
     table sending 0.0.0.0/0 through it attached to every subnet (VMs without a public address
-    still reach package mirrors), the spread placement groups, and the reserved public
-    addresses. Running it again makes nothing; it says what it found and what it made.
+    still reach package mirrors), the cluster's security group if asked, the spread placement
+    groups, and the reserved public addresses. Running it again makes nothing; it says what it
+    found and what it made.
 
     CLI Example:
 
@@ -727,53 +786,58 @@ def ensure_network(kwargs=None, call=None):
     report = {}
     network, _ = _ensure(report, _vpc, "networks", net["name"],
                          {"description": "the pgcluster network (salt-cloud ensure_network)"})
-    route_table_id = None
-    if net["nat_gateway"]:
-        gateway, _ = _ensure(report, _vpc, "gateways", net["egress_name"],
-                             {"sharedEgressGatewaySpec": {}})
-        routes = [{"destinationPrefix": "0.0.0.0/0", "gatewayId": gateway["id"]}]
-        table, made = _ensure(report, _vpc, "routeTables", net["egress_name"],
-                              {"networkId": network["id"], "staticRoutes": routes})
-        if table.get("networkId") != network["id"]:
-            raise SaltCloudSystemExit(f"route table {net['egress_name']} ({table['id']}) belongs to "
-                                      f"network {table.get('networkId')}, not {net['name']}")
-        if not made and [{k: r.get(k) for k in ("destinationPrefix", "gatewayId")}
-                         for r in table.get("staticRoutes", [])] != routes:
-            _done(_vpc, "PATCH", f"routeTables/{table['id']}", f"routing {net['egress_name']}",
-                  {"updateMask": "staticRoutes", "staticRoutes": routes})
-            report[f"route table {net['egress_name']}"] += ", its route set to the gateway"
-        route_table_id = table["id"]
-    for zone, block in net["subnets"].items():
-        name = net["subnet_names"][zone]
-        body = {"networkId": network["id"], "zoneId": zone, "v4CidrBlocks": [str(block)]}
-        if route_table_id:
-            body["routeTableId"] = route_table_id
-        subnet, made = _ensure(report, _vpc, "subnets", name, body)
-        found = (subnet.get("networkId"), subnet.get("zoneId"), subnet.get("v4CidrBlocks"))
-        if found != (network["id"], zone, [str(block)]):
-            raise SaltCloudSystemExit(
-                f"subnet {name} ({subnet['id']}) is {found[2]} in {found[1]} of network {found[0]}; "
-                f"the provider's network wants {block} in {zone} of {net['name']} ({network['id']})")
-        if route_table_id and subnet.get("routeTableId") != route_table_id:
-            _done(_vpc, "PATCH", f"subnets/{subnet['id']}", f"routing subnet {name}",
-                  {"updateMask": "routeTableId", "routeTableId": route_table_id})
-            report[f"subnet {name}"] += ", egress route table attached"
+    route_table_id = _ensure_egress(report, net, network) if net["nat_gateway"] else None
+    for zone in net["subnets"]:
+        _ensure_subnet(report, net, network, zone, route_table_id)
+    if net["security_group"]:
+        _ensure(report, _vpc, "securityGroups", net["security_group_name"],
+                {"networkId": network["id"], "ruleSpecs": _security_group_rules(net)})
     for group in net["placement_groups"]:
-        _ensure(report, _compute, "placementGroups", group,
-                {"spreadPlacementStrategy": {}})
+        _ensure(report, _compute, "placementGroups", group, {"spreadPlacementStrategy": {}})
     for address, zone in net["addresses"].items():
-        found, _ = _ensure(report, _vpc, "addresses", address,
-                           {"externalIpv4AddressSpec": {"zoneId": zone}})
+        found, _ = _ensure(report, _vpc, "addresses", address, {"externalIpv4AddressSpec": {"zoneId": zone}})
         ip = (found.get("externalIpv4Address") or {}).get("address")
         report[f"address {address}"] += f" ({ip}, {zone})"
     return report
 
 
+def _network_resources(net):
+    """What ensure_network would have made, as it is now: {(kind, name): resource or None},
+    in the order they can be deleted."""
+    wanted = [("subnets", n) for n in net["subnet_names"].values()]
+    if net["nat_gateway"]:
+        wanted += [("routeTables", net["egress_name"]), ("gateways", net["egress_name"])]
+    if net["security_group"]:
+        wanted.append(("securityGroups", net["security_group_name"]))
+    wanted += [("placementGroups", g) for g in net["placement_groups"]]
+    wanted += [("addresses", a) for a in net["addresses"]] + [("networks", net["name"])]
+    api = {"placementGroups": _compute}
+    return {(kind, name): _by_name(api.get(kind, _vpc), kind, name) for kind, name in wanted}
+
+
+def _network_users(resources):
+    """The VMs that still use a subnet, security group, placement group or address of these."""
+    ids = {r["id"]: f"{KINDS[kind]} {name}" for (kind, name), r in resources.items() if r}
+    public = {(r.get("externalIpv4Address") or {}).get("address"): f"address {name}"
+              for (kind, name), r in resources.items() if r and kind == "addresses"}
+    users = []
+    for instance in _instances():
+        nics = instance.get("networkInterfaces", [])
+        used = [nic.get("subnetId") for nic in nics]
+        used += [group for nic in nics for group in nic.get("securityGroupIds", [])]
+        used.append((instance.get("placementPolicy") or {}).get("placementGroupId"))
+        uses = [ids[i] for i in used if i in ids]
+        uses += [public[ip] for ip in _addresses(instance)[1] if ip in public]
+        if uses:
+            users.append(f"{instance['name']} ({', '.join(uses)})")
+    return users
+
+
 def destroy_network(kwargs=None, call=None):
     """
     Delete what ensure_network made, in the order the API allows (subnets, route table,
-    gateway, placement groups, addresses, network). Refuses, changing nothing, while a VM
-    still uses a subnet, a placement group or an address of it.
+    gateway, security group, placement groups, addresses, network). Refuses, changing nothing,
+    while a VM still uses a subnet, the security group, a placement group or an address of it.
 
     CLI Example:
 
@@ -784,48 +848,21 @@ def destroy_network(kwargs=None, call=None):
     if call != "function":
         raise SaltCloudSystemExit("destroy_network must be called with -f or --function")
     net = _network_config()
-    subnets = {z: _by_name(_vpc, "subnets", n) for z, n in net["subnet_names"].items()}
-    groups = {g: _by_name(_compute, "placementGroups", g) for g in net["placement_groups"]}
-    addresses = {a: _by_name(_vpc, "addresses", a) for a in net["addresses"]}
-    subnet_ids = {s["id"]: s["name"] for s in subnets.values() if s}
-    group_ids = {g["id"]: g["name"] for g in groups.values() if g}
-    public_ips = {(a.get("externalIpv4Address") or {}).get("address"): a["name"]
-                  for a in addresses.values() if a}
-    users = []
-    for instance in _instances():
-        uses = [f"subnet {subnet_ids[nic['subnetId']]}" for nic in instance.get("networkInterfaces", [])
-                if nic.get("subnetId") in subnet_ids]
-        group = (instance.get("placementPolicy") or {}).get("placementGroupId")
-        if group in group_ids:
-            uses.append(f"placement group {group_ids[group]}")
-        uses += [f"address {public_ips[ip]}" for ip in _addresses(instance)[1] if ip in public_ips]
-        if uses:
-            users.append(f"{instance['name']} ({', '.join(uses)})")
+    resources = _network_resources(net)
+    users = _network_users(resources)
     if users:
         raise SaltCloudSystemExit(
             f"network {net['name']} is still in use, nothing was deleted: {'; '.join(users)}. "
             "Delete those VMs first (salt-cloud -m <map> -d, or salt-cloud -d NAME)")
     report = {}
-
-    def delete(api, kind, label, resource, name):
+    for (kind, name), resource in resources.items():
+        label = f"{KINDS[kind]} {name}"
         if resource is None:
-            report[f"{label} {name}"] = "absent"
-            return
-        _done(api, "DELETE", f"{kind}/{resource['id']}", f"deleting {label} {name}")
-        report[f"{label} {name}"] = f"deleted {resource['id']}"
-
-    for zone, subnet in subnets.items():
-        delete(_vpc, "subnets", "subnet", subnet, net["subnet_names"][zone])
-    if net["nat_gateway"]:
-        delete(_vpc, "routeTables", "route table", _by_name(_vpc, "routeTables", net["egress_name"]),
-               net["egress_name"])
-        delete(_vpc, "gateways", "gateway", _by_name(_vpc, "gateways", net["egress_name"]),
-               net["egress_name"])
-    for name, group in groups.items():
-        delete(_compute, "placementGroups", "placement group", group, name)
-    for name, address in addresses.items():
-        delete(_vpc, "addresses", "address", address, name)
-    delete(_vpc, "networks", "network", _by_name(_vpc, "networks", net["name"]), net["name"])
+            report[label] = "absent"
+            continue
+        api = _compute if kind == "placementGroups" else _vpc
+        _done(api, "DELETE", f"{kind}/{resource['id']}", f"deleting {label}")
+        report[label] = f"deleted {resource['id']}"
     return report
 
 
@@ -883,11 +920,15 @@ def _network_subnet_name(vm_, zone):
 
 
 def _subnet(vm_, zone):
-    name = vm_["name"]
     subnet_id = _vm_value("subnet_id", vm_)
     subnet_name = _vm_value("subnet_name", vm_)
     if not subnet_id and not subnet_name and _provider_value("network"):
         subnet_name = _network_subnet_name(vm_, zone)
+    return _find_subnet(vm_["name"], zone, subnet_id, subnet_name)
+
+
+def _find_subnet(name, zone, subnet_id, subnet_name):
+    """The subnet by id or name, which must be in the VM's zone."""
     if subnet_id:
         subnet = _vpc("GET", f"subnets/{subnet_id}", f"{name}: looking up subnet {subnet_id}")
     elif subnet_name:
@@ -954,12 +995,37 @@ def _metadata(vm_):
             ])
     if user_data:
         metadata["user-data"] = user_data
+    if _vm_value("serial_port_enable", vm_, False):
+        metadata["serial-port-enable"] = "1"  # the serial console, as Terraform's option sets it
+    # instance_service.proto CreateInstanceRequest.metadata: "The values must be 256 KB or less",
+    # "The total size of all keys and values must be less than 512 KB".
     for key, value in metadata.items():
         if len(value.encode()) > METADATA_VALUE_LIMIT:
             raise SaltCloudSystemExit(f"{vm_['name']}: metadata {key} is over 256 KB")
-    if sum(len(v.encode()) for v in metadata.values()) > METADATA_TOTAL_LIMIT:
-        raise SaltCloudSystemExit(f"{vm_['name']}: metadata is over 512 KB in all")
+    if sum(len(k.encode()) + len(v.encode()) for k, v in metadata.items()) >= METADATA_TOTAL_LIMIT:
+        raise SaltCloudSystemExit(f"{vm_['name']}: metadata is 512 KB or more in all")
     return metadata
+
+
+# instance.proto MetadataOptions: who may read the VM's metadata service, and how.
+METADATA_OPTIONS = ("gce_http_endpoint", "aws_v1_http_endpoint", "gce_http_token", "aws_v1_http_token")
+
+
+def _metadata_options(vm_):
+    """metadata_options: {gce_http_endpoint: enabled|disabled, ...} as metadataOptions."""
+    options = _vm_value("metadata_options", vm_) or {}
+    if not isinstance(options, dict):
+        raise SaltCloudSystemExit(f"{vm_['name']}: metadata_options must be a mapping")
+    body = {}
+    for key, value in options.items():
+        if key not in METADATA_OPTIONS:
+            raise SaltCloudSystemExit(f"{vm_['name']}: metadata_options: unknown option {key} "
+                                      f"(known: {', '.join(METADATA_OPTIONS)})")
+        if str(value).upper() not in ("ENABLED", "DISABLED"):
+            raise SaltCloudSystemExit(f"{vm_['name']}: metadata_options:{key} must be enabled or "
+                                      f"disabled, not {value!r}")
+        body[re.sub(r"_([a-z0-9])", lambda m: m.group(1).upper(), key)] = str(value).upper()
+    return body
 
 
 def _listed(numbers):
@@ -1048,6 +1114,49 @@ def _nat_address(vm_, zone):
     return external["address"]
 
 
+def _security_group_ids(vm_, ids, names):
+    """Security group ids as given, and those of the groups named (looked up in the folder)."""
+    found_ids = list(ids or [])
+    for group in names or []:
+        found = _list(_vpc, "securityGroups", "securityGroups",
+                      f"{vm_['name']}: looking up security group {group}", folderId=_folder(),
+                      filter=f'name="{group}"')
+        if not found:
+            raise SaltCloudSystemExit(f"{vm_['name']}: no security group named {group} in folder "
+                                      f"{_folder()} (ensure_network makes one with network:security_group)")
+        found_ids.append(found[0]["id"])
+    return found_ids
+
+
+def _extra_interfaces(vm_):
+    """additional_network_interfaces: [{subnet_id or subnet_name, ip_address, security_groups,
+    security_group_ids}], their shape checked before any API call."""
+    extra = _vm_value("additional_network_interfaces", vm_) or []
+    if not isinstance(extra, list):
+        raise SaltCloudSystemExit(f"{vm_['name']}: additional_network_interfaces must be a list")
+    for n, nic in enumerate(extra):
+        if not isinstance(nic, dict) or not (nic.get("subnet_id") or nic.get("subnet_name")):
+            raise SaltCloudSystemExit(f"{vm_['name']}: additional_network_interfaces[{n}] needs "
+                                      "subnet_id or subnet_name")
+    return extra
+
+
+def _more_interfaces(vm_, zone, extra):
+    """The extra interfaces' specs, each in a subnet of the VM's zone."""
+    specs = []
+    for nic in extra:
+        subnet = _find_subnet(vm_["name"], zone, nic.get("subnet_id"), nic.get("subnet_name"))
+        spec = {"subnetId": subnet["id"], "primaryV4AddressSpec": {}}
+        if nic.get("ip_address"):
+            _check_address(vm_, subnet, nic["ip_address"])
+            spec["primaryV4AddressSpec"]["address"] = nic["ip_address"]
+        groups = _security_group_ids(vm_, nic.get("security_group_ids"), nic.get("security_groups"))
+        if groups:
+            spec["securityGroupIds"] = groups
+        specs.append(spec)
+    return specs
+
+
 def _create_body(vm_):
     """The CreateInstanceRequest of a profile, checked here where the API's answer would be vague:
     what needs no API call first, so a bad profile costs none."""
@@ -1065,6 +1174,8 @@ def _create_body(vm_):
     _check_size(vm_, platform, cores, memory_gb, core_fraction)
     disk_gb = _number(vm_, "disk_size", 10)
     secondary_disks = _secondary_disks(vm_)
+    metadata_options = _metadata_options(vm_)
+    extra_interfaces = _extra_interfaces(vm_)
     if _provider_value("network") and not _vm_value("subnet_id", vm_) and not _vm_value("subnet_name", vm_):
         _network_subnet_name(vm_, zone)
     placement_group_id = _placement_group(vm_)
@@ -1086,8 +1197,10 @@ def _create_body(vm_):
     elif _vm_value("nat", vm_, False):
         address_spec["oneToOneNatSpec"] = {"ipVersion": "IPV4"}
     interface = {"subnetId": subnet["id"], "primaryV4AddressSpec": address_spec}
-    if _vm_value("security_group_ids", vm_):
-        interface["securityGroupIds"] = list(_vm_value("security_group_ids", vm_))
+    security_groups = _security_group_ids(vm_, _vm_value("security_group_ids", vm_),
+                                          _vm_value("security_groups", vm_))
+    if security_groups:
+        interface["securityGroupIds"] = security_groups
     body = {
         "folderId": _folder(),
         "name": name,
@@ -1111,11 +1224,13 @@ def _create_body(vm_):
                 "imageId": image["id"],
             },
         },
-        "networkInterfaceSpecs": [interface],
+        "networkInterfaceSpecs": [interface, *_more_interfaces(vm_, zone, extra_interfaces)],
         "schedulingPolicy": {"preemptible": bool(_vm_value("preemptible", vm_, False))},
     }
     if secondary_disks:
         body["secondaryDiskSpecs"] = secondary_disks
+    if metadata_options:
+        body["metadataOptions"] = metadata_options
     if placement_group_id:
         body["placementPolicy"] = {"placementGroupId": placement_group_id}
     if _vm_value("service_account_id", vm_):

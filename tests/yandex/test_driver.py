@@ -307,3 +307,42 @@ def test_on_a_vm_the_driver_signs_in_through_the_metadata_service(fake, provider
     yandex._TOKENS.clear()
     with pytest.raises(SaltCloudSystemExit, match="getting a token from the metadata service"):
         yandex.list_nodes()
+
+
+def test_terraform_options_reach_the_request(fake, provider):
+    with_network(provider, security_group=True)
+    yandex.ensure_network(call="function")
+    network = next(n["id"] for n in fake.networks.values() if n["name"] == "pgcluster")
+    second = fake.add_subnet("pgcluster-admin-a", "ru-central1-a", "10.0.4.0/24", network_id=network)
+    yandex.create(network_vm(
+        "db1", zone="ru-central1-b", ip_address="10.0.2.12", placement_group="pgcluster-db",
+        security_groups=["pgcluster-cluster"], secondary_disks=[{"size": 30, "device_name": "pgdata"}],
+        metadata_options={"gce_http_token": "enabled", "aws_v1_http_endpoint": "disabled"},
+        serial_port_enable=True, additional_network_interfaces=[]))
+    body = fake.calls("POST", r"^/compute/v1/instances$")[-1][3]
+    group = next(g for g in fake.security_groups.values() if g["name"] == "pgcluster-cluster")
+    assert body["networkInterfaceSpecs"][0]["securityGroupIds"] == [group["id"]]
+    assert body["metadataOptions"] == {"gceHttpToken": "ENABLED", "awsV1HttpEndpoint": "DISABLED"}
+    assert body["metadata"]["serial-port-enable"] == "1"
+    assert body["secondaryDiskSpecs"] == [{"autoDelete": True, "deviceName": "pgdata",
+                                           "diskSpec": {"typeId": "network-ssd", "size": str(30 * 1024**3)}}]
+    placement = next(g for g in fake.placement_groups.values() if g["name"] == "pgcluster-db")
+    assert body["placementPolicy"] == {"placementGroupId": placement["id"]}
+    # A second interface, in another subnet of the VM's zone.
+    yandex.create(network_vm("web1", zone="ru-central1-a", additional_network_interfaces=[
+        {"subnet_name": "pgcluster-admin-a", "ip_address": "10.0.4.10"}]))
+    nics = next(i for i in fake.instances.values() if i["name"] == "web1")["networkInterfaces"]
+    assert [(n["subnetId"], n["primaryV4Address"]["address"]) for n in nics][1] == (second, "10.0.4.10")
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"metadata_options": {"gce_http_token": "maybe"}}, "metadata_options:gce_http_token must be enabled or"),
+    ({"metadata_options": {"http_token": "enabled"}}, "metadata_options: unknown option http_token"),
+    ({"additional_network_interfaces": [{"ip_address": "10.0.1.20"}]},
+     r"additional_network_interfaces\[0\] needs subnet_id or subnet_name"),
+], ids=["bad-value", "unknown-option", "no-subnet"])
+def test_bad_terraform_options_are_refused_before_any_api_call(fake, provider, options, message):
+    with_network(provider)
+    with pytest.raises(SaltCloudSystemExit, match=message):
+        yandex.create(network_vm("db1", **options))
+    assert fake.requests == []

@@ -60,6 +60,14 @@ def test_the_map_makes_the_four_servers_once_members_in_three_zones(salt_cloud, 
         assert subnet["zoneId"] == zone
         block = ipaddress.ip_network(subnet["v4CidrBlocks"][0])
         assert ipaddress.ip_address(hosts[name]["address"]) in block
+    # Every VM is in the network's security group: inside the subnets anything, HTTP and SSH in.
+    cluster_group = next(g for g in fake.security_groups.values() if g["name"] == "pgcluster-cluster")
+    assert all(i["networkInterfaces"][0]["securityGroupIds"] == [cluster_group["id"]]
+               for i in fake.instances.values())
+    rules = {(r["direction"], r.get("protocolName"), (r.get("ports") or {}).get("fromPort")):
+             r["cidrBlocks"]["v4CidrBlocks"] for r in cluster_group["rules"]}
+    assert rules[("INGRESS", "ANY", None)] == list(NETWORK["subnets"].values())
+    assert rules[("INGRESS", "TCP", "80")] == rules[("EGRESS", "ANY", None)] == ["0.0.0.0/0"]
     # The members share one spread placement group; the web VM is outside it.
     groups = {i["name"]: (i.get("placementPolicy") or {}).get("placementGroupId")
               for i in fake.instances.values()}
@@ -183,6 +191,7 @@ def test_ensure_network_makes_what_is_missing_once_and_destroy_network_waits_for
     subnet_names = [f"subnet {NETWORK['name']}-{zone}" for zone in NETWORK["subnets"]]
     expected = {f"network {NETWORK['name']}", f"gateway {NETWORK['name']}-egress",
                 f"route table {NETWORK['name']}-egress", *subnet_names,
+                f"security group {NETWORK['name']}-cluster",
                 *(f"placement group {g}" for g in NETWORK["placement_groups"]),
                 *(f"address {a}" for a in NETWORK["addresses"])}
     assert set(first) == expected and set(made(first).values()) == {"made"}, first
@@ -205,8 +214,10 @@ def test_ensure_network_makes_what_is_missing_once_and_destroy_network_waits_for
     refused = salt_cloud("-f", "destroy_network", "yandex")
     output = refused.stdout + refused.stderr
     assert f"network {NETWORK['name']} is still in use, nothing was deleted" in output, output
-    assert f"postgres-srv2 (subnet {NETWORK['name']}-ru-central1-b, placement group pgcluster-db)" in output
-    assert "web (subnet pgcluster-ru-central1-a, address pgcluster-web)" in output
+    group = f"security group {NETWORK['name']}-cluster"
+    assert f"postgres-srv2 (subnet {NETWORK['name']}-ru-central1-b, {group}, placement group pgcluster-db)" \
+        in output
+    assert f"web (subnet pgcluster-ru-central1-a, {group}, address pgcluster-web)" in output
     assert network["id"] in fake.networks and len(fake.calls("DELETE")) == 0
 
     assert salt_cloud("-m", MAP, "-d").returncode == 0
