@@ -784,6 +784,17 @@ def ensure_network(kwargs=None, call=None):
         raise SaltCloudSystemExit("ensure_network must be called with -f or --function")
     net = _network_config()
     report = {}
+    try:
+        return _ensure_all(report, net)
+    except SaltCloudException as exc:
+        # What was made stays (each piece is whole): say so, and how to finish or undo it.
+        made = [f"{what} ({how})" for what, how in report.items() if how.startswith("made")]
+        raise SaltCloudSystemExit(
+            f"{exc}; made before that: {', '.join(made) or 'nothing'}. Run ensure_network again to "
+            "finish (it makes only what is missing), or destroy_network to remove it") from None
+
+
+def _ensure_all(report, net):
     network, _ = _ensure(report, _vpc, "networks", net["name"],
                          {"description": "the pgcluster network (salt-cloud ensure_network)"})
     route_table_id = _ensure_egress(report, net, network) if net["nat_gateway"] else None

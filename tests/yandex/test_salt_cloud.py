@@ -245,3 +245,18 @@ def test_a_bad_network_block_is_refused_before_any_call(bare_salt_cloud, fake, k
     output = result.stdout + result.stderr
     assert "network:subnets:ru-central1-d: 10.0.1.128/25 overlaps 10.0.1.0/24 of ru-central1-a" in output
     assert fake.requests == []
+
+
+def test_a_quota_error_midway_says_what_was_made_and_a_second_run_finishes(bare_salt_cloud, fake):
+    fake.inject("POST", r"^/vpc/v1/routeTables$", 8, "Quota limit vpc.routeTables.count exceeded")
+    result = bare_salt_cloud("-f", "ensure_network", "yandex")
+    output = result.stdout + result.stderr
+    assert "Quota limit vpc.routeTables.count exceeded" in output
+    assert f"made before that: network {NETWORK['name']} (made " in output
+    assert f"gateway {NETWORK['name']}-egress (made " in output and "Run ensure_network again" in output
+    assert not fake.route_tables
+    ours = {f"{NETWORK['name']}-{zone}" for zone in NETWORK["subnets"]}
+    assert not [s for s in fake.subnets.values() if s["name"] in ours]
+    again = bare_salt_cloud.json("-f", "ensure_network", "yandex")["yandex"]["yandex"]
+    assert made(again)[f"network {NETWORK['name']}"] == "found"
+    assert made(again)[f"route table {NETWORK['name']}-egress"] == "made"
