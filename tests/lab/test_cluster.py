@@ -203,8 +203,13 @@ def test_patroni_is_the_pillars_version_from_pypi_in_its_own_venv_and_owns_postg
     patroni = C.model["patroni"]
     for host in MEMBERS:
         assert lab_exec(host, "patroni", "--version").stdout.split() == ["patroni", patroni["version"]]
-        assert lab_exec(host, "readlink", "/usr/local/bin/patronictl").stdout.strip() == \
-            f"{patroni['venv']}/bin/patronictl"
+        assert lab_exec(host, "readlink", "-f", "/usr/local/bin/patroni").stdout.strip() == \
+            f"{patroni['venv']}/bin/patroni"
+        # patronictl on the PATH: the venv's, behind the wrapper that bounds its wait for etcd.
+        assert lab_exec(host, "patronictl", "version").stdout.split() == \
+            ["patronictl", "version", patroni["version"]]
+        assert f"exec {patroni['venv']}/bin/python {patroni['venv']}/bounded_patronictl.py" in \
+            lab_exec(host, "cat", "/usr/local/bin/patronictl").stdout
         # No Debian cluster: /etc/postgresql has none, Debian's umbrella unit is off.
         assert lab_exec(host, "ls", "/etc/postgresql/15", check=False).stdout.strip() == ""
         assert lab_exec(host, "systemctl", "is-enabled", "postgresql", check=False).stdout.strip() \
