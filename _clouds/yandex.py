@@ -930,12 +930,14 @@ def _network_subnet_name(vm_, zone):
     return net["subnet_names"][zone]
 
 
-def _subnet(vm_, zone):
+def _subnet_choice(vm_, zone):
+    """(subnet_id, subnet_name) of the profile, else the provider network's subnet of the zone
+    (checked without an API call)."""
     subnet_id = _vm_value("subnet_id", vm_)
     subnet_name = _vm_value("subnet_name", vm_)
     if not subnet_id and not subnet_name and _provider_value("network"):
         subnet_name = _network_subnet_name(vm_, zone)
-    return _find_subnet(vm_["name"], zone, subnet_id, subnet_name)
+    return subnet_id, subnet_name
 
 
 def _find_subnet(name, zone, subnet_id, subnet_name):
@@ -1093,10 +1095,11 @@ def _placement_group(vm_):
     group = _vm_value("placement_group", vm_)
     if not group:
         return None
-    if _provider_value("network") and group not in _network_config()["placement_groups"]:
+    listed = _network_config()["placement_groups"] if _provider_value("network") else None
+    if listed is not None and group not in listed:
         raise SaltCloudSystemExit(
             f"{vm_['name']}: placement_group {group} is not in the provider's network:placement_groups "
-            f"({', '.join(_network_config()['placement_groups']) or 'none'})")
+            f"({', '.join(listed) or 'none'})")
     found = _by_name(_compute, "placementGroups", group)
     if found is None:
         raise SaltCloudSystemExit(f"{vm_['name']}: no placement group named {group} in folder {_folder()} "
@@ -1187,8 +1190,7 @@ def _create_body(vm_):
     secondary_disks = _secondary_disks(vm_)
     metadata_options = _metadata_options(vm_)
     extra_interfaces = _extra_interfaces(vm_)
-    if _provider_value("network") and not _vm_value("subnet_id", vm_) and not _vm_value("subnet_name", vm_):
-        _network_subnet_name(vm_, zone)
+    subnet_id, subnet_name = _subnet_choice(vm_, zone)
     placement_group_id = _placement_group(vm_)
     image = _image(vm_)
     if disk_gb * GB < int(image.get("minDiskSize", 0)):
@@ -1196,7 +1198,7 @@ def _create_body(vm_):
             f"{name}: disk_size {disk_gb} GB is smaller than image {image['id']} needs "
             f"({int(image['minDiskSize']) / GB:g} GB)"
         )
-    subnet = _subnet(vm_, zone)
+    subnet = _find_subnet(name, zone, subnet_id, subnet_name)
     address_spec = {}
     address = _vm_value("ip_address", vm_)
     if address:
