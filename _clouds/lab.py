@@ -15,7 +15,9 @@ Provider (``cloud.providers.d/lab.conf``):
       minion:
         master: 10.0.0.1
 
-Profile options: ``ip_address`` (the host's address in the lab subnet, required).
+Profile options: ``ip_address`` (the host's address in the lab subnet, required) and
+``secondary_disks`` as in the Yandex driver (``[{size: GB, device_name: NAME}]``, at most 3): each
+a sparse file on this machine that the host sees as ``/dev/disk/by-id/virtio-NAME``.
 
 The minion is bootstrapped the way salt-cloud does it: a key pair is generated here, the public
 key is accepted on the master, and the minion's config and keys are laid into the new host
@@ -198,6 +200,21 @@ def _seed_tree(vm_, folder):
         fh.write(vm_["pub_key"])
 
 
+def _disk_args(vm_):
+    """secondary_disks as bin/lab's --disk NAME:GIB arguments, checked as the Yandex driver does."""
+    disks = config.get_cloud_config_value("secondary_disks", vm_, __opts__, search_global=False,
+                                          default=None) or []
+    if not isinstance(disks, list) or len(disks) > 3:
+        raise SaltCloudSystemExit(f"{vm_['name']}: secondary_disks must be a list of at most 3 disks")
+    args = []
+    for n, disk in enumerate(disks):
+        size = disk.get("size") if isinstance(disk, dict) else None
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise SaltCloudSystemExit(f"{vm_['name']}: secondary_disks[{n}] needs a size in GB")
+        args += ["--disk", f"{disk.get('device_name', f'data{n}')}:{size}"]
+    return args
+
+
 def create(vm_):
     """
     Create one lab host and bootstrap its minion.
@@ -214,6 +231,7 @@ def create(vm_):
     )
     if not address:
         raise SaltCloudSystemExit(f"lab host {name}: set ip_address (an address in 10.0.0.0/24)")
+    disk_args = _disk_args(vm_)
     event_args = {"name": name, "profile": vm_.get("profile"), "provider": vm_.get("driver")}
     filtered = __utils__["cloud.filter_event"]
     _fire(name, "creating", "starting create", filtered("creating", event_args, list(event_args)))
@@ -225,7 +243,7 @@ def create(vm_):
     try:
         with tempfile.TemporaryDirectory(prefix="lab-seed-") as seed:
             _seed_tree(vm_, seed)
-            _lab("create", name, address, "--seed", seed)
+            _lab("create", name, address, "--seed", seed, *disk_args)
     except SaltCloudException:
         salt.utils.cloud.remove_key(__opts__["pki_dir"], name)
         raise

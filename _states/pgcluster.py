@@ -1,6 +1,6 @@
 """
 Facts the cluster's pillar states about a host, checked on the host before anything is
-configured from them.
+configured from them, and the one change that must not be made blindly: a filesystem on a disk.
 
 .. code-block:: yaml
 
@@ -9,11 +9,19 @@ configured from them.
         - name: 10.0.0.11
         - key: pgcluster:members:postgres-srv1:address
         - failhard: true
+
+    postgresql-data-disk:
+      pgcluster.filesystem:
+        - name: /dev/disk/by-id/virtio-pgdata
+        - fstype: ext4
+        - mountpoint: /var/lib/postgresql
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
+import stat
 
 __virtualname__ = "pgcluster"
 
@@ -37,4 +45,90 @@ def has_address(name, key="the pillar"):
     ret["result"] = False
     ret["comment"] = (f"{__grains__['id']} has {', '.join(have) or 'no IPv4 address but loopback'}, "
                       f"but {key} gives it {name}: make the map (its ip_address) and the pillar agree")
+    return ret
+
+
+def _probe(device: str) -> dict:
+    """What is on a block device: blkid's low-level probe (TYPE, PTTYPE...), {} when blank."""
+    result = __salt__["cmd.run_all"](["blkid", "-p", "-o", "export", device], python_shell=False,
+                                     ignore_retcode=True)
+    if result["retcode"] == 2:  # blkid: nothing found
+        return {}
+    if result["retcode"] != 0:
+        raise OSError(f"blkid -p {device}: {result['stderr'].strip() or result['retcode']}")
+    return dict(line.split("=", 1) for line in result["stdout"].splitlines() if "=" in line)
+
+
+def _mounted_elsewhere(mountpoint: str, device: str) -> str | None:
+    """Why mounting ``device`` on ``mountpoint`` would hide something, or None."""
+    if not os.path.isdir(mountpoint):
+        return None
+    if os.path.ismount(mountpoint):
+        if os.stat(mountpoint).st_dev == os.stat(device).st_rdev:
+            return None
+        return f"{mountpoint} is already a mount point of another device"
+    held = sorted(os.listdir(mountpoint))
+    if held:
+        shown = ", ".join(held[:5]) + (", ..." if len(held) > 5 else "")
+        return (f"{mountpoint} already holds files ({shown}): mounting {device} there would "
+                f"hide them. Move them onto the disk first, or leave the data on the system disk "
+                f"(pgcluster:postgresql:data_disk:device: null)")
+    return None
+
+
+def _refusal(name: str, fstype: str, mountpoint: str | None, host: str) -> tuple[str | None, dict]:
+    """Why ``name`` cannot carry ``fstype`` for ``mountpoint`` (None if it can), and what blkid
+    found on it."""
+    if not os.path.exists(name):
+        return (f"{host} has no {name}: is the disk attached (the profile's secondary_disks, its "
+                f"device_name)?"), {}
+    device = os.path.realpath(name)
+    if not stat.S_ISBLK(os.stat(device).st_mode):
+        return f"{name} on {host} is not a block device", {}
+    hidden = _mounted_elsewhere(mountpoint, device) if mountpoint else None
+    if hidden:
+        return f"{host}: {hidden}", {}
+    try:
+        found = _probe(device)
+    except OSError as exc:
+        return str(exc), {}
+    if not found or found.get("TYPE") == fstype:
+        return None, found
+    what = (f"a {found['TYPE']} filesystem" if "TYPE" in found
+            else f"a {found['PTTYPE']} partition table" if "PTTYPE" in found
+            else ", ".join(f"{k}={v}" for k, v in found.items()))
+    return (f"{name} on {host} holds {what}, not {fstype}: it is not formatted over. If nothing "
+            f"on it is needed, wipe it (wipefs -a {name}) and apply again"), found
+
+
+def filesystem(name, fstype="ext4", mountpoint=None):
+    """
+    Block device ``name`` carries a filesystem of type ``fstype``. A blank device (no
+    filesystem, no partition table) is formatted; a device with anything else on it is refused,
+    never formatted over, naming what blkid found. With ``mountpoint``, it also refuses when
+    that folder is not yet this device's mount point and holds files or another device, which
+    mounting would hide. Test mode formats nothing and says whether it would.
+    """
+    ret = {"name": name, "changes": {}, "result": False, "comment": ""}
+    why, found = _refusal(name, fstype, mountpoint, __grains__["id"])
+    if why:
+        ret["comment"] = why
+        return ret
+    if found:
+        ret["result"] = True
+        ret["comment"] = f"{name} holds a {fstype} filesystem"
+        return ret
+    ret["changes"] = {"formatted": fstype}
+    if __opts__["test"]:
+        ret["result"] = None
+        ret["comment"] = f"{name} is blank and would be formatted {fstype}"
+        return ret
+    device = os.path.realpath(name)
+    made = __salt__["cmd.run_all"]([f"mkfs.{fstype}", "-q", device], python_shell=False)
+    if made["retcode"] != 0 or _probe(device).get("TYPE") != fstype:
+        ret["changes"] = {}
+        ret["comment"] = f"mkfs.{fstype} {name} failed: {made['stderr'].strip() or 'blkid sees no ' + fstype}"
+        return ret
+    ret["result"] = True
+    ret["comment"] = f"{name} was blank and is formatted {fstype}"
     return ret

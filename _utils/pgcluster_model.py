@@ -156,6 +156,22 @@ class Scalar(Type):
         return value
 
 
+class Optional(Type):
+    """null (the feature is off) or a value of the inner type."""
+
+    def __init__(self, inner: Type, off: str = "none"):
+        self.inner = inner
+        self.allowed = f"{inner.allowed}, or null ({off})"
+
+    def check(self, value, path):
+        if value is None:
+            return None
+        try:
+            return self.inner.check(value, path)
+        except PillarError:
+            raise self.fail(value, path) from None
+
+
 class List(Type):
     def __init__(self, item: Type, minimum: int = 0):
         self.item, self.minimum = item, minimum
@@ -283,6 +299,14 @@ SCHEMA = Record({
         "packages": PACKAGES,
         "createcluster_conf": Path(),
         "debian_service": Str(),
+        # A disk of its own for everything under home (the data directory, WAL, logs).
+        "data_disk": Record({
+            "device": Optional(Str(r"/dev/[A-Za-z0-9._/:-]+", "a device path such as "
+                                   "/dev/disk/by-id/virtio-pgdata"), "no disk of its own"),
+            "fstype": Enum("ext4"),
+            "mount_options": Str(r"[A-Za-z0-9_=.,-]+", "mount options such as defaults,noatime"),
+        }),
+        "home": Path(),
     }),
     "patroni": Record({
         "version": Str(r"4\.[0-9]+\.[0-9]+", "a Patroni 4.x version such as 4.1.5"),
@@ -444,6 +468,15 @@ def derive(cfg: dict) -> dict:
     etcd["endpoints"] = [f"{members[n]['address']}:{etcd['client_port']}" for n in names]
     cfg["backend_port"] = (
         cfg["pgbouncer"]["port"] if cfg["pgbouncer"]["enabled"] else cfg["postgresql"]["port"])
+    cfg["postgresql"]["mount_unit"] = mount_unit_name(cfg["postgresql"]["home"])
     return cfg
 
 
+def mount_unit_name(path: str) -> str:
+    """systemd's name for the mount unit of a path (`systemd-escape --path --suffix=mount`)."""
+    def escape(part: str, first: bool) -> str:
+        return "".join(
+            c if c.isascii() and (c.isalnum() or c in ":_.") and not (first and i == 0 and c == ".")
+            else "".join(f"\\x{b:02x}" for b in c.encode()) for i, c in enumerate(part))
+    parts = [p for p in path.split("/") if p]
+    return ("-".join(escape(p, n == 0) for n, p in enumerate(parts)) or "-") + ".mount"

@@ -89,9 +89,9 @@ def patroni_config(cfg: dict, member: str, credentials: dict, admins: list[str])
         "postgresql": {
             "listen": f"{me},127.0.0.1:{pg['port']}",
             "connect_address": f"{me}:{pg['port']}",
-            "data_dir": f"/var/lib/postgresql/{version}/main",
+            "data_dir": f"{pg['home']}/{version}/main",
             "bin_dir": f"/usr/lib/postgresql/{version}/bin",
-            "pgpass": "/var/lib/postgresql/.pgpass_patroni",
+            "pgpass": f"{pg['home']}/.pgpass_patroni",
             "use_unix_socket": True,
             "authentication": {
                 "superuser": {"username": "postgres", "password": credentials["superuser"]},

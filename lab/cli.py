@@ -70,6 +70,7 @@ def recover() -> None:
     for ns in network.stale_namespaces():
         if ns not in known:
             run("ip", "netns", "del", ns, check=False, quiet=True)
+    hosts.release_stale_loops()
     known_veths = {network.veth_name(h.address) for h in hosts.all_hosts()}
     for veth in network.stale_veths():
         if veth not in known_veths:
@@ -128,6 +129,7 @@ def cmd_down(args: argparse.Namespace) -> None:
     for h in existing:
         log(f"removing {h.name}")
         h.destroy()
+    hosts.release_stale_loops()
     master.stop()
     recover()
     network.remove_bridge()
@@ -188,7 +190,14 @@ def build_caches() -> None:
 def cmd_create(args: argparse.Namespace) -> None:
     preflight()
     build_caches()
-    hosts.Host(args.name, args.address).create(seed=Path(args.seed) if args.seed else None)
+    disks: dict[str, int] = {}
+    for spec in args.disk:
+        name, _, size = spec.partition(":")
+        if not size.isdigit() or name in disks:
+            raise LabError(f"--disk {spec}: NAME:GIB, each name once (e.g. --disk pgdata:8)")
+        disks[name] = int(size)
+    hosts.Host(args.name, args.address, disks=disks).create(
+        seed=Path(args.seed) if args.seed else None)
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
@@ -227,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("name")
     p.add_argument("address")
     p.add_argument("--seed", help="a folder whose tree is copied into the host before it boots")
+    p.add_argument("--disk", action="append", default=[], metavar="NAME:GIB",
+                   help="a data disk, seen in the host as /dev/disk/by-id/virtio-NAME (repeatable)")
     p.set_defaults(func=cmd_create)
     args = parser.parse_args(argv)
     try:

@@ -4,6 +4,10 @@ A host is a folder under STATE/hosts/<name> (host.json, the overlay's upper laye
 runs, a mount, a network namespace, cgroup folders and the systemd-nspawn process whose PID is
 kept in RUN/<name>.pid. `stop` and `crash` leave the folder (the disk survives a power cut),
 `destroy` removes it.
+
+A host may have data disks besides its root, as a VM has secondary disks: each a sparse file in
+the host's folder, attached to a loop device while the host runs and handed in as /dev/vdb,
+/dev/vdc..., with the /dev/disk/by-id/virtio-<device name> link udev makes on a Yandex VM.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import signal
 import subprocess
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import image, network, settings
@@ -36,6 +40,9 @@ from .system import (
 
 LOCK = settings.STATE / "lock"
 HOSTNAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,61}[a-z0-9]$")
+# Yandex's AttachedDiskSpec.device_name: what the VM sees under /dev/disk/by-id/virtio-<name>.
+DISK_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,19}$")
+MAX_DISKS = 3
 
 MINION_UNIT = """\
 [Unit]
@@ -63,6 +70,8 @@ class Host:
     address: str
     # The clone whose Salt environment the host's minion runs from (mounted read-only).
     repo: str = str(settings.REPO)
+    # Data disks: {device name: size in GiB}, in the order they appear (vdb, vdc, ...).
+    disks: dict[str, int] = field(default_factory=dict)
 
     @property
     def folder(self) -> Path:
@@ -75,6 +84,13 @@ class Host:
     @property
     def pidfile(self) -> Path:
         return settings.RUN / f"{self.name}.pid"
+
+    def disk_file(self, device_name: str) -> Path:
+        return self.folder / "disks" / f"{device_name}.img"
+
+    def disk_nodes(self) -> dict[str, str]:
+        """{device name: its node inside the host}: the first data disk is vdb, as on a VM."""
+        return {name: f"/dev/vd{chr(ord('b') + n)}" for n, name in enumerate(self.disks)}
 
     # -- what is running ------------------------------------------------------------------
 
@@ -137,6 +153,12 @@ class Host:
                 "starting with a letter, at most 63 characters"
             )
         network.validate_address(self.address)
+        if len(self.disks) > MAX_DISKS:
+            raise LabError(f"{self.name}: at most {MAX_DISKS} data disks, not {len(self.disks)}")
+        for disk, size in self.disks.items():
+            if not DISK_NAME_RE.match(disk) or not 1 <= size <= 1024:
+                raise LabError(f"{self.name}: disk {disk}:{size} must be NAME:GiB, the name "
+                               "[a-z][a-z0-9_-] (at most 20), 1 to 1024 GiB")
         with machine_lock(LOCK):
             if self.folder.exists():
                 raise LabError(f"host {self.name} already exists (bin/lab status)")
@@ -147,9 +169,14 @@ class Host:
                 (self.folder / sub).mkdir(parents=True)
             (self.folder / "host.json").write_text(
                 json.dumps({"name": self.name, "address": self.address, "repo": self.repo,
-                            "created": time.time()})
+                            "disks": self.disks, "created": time.time()})
                 + "\n"
             )
+            for disk, size in self.disks.items():
+                self.disk_file(disk).parent.mkdir(exist_ok=True)
+                # Sparse: a blank disk costs nothing until it is written.
+                with open(self.disk_file(disk), "wb") as f:
+                    f.truncate(size * 2**30)
         try:
             self._mount()
             self._provision(seed)
@@ -186,6 +213,7 @@ class Host:
             f"--bind-ro={image.wheelhouse_dir()}:{settings.HOST_WHEEL_DIR}",
             f"--bind-ro={settings.VENV}",
             "--resolv-conf=off", "--timezone=off", "--link-journal=no", "--console=read-only",
+            *(f"--bind={self._attach(disk)}:{node}" for disk, node in self.disk_nodes().items()),
         ]
         console = open(self.folder / "console.log", "ab")
         cgroup_procs = [d / "cgroup.procs" for d in self.cgroup_dirs()]
@@ -309,8 +337,22 @@ class Host:
             f"lowerdir={lower},upperdir={self.folder / 'upper'},workdir={self.folder / 'work'}",
             self.root)
 
+    def _attach(self, disk: str) -> str:
+        """A fresh loop device on a data disk's file, for one boot. (A loop of an earlier boot
+        may still be waiting to be cleared once its last user lets go: never reuse one.)"""
+        return run("losetup", "--find", "--show", self.disk_file(disk), capture=True).stdout.strip()
+
+    def _loops(self, disk: str) -> list[str]:
+        found = run("losetup", "--noheadings", "--output", "NAME", "--associated",
+                    self.disk_file(disk), capture=True, check=False).stdout
+        return found.split()
+
     def release_runtime(self) -> None:
-        """Undo what a running host holds on the machine; keep its disk."""
+        """Undo what a running host holds on the machine; keep its disks."""
+        for disk in self.disks:
+            for loop in self._loops(disk):
+                # Detached once nothing holds it any more (the kernel's autoclear).
+                run("losetup", "--detach", loop, check=False, quiet=True)
         umount_tree(self.root)
         network.remove_host_network(self.name, self.address)
         for d in self.cgroup_dirs():
@@ -344,6 +386,12 @@ class Host:
         wants = root / "etc/systemd/system/multi-user.target.wants"
         wants.mkdir(parents=True, exist_ok=True)
         (wants / "salt-minion.service").symlink_to("/etc/systemd/system/salt-minion.service")
+        # The data disks' stable names, as udev links them on a VM (the lab's hosts run no udev).
+        if self.disks:
+            (root / "etc/tmpfiles.d").mkdir(parents=True, exist_ok=True)
+            (root / "etc/tmpfiles.d/pglab-disks.conf").write_text("".join(
+                f"L /dev/disk/by-id/virtio-{disk} - - - - ../../{node.removeprefix('/dev/')}\n"
+                for disk, node in self.disk_nodes().items()))
         for tool in ("salt-call", "salt-minion"):
             link = root / "usr/local/bin" / tool
             link.unlink(missing_ok=True)
@@ -392,13 +440,26 @@ def release_nspawn_runtime() -> None:
         run("umount", "-l", settings.NSPAWN_RUNTIME, check=False, quiet=True)
 
 
+def release_stale_loops() -> None:
+    """Detach loop devices left on disk files of hosts that no longer run or exist."""
+    listing = run("losetup", "--list", "--json", "--output", "NAME,BACK-FILE", capture=True,
+                  check=False).stdout
+    running = {h.name for h in all_hosts() if h.nspawn_pid() is not None}
+    for loop in json.loads(listing or '{"loopdevices": []}')["loopdevices"]:
+        back = Path((loop.get("back-file") or "").removesuffix(" (deleted)"))
+        if back.is_relative_to(settings.HOSTS_DIR) and back.parts[len(settings.HOSTS_DIR.parts)] \
+                not in running:
+            run("losetup", "--detach", loop["name"], check=False, quiet=True)
+
+
 def load(name: str) -> Host:
     record = settings.HOSTS_DIR / name / "host.json"
     try:
         data = json.loads(record.read_text())
     except FileNotFoundError:
         raise LabError(f"no lab host named '{name}' (bin/lab status lists them)") from None
-    return Host(name=data["name"], address=data["address"], repo=data.get("repo", ""))
+    return Host(name=data["name"], address=data["address"], repo=data.get("repo", ""),
+                disks=data.get("disks", {}))
 
 
 def all_hosts() -> list[Host]:

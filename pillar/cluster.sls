@@ -13,3 +13,7 @@ pgcluster:
   web:
     web:
       address: 10.0.0.10
+  postgresql:
+    # PostgreSQL's own disk (the profile's secondary disk pgdata), mounted on its home.
+    data_disk:
+      device: /dev/disk/by-id/virtio-pgdata

@@ -14,3 +14,7 @@ pgcluster:
   web:
     web:
       address: 10.0.1.10        # ru-central1-a
+  postgresql:
+    # PostgreSQL's own disk (the profile's secondary disk pgdata), mounted on its home.
+    data_disk:
+      device: /dev/disk/by-id/virtio-pgdata

@@ -89,6 +89,7 @@ patroni-unit:
     - template: jinja
     - context:
         patroni: {{ patroni | json }}
+        home: {{ cluster.postgresql.home }}
 
 patroni-service:
   service.running:

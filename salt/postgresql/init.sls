@@ -2,6 +2,9 @@
 {%- from "postgresql/map.jinja" import postgresql, cluster with context %}
 {%- set version = cluster.postgresql.version %}
 
+include:
+  - postgresql.data_disk
+
 # Before the packages: Debian must not create (and start) a cluster of its own.
 postgresql-no-debian-cluster:
   file.managed:
@@ -16,6 +19,9 @@ postgresql-packages:
     - pkgs: {{ postgresql.packages | json }}
     - require:
       - file: postgresql-no-debian-cluster
+{%- if postgresql.data_disk.device %}
+      - service: postgresql-data-disk-mounted
+{%- endif %}
 
 # A VM whose image already made Debian's cluster: remove it before Patroni takes over.
 postgresql-drop-debian-cluster:

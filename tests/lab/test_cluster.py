@@ -217,6 +217,50 @@ def test_patroni_is_the_pillars_version_from_pypi_in_its_own_venv_and_owns_postg
         assert lab_exec(host, "systemctl", "is-enabled", "patroni").stdout.strip() == "enabled"
 
 
+def _data_mount(host: str) -> dict:
+    """What holds the member's data directory: findmnt's source, fstype and options."""
+    pg = C.model["postgresql"]
+    out = lab_exec(host, "findmnt", "--json", "--output", "TARGET,SOURCE,FSTYPE,OPTIONS",
+                   "--target", f"{pg['home']}/{pg['version']}/main").stdout
+    return json.loads(out)["filesystems"][0]
+
+
+def test_postgresql_lives_on_its_own_disk_which_a_reboot_mounts_again(lab):
+    pg = C.model["postgresql"]
+    disk = pg["data_disk"]
+    assert disk["device"], "the lab's pillar gives the members a data disk"
+    for host in MEMBERS:
+        mount = _data_mount(host)
+        node = lab_exec(host, "readlink", "-f", disk["device"]).stdout.strip()
+        assert (mount["target"], mount["source"], mount["fstype"]) == (pg["home"], node, disk["fstype"])
+        assert "noatime" in mount["options"].split(",")
+        # Mounted at boot by its systemd unit, enabled.
+        unit = pg["mount_unit"]
+        assert lab_exec(host, "systemctl", "is-enabled", unit).stdout.strip() == "enabled"
+        assert f"What={disk['device']}\n" in lab_exec(host, "systemctl", "cat", unit).stdout
+        # Patroni never runs on the system disk's folder while the data disk is missing.
+        assert f"RequiresMountsFor={pg['home']}" in lab_exec(
+            host, "systemctl", "cat", C.model["patroni"]["service"]).stdout
+    # A replica powered off and on: the disk is mounted at boot, its data (and a row written
+    # before) still there, and it streams again.
+    replica = next(m for m, role in roles().items() if role == "Replica")
+    psql_via_web(C.primary_port, "create table if not exists disk_check (note text)")
+    note = f"before the reboot {time.time_ns()}"
+    psql_via_web(C.primary_port, f"insert into disk_check values ('{note}')")
+    run(LAB, "stop", replica)
+    run(LAB, "start", replica)
+    assert _data_mount(replica)["target"] == pg["home"]
+    wait_healthy()
+    deadline = time.monotonic() + 10
+    while True:
+        out = lab_exec(replica, "runuser", "-u", "postgres", "--", "psql", "-d",
+                       C.app["database"], "-XAtc", f"select count(*) from disk_check where note = '{note}'")
+        if out.stdout.strip() == "1" or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert out.stdout.strip() == "1", f"{replica} lost the row written before its reboot"
+
+
 def test_packages_were_installed_by_the_states_from_the_lab_repository(lab):
     first, second = C.model["member_names"][:2]
     policy = lab_exec(first, "apt-cache", "policy", "postgresql-15").stdout

@@ -93,7 +93,31 @@ def test_every_state_renders(rendered, pillar, host):
     result = rendered[pillar, host]
     assert result["errors"] == []
     expected = WEB_STATES if host == HOSTS[pillar][1] else MEMBER_STATES
+    if pillar in DATA_DISK and host != HOSTS[pillar][1]:
+        expected = expected | {"postgresql.data_disk"}
     assert _sls(result["states"]) == expected
+
+
+# The repo's pillars give the members a data disk; the example and the variant keep the data
+# on the system disk.
+DATA_DISK = {"lab", "yandex"}
+
+
+@pytest.mark.parametrize("pillar", HOSTS)
+def test_the_data_disk_is_mounted_on_home_before_postgresql_is_installed(rendered, pillar):
+    states = rendered[pillar, HOSTS[pillar][0]]["states"]
+    packages = states["postgresql-packages"]["pkg"]
+    if pillar not in DATA_DISK:
+        assert "postgresql-data-disk-mounted" not in states
+        return
+    unit = {k: v for arg in states["postgresql-data-disk-unit"]["file"]
+            if isinstance(arg, dict) for k, v in arg.items()}
+    assert unit["name"] == "/etc/systemd/system/var-lib-postgresql.mount"
+    assert "What=/dev/disk/by-id/virtio-pgdata\nWhere=/var/lib/postgresql\nType=ext4\n" in \
+        unit["contents"]
+    assert "WantedBy=local-fs.target" in unit["contents"]
+    assert {"service": "postgresql-data-disk-mounted"} in next(
+        arg["require"] for arg in packages if isinstance(arg, dict) and "require" in arg)
 
 
 def _member(rendered, pillar):

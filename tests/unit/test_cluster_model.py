@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import re
+import subprocess
 
 import pytest
 import yaml
@@ -125,6 +126,8 @@ def invalid(kind) -> st.SearchStrategy:  # noqa: PLR0911 - one branch per type
     if isinstance(kind, model.Scalar):
         return st.one_of(st.none(), st.lists(st.integers(), min_size=1),
                          st.dictionaries(st.text(), st.integers(), min_size=1))
+    if isinstance(kind, model.Optional):
+        return invalid(kind.inner).filter(lambda v: v is not None)
     if isinstance(kind, model.List):
         return st.one_of(ANYTHING.filter(lambda v: not isinstance(v, list)),
                          invalid(kind.item).map(lambda v: [v]))
@@ -225,3 +228,19 @@ def test_what_no_single_key_can_tell_is_checked_across_keys(override, message):
 def test_without_pgbouncer_its_port_may_be_reused_and_haproxy_targets_postgresql():
     cfg = build({"pgbouncer": {"enabled": False, "port": 5432}})
     assert cfg["backend_port"] == 5432
+
+
+@pytest.mark.parametrize("path", ["/var/lib/postgresql", "/srv/pg-data", "/.x/y", "/srv/pg data/é"])
+def test_the_mount_unit_is_named_as_systemd_escape_names_it(path):
+    escaped = subprocess.run(["systemd-escape", "--path", "--suffix=mount", path], check=True,
+                             capture_output=True, text=True).stdout.strip()
+    assert model.mount_unit_name(path) == escaped
+
+
+def test_a_data_disk_takes_its_device_and_keeps_the_defaults():
+    cfg = build({"postgresql": {"data_disk": {"device": "/dev/disk/by-id/virtio-pgdata"}}})
+    assert cfg["postgresql"]["data_disk"] == {**DEFAULTS["postgresql"]["data_disk"],
+                                              "device": "/dev/disk/by-id/virtio-pgdata"}
+    assert cfg["postgresql"]["mount_unit"] == "var-lib-postgresql.mount"
+    bare = model.build({"members": CLUSTER_PILLAR["members"], "web": CLUSTER_PILLAR["web"]}, DEFAULTS)
+    assert bare["postgresql"]["data_disk"]["device"] is None  # the system disk by default

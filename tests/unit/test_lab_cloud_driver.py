@@ -57,3 +57,22 @@ def test_create_without_an_address_says_which_option_is_missing():
 
 def test_the_provider_is_recognised():
     assert lab_cloud.__virtual__() == "lab"
+
+
+@pytest.mark.parametrize(("disks", "message"), [
+    ([{"size": 8}] * 4, "postgres-srv1: secondary_disks must be a list of at most 3 disks"),
+    ([{"device_name": "pgdata"}], r"postgres-srv1: secondary_disks\[0\] needs a size in GB"),
+    ([{"size": "8"}], r"postgres-srv1: secondary_disks\[0\] needs a size in GB"),
+])
+def test_bad_secondary_disks_are_refused_before_anything_is_made(disks, message):
+    # pki_dir does not exist: reaching key generation or bin/lab would fail differently.
+    vm_ = {"name": "postgres-srv1", "profile": "lab-web", "driver": "lab:lab",
+           "ip_address": "10.0.0.11", "secondary_disks": disks}
+    with pytest.raises(SaltCloudSystemExit, match=f"^{message}$"):
+        lab_cloud.create(vm_)
+
+
+def test_secondary_disks_become_bin_labs_disk_arguments():
+    vm_ = {"name": "postgres-srv1", "profile": "lab-web", "driver": "lab:lab",
+           "secondary_disks": [{"size": 8, "device_name": "pgdata"}, {"size": 2}]}
+    assert lab_cloud._disk_args(vm_) == ["--disk", "pgdata:8", "--disk", "data1:2"]

@@ -63,3 +63,19 @@ def test_the_mirror_comes_from_this_machines_apt_sources():
     sources = image.debian_sources()
     assert any(suite == "bookworm" for _, suite in sources)
     assert all(uri.startswith(("http://", "https://", "file:")) for uri, _ in sources)
+
+
+@pytest.mark.parametrize(("disks", "why"), [
+    ({"Disk0": 8}, "disk Disk0:8 must be NAME:GiB"),
+    ({"pgdata": 0}, "disk pgdata:0 must be NAME:GiB"),
+    ({f"d{n}": 1 for n in range(4)}, "at most 3 data disks, not 4"),
+])
+def test_bad_data_disks_are_refused_before_anything_is_made(disks, why):
+    with pytest.raises(LabError, match=why):
+        host.Host("db9", "10.0.0.59", disks=disks).create()
+    assert not host.Host("db9", "10.0.0.59").folder.exists()
+
+
+def test_data_disks_appear_as_virtio_nodes_in_order():
+    h = host.Host("db9", "10.0.0.59", disks={"pgdata": 8, "wal": 2})
+    assert h.disk_nodes() == {"pgdata": "/dev/vdb", "wal": "/dev/vdc"}

@@ -14,6 +14,7 @@ from tests.yandex.conftest import NETWORK, provider_config, write_key_file
 MAP = REPO / "cloud.maps.d" / "yandex.map"
 # The cluster as the Yandex master serves it (bin/master --site yandex): the map's VMs must match.
 YANDEX = yaml.safe_load((REPO / "pillar" / "cluster_yandex.sls").read_text())["pgcluster"]
+PROFILES = yaml.safe_load((REPO / "cloud.profiles.d" / "yandex.conf").read_text())
 
 
 def creates(fake):
@@ -31,7 +32,16 @@ def test_a_profile_makes_a_debian_12_vm_as_the_api_documents(salt_cloud, fake, s
     assert headers.get("Idempotency-Key")
     # Sizes in bytes, and int64 fields as strings.
     assert body["resourcesSpec"] == {"memory": str(4 * 1024**3), "cores": "2", "coreFraction": "100"}
-    assert body["bootDiskSpec"]["diskSpec"]["size"] == str(20 * 1024**3)
+    profile = PROFILES["yandex-db"]
+    assert body["bootDiskSpec"]["diskSpec"]["size"] == str(profile["disk_size"] * 1024**3)
+    assert body["bootDiskSpec"]["diskSpec"]["typeId"] == profile["disk_type"]
+    # PostgreSQL's own disk, under the name the Yandex pillar mounts it by.
+    data = profile["secondary_disks"][0]
+    assert body["secondaryDiskSpecs"] == [{
+        "autoDelete": True, "deviceName": data["device_name"],
+        "diskSpec": {"size": str(data["size"] * 1024**3), "typeId": data["type"]}}]
+    assert YANDEX["postgresql"]["data_disk"]["device"] == \
+        f"/dev/disk/by-id/virtio-{data['device_name']}"
     newest_debian = max((i for i in fake.images.values() if i["family"] == "debian-12"),
                         key=lambda i: i["createdAt"])
     assert body["bootDiskSpec"]["diskSpec"]["imageId"] == newest_debian["id"]
@@ -113,7 +123,10 @@ def test_destroy_one_then_the_whole_map(salt_cloud, fake):
     result = salt_cloud("-d", "postgres-srv3")
     assert result.returncode == 0, result.stdout + result.stderr
     assert fake.names() == ["postgres-srv1", "postgres-srv2", "web"]
-    assert len(fake.disks) == 3  # the boot disk went with its VM
+    # Its boot and data disks went with it; the others' are all still attached.
+    attached = {d["diskId"] for i in fake.instances.values()
+                for d in [i["bootDisk"], *i.get("secondaryDisks", [])]}
+    assert set(fake.disks) == attached and len(attached) == 5
 
     result = salt_cloud("-m", MAP, "-d")
     assert result.returncode == 0, result.stdout + result.stderr
