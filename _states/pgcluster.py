@@ -59,20 +59,53 @@ def _probe(device: str) -> dict:
     return dict(line.split("=", 1) for line in result["stdout"].splitlines() if "=" in line)
 
 
-def _mounted_elsewhere(mountpoint: str, device: str) -> str | None:
-    """Why mounting ``device`` on ``mountpoint`` would hide something, or None."""
-    if not os.path.isdir(mountpoint):
-        return None
+def _mounts_of(device: str) -> list[str]:
+    """Where the block device is mounted now (any namespace's view is this process's)."""
+    rdev = os.stat(device).st_rdev
+    wanted = f"{os.major(rdev)}:{os.minor(rdev)}"
+    with open("/proc/self/mountinfo", encoding="utf-8") as mountinfo:
+        return [line.split()[4] for line in mountinfo if line.split()[2] == wanted]
+
+
+def _in_use(name: str, device: str) -> str | None:
+    """Why the device is someone else's already (mounted elsewhere, swap, LVM, RAID), or None."""
+    block = os.path.basename(device)
+    holders = os.listdir(f"/sys/class/block/{block}/holders") \
+        if os.path.isdir(f"/sys/class/block/{block}/holders") else []
+    if holders:
+        return f"{name} ({device}) is in use by {', '.join(sorted(holders))}"
+    with open("/proc/swaps", encoding="utf-8") as swaps:
+        if any(line.split()[0] == device for line in swaps.readlines()[1:]):
+            return f"{name} ({device}) is in use as swap"
+    return None
+
+
+def _hidden_by_mount(mountpoint: str, name: str, device: str) -> str | None:
+    """Why mounting the device on ``mountpoint`` would hide or break something, or None."""
+    if os.path.islink(mountpoint):
+        return (f"{mountpoint} is a symbolic link (to {os.path.realpath(mountpoint)}): a mount "
+                f"unit cannot mount there")
+    elsewhere = [m for m in _mounts_of(device) if m != mountpoint]
+    if elsewhere:
+        return f"{name} ({device}) is already mounted on {', '.join(elsewhere)}"
+    return _occupied(mountpoint, name, device) if os.path.isdir(mountpoint) else None
+
+
+def _occupied(mountpoint: str, name: str, device: str) -> str | None:
+    """Why the folder cannot take the device: another device's mount point, or files in it."""
     if os.path.ismount(mountpoint):
         if os.stat(mountpoint).st_dev == os.stat(device).st_rdev:
             return None
-        return f"{mountpoint} is already a mount point of another device"
+        dev = os.stat(mountpoint).st_dev
+        return (f"{mountpoint} is already the mount point of device {os.major(dev)}:{os.minor(dev)}, "
+                f"not of {name}: unmount it, or set pgcluster:postgresql:data_disk:device to it")
     held = sorted(os.listdir(mountpoint))
     if held:
         shown = ", ".join(held[:5]) + (", ..." if len(held) > 5 else "")
-        return (f"{mountpoint} already holds files ({shown}): mounting {device} there would "
-                f"hide them. Move them onto the disk first, or leave the data on the system disk "
-                f"(pgcluster:postgresql:data_disk:device: null)")
+        return (f"{mountpoint} already holds files ({shown}): mounting {name} there would hide "
+                f"them. To move them onto the disk, stop Patroni, format the disk (mkfs.ext4 "
+                f"{name}), mount it elsewhere, copy them over (cp -a), empty {mountpoint} and "
+                f"apply again; or keep them on the system disk (data_disk:device: null)")
     return None
 
 
@@ -81,13 +114,13 @@ def _refusal(name: str, fstype: str, mountpoint: str | None, host: str) -> tuple
     found on it."""
     if not os.path.exists(name):
         return (f"{host} has no {name}: is the disk attached (the profile's secondary_disks, its "
-                f"device_name)?"), {}
+                f"device_name)? Without one, set pgcluster:postgresql:data_disk:device: null"), {}
     device = os.path.realpath(name)
     if not stat.S_ISBLK(os.stat(device).st_mode):
         return f"{name} on {host} is not a block device", {}
-    hidden = _mounted_elsewhere(mountpoint, device) if mountpoint else None
-    if hidden:
-        return f"{host}: {hidden}", {}
+    busy = _in_use(name, device) or (_hidden_by_mount(mountpoint, name, device) if mountpoint else None)
+    if busy:
+        return f"{host}: {busy}", {}
     try:
         found = _probe(device)
     except OSError as exc:
@@ -125,9 +158,14 @@ def filesystem(name, fstype="ext4", mountpoint=None):
         return ret
     device = os.path.realpath(name)
     made = __salt__["cmd.run_all"]([f"mkfs.{fstype}", "-q", device], python_shell=False)
-    if made["retcode"] != 0 or _probe(device).get("TYPE") != fstype:
+    try:
+        now = _probe(device).get("TYPE") if made["retcode"] == 0 else None
+    except OSError as exc:
+        now = exc
+    if now != fstype:
         ret["changes"] = {}
-        ret["comment"] = f"mkfs.{fstype} {name} failed: {made['stderr'].strip() or 'blkid sees no ' + fstype}"
+        why = made["stderr"].strip() or now or f"blkid sees no {fstype}"
+        ret["comment"] = f"mkfs.{fstype} {name} failed: {why}"
         return ret
     ret["result"] = True
     ret["comment"] = f"{name} was blank and is formatted {fstype}"

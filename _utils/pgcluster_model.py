@@ -306,7 +306,8 @@ SCHEMA = Record({
             "fstype": Enum("ext4"),
             "mount_options": Str(r"[A-Za-z0-9_=.,-]+", "mount options such as defaults,noatime"),
         }),
-        "home": Path(),
+        # Debian's postgres user has this home; it is stated, not chosen.
+        "home": Enum("/var/lib/postgresql"),
     }),
     "patroni": Record({
         "version": Str(r"4\.[0-9]+\.[0-9]+", "a Patroni 4.x version such as 4.1.5"),

@@ -8,7 +8,7 @@
     bin/lab stop|start HOST         clean power-off / boot
     bin/lab crash HOST              power cut: every process at once, the address goes silent
     bin/lab partition|heal HOST     cut the host off the lab network / plug it back
-    bin/lab create NAME ADDRESS [--seed DIR]   (used by the salt-cloud lab driver)
+    bin/lab create NAME ADDRESS [--seed DIR] [--disk NAME:GIB]...   (used by the salt-cloud lab driver)
     bin/lab destroy NAME                       (used by the salt-cloud lab driver)
 """
 
@@ -129,7 +129,6 @@ def cmd_down(args: argparse.Namespace) -> None:
     for h in existing:
         log(f"removing {h.name}")
         h.destroy()
-    hosts.release_stale_loops()
     master.stop()
     recover()
     network.remove_bridge()

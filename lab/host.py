@@ -338,8 +338,14 @@ class Host:
             self.root)
 
     def _attach(self, disk: str) -> str:
-        """A fresh loop device on a data disk's file, for one boot. (A loop of an earlier boot
-        may still be waiting to be cleared once its last user lets go: never reuse one.)"""
+        """A fresh loop device on a data disk's file, for one boot. A loop of an earlier boot is
+        cleared by the kernel once its last user lets go; until then the filesystem may still be
+        mounted through it, and a second loop would mount it twice: wait, never reuse one."""
+        try:
+            wait_for(lambda: not self._loops(disk), 10, f"{self.name}'s old loop on {disk} to clear")
+        except LabError:
+            raise LabError(f"{self.name}: disk {disk} is still attached to {', '.join(self._loops(disk))} "
+                           "from an earlier boot (something still holds it: see `fuser -m`)") from None
         return run("losetup", "--find", "--show", self.disk_file(disk), capture=True).stdout.strip()
 
     def _loops(self, disk: str) -> list[str]:
@@ -442,14 +448,24 @@ def release_nspawn_runtime() -> None:
 
 def release_stale_loops() -> None:
     """Detach loop devices left on disk files of hosts that no longer run or exist."""
+    # Under the lock a host takes to attach and launch: a starting host's new loop is safe.
+    with machine_lock(LOCK):
+        running = {h.name for h in all_hosts() if h.nspawn_pid() is not None}
+        for loop, back in _lab_loops():
+            if back.parts[len(settings.HOSTS_DIR.parts)] not in running:
+                run("losetup", "--detach", loop, check=False, quiet=True)
+
+
+def _lab_loops() -> list[tuple[str, Path]]:
+    """(loop device, its file) for every loop device on a lab host's disk file."""
     listing = run("losetup", "--list", "--json", "--output", "NAME,BACK-FILE", capture=True,
                   check=False).stdout
-    running = {h.name for h in all_hosts() if h.nspawn_pid() is not None}
+    found = []
     for loop in json.loads(listing or '{"loopdevices": []}')["loopdevices"]:
         back = Path((loop.get("back-file") or "").removesuffix(" (deleted)"))
-        if back.is_relative_to(settings.HOSTS_DIR) and back.parts[len(settings.HOSTS_DIR.parts)] \
-                not in running:
-            run("losetup", "--detach", loop["name"], check=False, quiet=True)
+        if back.is_relative_to(settings.HOSTS_DIR):
+            found.append((loop["name"], back))
+    return found
 
 
 def load(name: str) -> Host:

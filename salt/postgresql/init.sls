@@ -23,6 +23,17 @@ postgresql-packages:
       - service: postgresql-data-disk-mounted
 {%- endif %}
 
+# postgresql-common's postinst gives postgres its home only when the package is installed:
+# a data disk formatted later (a replaced disk) would leave it root's.
+postgresql-home:
+  file.directory:
+    - name: {{ postgresql.home }}
+    - user: postgres
+    - group: postgres
+    - mode: "0755"
+    - require:
+      - pkg: postgresql-packages
+
 # A VM whose image already made Debian's cluster: remove it before Patroni takes over.
 postgresql-drop-debian-cluster:
   cmd.run:

@@ -137,6 +137,15 @@ def test_crash_kills_everything_at_once_and_the_address_goes_silent(lab):
     run(LAB, "start", SECOND)
     assert status()[SECOND]["state"] == "running"
     _wait_minion(SECOND)
+    # Its data disk came back through one loop device, not two (the old one was cleared).
+    disks = list((settings.HOSTS_DIR / SECOND / "disks").glob("*.img"))
+    assert disks, f"{SECOND} has no data disk"
+    for disk in disks:
+        assert len(_loops_of(disk)) == 1, run("losetup", "--list").stdout
+
+
+def _loops_of(disk_file: Path) -> list[str]:
+    return run("losetup", "--noheadings", "--output", "NAME", "--associated", disk_file).stdout.split()
 
 
 def test_clean_stop_and_start_through_salt_cloud_actions(lab):
@@ -195,6 +204,7 @@ def test_down_leaves_nothing_behind(lab):
                                capture_output=True, text=True, check=False).stdout
     assert leftovers == ""
     assert "pglab" not in run("nft", "list", "tables").stdout
+    assert str(settings.STATE) not in run("losetup", "--list").stdout  # the hosts' data disks
 
 
 def _alive(pid: int) -> bool:

@@ -52,7 +52,8 @@ def disk(tmp_path):
     link = tmp_path / "virtio-pgdata"
     link.symlink_to(loop)
     yield str(link)
-    subprocess.run(["umount", str(tmp_path / "home")], capture_output=True, check=False)
+    for mounted in ("home", "elsewhere"):
+        subprocess.run(["umount", str(tmp_path / mounted)], capture_output=True, check=False)
     sh("losetup", "--detach", loop)
 
 
@@ -100,7 +101,7 @@ def test_a_home_that_holds_files_is_not_mounted_over(disk, tmp_path):
     ret = state.filesystem(disk, fstype="ext4", mountpoint=str(home))
     assert ret["result"] is False
     assert ret["comment"].startswith(f"postgres-srv1: {home} already holds files (15): mounting "
-                                     f"{os.path.realpath(disk)} there would hide them.")
+                                     f"{disk} there would hide them. To move them onto the disk, ")
     assert blkid_type(disk) == ""  # refused before anything was written
 
 
@@ -118,7 +119,8 @@ def test_a_missing_disk_says_where_it_should_come_from(tmp_path):
     ret = state.filesystem(str(tmp_path / "virtio-pgdata"), fstype="ext4")
     assert ret["result"] is False
     assert ret["comment"] == (f"postgres-srv1 has no {tmp_path / 'virtio-pgdata'}: is the disk "
-                              "attached (the profile's secondary_disks, its device_name)?")
+                              "attached (the profile's secondary_disks, its device_name)? Without "
+                              "one, set pgcluster:postgresql:data_disk:device: null")
 
 
 def test_a_file_is_not_a_disk(tmp_path):
@@ -126,3 +128,34 @@ def test_a_file_is_not_a_disk(tmp_path):
     plain.write_text("")
     ret = state.filesystem(str(plain), fstype="ext4")
     assert ret["result"] is False and ret["comment"] == f"{plain} on postgres-srv1 is not a block device"
+
+
+def test_a_disk_mounted_elsewhere_is_refused(disk, tmp_path):
+    # E.g. a pillar naming the root disk's partition by mistake.
+    assert state.filesystem(disk, fstype="ext4")["result"] is True
+    (tmp_path / "elsewhere").mkdir()
+    sh("mount", disk, str(tmp_path / "elsewhere"))
+    ret = state.filesystem(disk, fstype="ext4", mountpoint=str(tmp_path / "home"))
+    assert ret["result"] is False
+    assert ret["comment"] == (f"postgres-srv1: {disk} ({os.path.realpath(disk)}) is already mounted "
+                              f"on {tmp_path / 'elsewhere'}")
+
+
+def test_a_home_mounted_from_another_device_is_refused(disk, tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    sh("mount", "-t", "tmpfs", "other", str(home))
+    ret = state.filesystem(disk, fstype="ext4", mountpoint=str(home))
+    assert ret["result"] is False
+    assert f"{home} is already the mount point of device 0:" in ret["comment"]
+    assert blkid_type(disk) == ""
+
+
+def test_a_symlinked_home_is_refused_before_formatting(disk, tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "home").symlink_to(tmp_path / "real")
+    ret = state.filesystem(disk, fstype="ext4", mountpoint=str(tmp_path / "home"))
+    assert ret["result"] is False
+    assert ret["comment"] == (f"postgres-srv1: {tmp_path / 'home'} is a symbolic link (to "
+                              f"{tmp_path / 'real'}): a mount unit cannot mount there")
+    assert blkid_type(disk) == ""
