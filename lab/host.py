@@ -349,9 +349,7 @@ class Host:
         return run("losetup", "--find", "--show", self.disk_file(disk), capture=True).stdout.strip()
 
     def _loops(self, disk: str) -> list[str]:
-        found = run("losetup", "--noheadings", "--output", "NAME", "--associated",
-                    self.disk_file(disk), capture=True, check=False).stdout
-        return found.split()
+        return [loop for loop, back in _lab_loops() if back == self.disk_file(disk)]
 
     def release_runtime(self) -> None:
         """Undo what a running host holds on the machine; keep its disks."""
