@@ -95,7 +95,8 @@ def _fire(name, stage, description, args):
 
 
 def _hosts():
-    return {h["name"]: h for h in json.loads(_lab("status", "--json"))}
+    # The emulated cloud's VMs are hosts too, but the yandex driver's.
+    return {h["name"]: h for h in json.loads(_lab("status", "--json")) if h.get("kind", "lab") == "lab"}
 
 
 def _node(host):

@@ -35,7 +35,9 @@ provider network's subnet of the VM's zone), ``ip_address``, ``nat`` or ``nat_ip
 reserved address, by name or value), ``placement_group`` (by name), ``security_group_ids``,
 ``preemptible``, ``labels``, ``service_account_id``, ``hostname``, ``description``,
 ``ssh_username``, ``ssh_keyfile`` and ``ssh_public_key_file`` (default: the key file with
-``.pub``), ``user_data``, ``keep_on_failure``.
+``.pub``), ``ssh_interface`` (``private_ips`` or ``public_ips``; by default the public
+address when the VM has one), ``user_data``, ``keep_on_failure``, and salt-cloud's own
+``script`` (the profiles use the project's ``pgcluster-minion``, etc/salt/cloud.deploy.d/).
 
 The network around the VMs is the provider's ``network:`` block (a name, one subnet CIDR per
 zone, a NAT gateway, spread placement groups, reserved addresses):
@@ -1251,10 +1253,36 @@ def _create_body(vm_):
     return body
 
 
+def _ssh_interface(vm_):
+    """ssh_interface: private_ips or public_ips (by default the public address when the VM has
+    one): a master inside the VPC reaches every VM by its private address."""
+    interface = _vm_value("ssh_interface", vm_)
+    if interface is None:
+        return "public_ips" if _vm_value("nat", vm_, False) or _vm_value("nat_ip_address", vm_) \
+            else "private_ips"
+    if interface not in ("private_ips", "public_ips"):
+        raise SaltCloudSystemExit(f"{vm_['name']}: ssh_interface must be private_ips or public_ips, "
+                                  f"not {interface!r}")
+    return interface
+
+
 def _ssh_address(vm_, instance):
     private, public = _addresses(instance)
-    wanted = public if _vm_value("nat", vm_, False) or _vm_value("nat_ip_address", vm_) else private
+    wanted = public if _ssh_interface(vm_) == "public_ips" else private
     return wanted[0] if wanted else None
+
+
+def _bootstrap_reason(instance_id, name):
+    """Why the deploy script failed, in its own words: it writes them on the serial console
+    (etc/salt/cloud.deploy.d/pgcluster-minion.sh), which the API gives back."""
+    try:
+        output = _compute("GET", f"instances/{instance_id}:serialPortOutput",
+                          f"reading {name}'s serial console")
+    except SaltCloudException:
+        return None
+    marker = f"pgcluster bootstrap of {name} failed: "
+    lines = [line.replace("\r", "") for line in output.get("contents", "").splitlines() if marker in line]
+    return lines[-1].split(marker, 1)[1].strip() if lines else None
 
 
 def _delete(instance_id, what):
@@ -1298,7 +1326,7 @@ def create(vm_):
     event_args = {"name": name, "profile": vm_.get("profile"), "provider": vm_.get("driver")}
     filtered = __utils__["cloud.filter_event"]
     _fire(name, "creating", "starting create", filtered("creating", event_args, list(event_args)))
-    instance_id = None
+    instance_id, bootstrapping = None, False
     try:
         body = _create_body(vm_)
         _fire(name, "requesting", "requesting instance",
@@ -1316,11 +1344,15 @@ def create(vm_):
         vm_["ssh_host"] = address
         vm_["key_filename"] = _vm_value("ssh_keyfile", vm_)
         vm_.setdefault("ssh_username", _vm_value("ssh_username", vm_, "debian"))
+        bootstrapping = True
         deployed = __utils__["cloud.bootstrap"](vm_, __opts__)
         if "Error" in deployed and "No Deploy" not in deployed["Error"]:
             raise SaltCloudSystemExit(f"bootstrapping {name} at {address} failed: {deployed['Error']}")
     except Exception as exc:  # whatever failed, the half-made VM must go
         reason = str(exc) if isinstance(exc, SaltCloudException) else f"{type(exc).__name__}: {exc}"
+        why = _bootstrap_reason(instance_id, name) if bootstrapping else None
+        if why:
+            reason = f"bootstrapping {name} failed: {why} ({reason})"
         raise SaltCloudSystemExit(_clean_up(vm_, instance_id, reason)) from None
     instance = _compute("GET", f"instances/{instance_id}", f"showing {name}", params={"view": "FULL"})
     result = {**_without_metadata_values(instance), **_node(instance)}

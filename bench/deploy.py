@@ -15,6 +15,15 @@ Packages come from the lab's local package mirror and wheelhouse (built on the f
     .venv/bin/python bench/deploy.py [--keep-lab]   (--keep-lab: skip the rebuild and step 1)
 
 Prints a table and writes bench/results/deploy.json and deploy.md.
+
+    .venv/bin/python bench/deploy.py --yandex
+
+The Yandex path instead, on the emulated Yandex Cloud, from nothing (TAKES THE LAB DOWN, and
+leaves nothing: it ends with `make yandex-lab-down`): the emulation and the network, the map's
+VMs created through the API (each timed to when its host is powered on), the same VMs
+bootstrapped over SSH (salt-cloud's deploy script installs Salt from the emulated internet's
+mirror), the orchestration to a healthy cluster, and the teardown. Writes
+bench/results/deploy-yandex.json and .md.
 """
 
 from __future__ import annotations
@@ -23,8 +32,11 @@ import argparse
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+
+import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -89,12 +101,79 @@ def apply_all(*args: str) -> dict:
     return totals
 
 
+def _yandex_command(*cmd: str) -> None:
+    subprocess.run([str(c) for c in cmd], check=True, cwd=REPO, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+
+
+def _watch_power(names: list[str], started: float, seen: dict, stop: threading.Event) -> None:
+    """When each VM's host first runs (the API's RUNNING), seconds from `started`."""
+    while not stop.is_set() and len(seen) < len(names):
+        rows = json.loads(subprocess.run([REPO / "bin/lab", "status", "--json"], capture_output=True,
+                                         text=True, check=False).stdout or "[]")
+        for row in rows:
+            if row["name"] in names and row["state"] == "running" and row["name"] not in seen:
+                seen[row["name"]] = round(time.monotonic() - started, 1)
+        stop.wait(0.5)
+
+
+def yandex() -> int:
+    """The Yandex path on the emulated cloud, each step timed (see the module's docstring)."""
+    venv = REPO / ".venv" / "bin"
+    vm_map = REPO / "cloud.maps.d" / "yandex.map"
+    names = [n for entries in yaml.safe_load(vm_map.read_text()).values() for e in entries for n in e]
+    progress("bin/lab down ...")
+    lab("down")
+    runs = {}
+    runs["cloud_up_s"], _ = timed("bin/lab cloud up: the emulation and the salt-master",
+                                  _yandex_command, venv / "python", REPO / "bin/lab", "cloud", "up")
+    runs["network_s"], _ = timed("salt-cloud -f ensure_network yandex", _yandex_command,
+                                 venv / "salt-cloud", "-f", "ensure_network", "yandex")
+    powered: dict[str, float] = {}
+    stop = threading.Event()
+    started = time.monotonic()
+    watcher = threading.Thread(target=_watch_power, args=(names, started, powered, stop))
+    watcher.start()
+    try:
+        runs["map_s"], _ = timed("salt-cloud -m yandex.map -P: VMs created and bootstrapped",
+                                 _yandex_command, venv / "salt-cloud", "-m", vm_map, "-P", "-y")
+    finally:
+        stop.set()
+        watcher.join()
+    runs["powered_on_s"] = powered
+    runs["created_s"] = max(powered.values()) if len(powered) == len(names) else None
+    runs["deploy_s"], runs["deploy"] = timed("orchestration to a healthy cluster", orchestrate)
+    health = on_web("patroni.health", check=True)
+    if not health.get("healthy"):
+        raise SystemExit(f"the cluster is not healthy after the orchestration: {health}")
+    runs["down_s"], _ = timed("make yandex-lab-down", _yandex_command, "make", "yandex-lab-down")
+    table = ["| step | seconds |", "| --- | --- |",
+             f"| `bin/lab cloud up`: the emulated cloud and the salt-master | {runs['cloud_up_s']} |",
+             f"| `salt-cloud -f ensure_network yandex` | {runs['network_s']} |",
+             f"| the map's {len(names)} VMs created: API call to the last powered on | {runs['created_s']} |",
+             f"| ... and bootstrapped over SSH: `salt-cloud -m ... -P` ends | {runs['map_s']} |",
+             f"| orchestration from bare minions to a healthy cluster | {runs['deploy_s']} |",
+             f"| from nothing to a healthy cluster | "
+             f"{round(runs['cloud_up_s'] + runs['network_s'] + runs['map_s'] + runs['deploy_s'], 1)} |",
+             f"| `make yandex-lab-down`: VMs and network deleted through salt-cloud | {runs['down_s']} |"]
+    notes = "Orchestration steps, seconds: " + ", ".join(
+        f"{step} {seconds}" for step, seconds in runs["deploy"]["steps"].items()) + "."
+    data = {"date": now(), "machine": machine(), **runs}
+    print(write_results("deploy-yandex", data, f"The Yandex path on the emulated cloud, {data['date']}, "
+                        f"{data['machine']}; packages from the emulated internet's mirror", table, notes))
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--keep-lab", action="store_true",
                         help="measure the idempotent runs on the deployed lab only")
+    parser.add_argument("--yandex", action="store_true",
+                        help="the Yandex path on the emulated cloud instead (takes the lab down)")
     args = parser.parse_args()
+    if args.yandex:
+        return yandex()
     runs = {}
     if not args.keep_lab:
         progress("bin/lab down ...")

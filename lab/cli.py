@@ -10,29 +10,37 @@
     bin/lab partition|heal HOST     cut the host off the lab network / plug it back
     bin/lab create NAME ADDRESS [--seed DIR] [--disk NAME:GIB]...   (used by the salt-cloud lab driver)
     bin/lab destroy NAME                       (used by the salt-cloud lab driver)
+    bin/lab cloud up|down|status    the emulated Yandex Cloud (lab/yandex/cloud.py): its API on
+                                    loopback, whose VMs are lab hosts; `up` also starts the
+                                    salt-master for the Yandex site in the master's subnet
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from . import host as hosts
-from . import image, master, network, settings
+from . import image, master, network, settings, vpc
 from .system import (
     LabError,
     log,
     machine_lock,
+    pid_alive,
+    pid_cmdline,
     require_commands,
     require_kernel_features,
     require_root,
     run,
     umount_tree,
+    wait_for,
 )
 
 LAB_MAP = settings.REPO / "cloud.maps.d/lab.map"
@@ -97,6 +105,9 @@ def wait_for_minions(names: list[str], timeout: float = 120) -> None:
 def cmd_up(args: argparse.Namespace) -> None:
     preflight()
     started = time.monotonic()
+    if cloud_pid() is not None or any(h.is_cloud for h in hosts.all_hosts()):
+        raise LabError("the emulated cloud is up (bin/lab cloud status): one lab at a time; "
+                       "`make yandex-lab-down` (or bin/lab down) first")
     recover()
     build_caches()
     network.ensure_bridge()
@@ -129,6 +140,7 @@ def cmd_down(args: argparse.Namespace) -> None:
     for h in existing:
         log(f"removing {h.name}")
         h.destroy()
+    stop_cloud()
     master.stop()
     recover()
     network.remove_bridge()
@@ -145,12 +157,103 @@ def cmd_down(args: argparse.Namespace) -> None:
         f"cached in {settings.CACHE} for the next bin/lab up")
 
 
+# --- the emulated cloud ---------------------------------------------------------------------------
+
+
+def cloud_pid() -> int | None:
+    """The emulated cloud's process, if it runs."""
+    try:
+        pid = int(settings.CLOUD_PIDFILE.read_text())
+    except (OSError, ValueError):
+        return None
+    return pid if pid_alive(pid) and "cloud" in " ".join(pid_cmdline(pid)) else None
+
+
+# Only `cloud up`, `serve` and `status` load lab/yandex/cloud.py, which needs the Salt
+# environment's packages (cryptography, PyYAML): `bin/lab down` runs with the machine's python3.
+def cmd_cloud(args: argparse.Namespace) -> None:
+    {"up": cloud_up, "down": cloud_down, "status": cloud_status, "serve": cloud_serve}[args.action]()
+
+
+def cloud_serve() -> None:
+    from .yandex import cloud
+
+    cloud.serve()
+
+
+def cloud_up() -> None:
+    """The emulated cloud in the background, and the salt-master for the Yandex site."""
+    from .yandex import cloud
+
+    preflight()
+    if any(not h.is_cloud for h in hosts.all_hosts()):
+        raise LabError("the lab's hosts are up (bin/lab status): one lab at a time; "
+                       "`make lab-down` first")
+    build_caches()
+    with machine_lock(settings.STATE / "build.lock"):
+        image.build_cloud_image()
+        image.build_salt_wheelhouse()
+    if cloud_pid() is None:
+        settings.CLOUD_STATE.mkdir(parents=True, exist_ok=True)
+        settings.RUN.mkdir(parents=True, exist_ok=True)
+        (settings.CLOUD_STATE / "ready").unlink(missing_ok=True)
+        with open(settings.CLOUD_STATE / "cloud.log", "ab") as out:
+            # The Salt environment: the cloud needs its cryptography and PyYAML.
+            proc = subprocess.Popen([settings.VENV / "bin/python", settings.REPO / "bin/lab", "cloud",
+                                     "serve"],
+                                    stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                    start_new_session=True, close_fds=True)
+        settings.CLOUD_PIDFILE.write_text(f"{proc.pid}\n")
+        try:
+            cloud.wait_ready()
+        except LabError:
+            stop_cloud()
+            raise
+    address = cloud.master_address()
+    master.start(interface=address, site="yandex", providers=cloud.providers_dir())
+    log(f"emulated Yandex Cloud up: API {cloud.api_url()}, salt-master on {address}")
+
+
+def stop_cloud() -> None:
+    """End the emulated cloud and remove its VMs and networks (whatever salt-cloud left)."""
+    pid = cloud_pid()
+    if pid is not None:
+        os.kill(pid, signal.SIGTERM)
+        wait_for(lambda: not pid_alive(pid), 60, "the emulated cloud to stop")
+    settings.CLOUD_PIDFILE.unlink(missing_ok=True)
+    for h in hosts.all_hosts():
+        if h.is_cloud:
+            log(f"removing the emulated cloud's VM {h.name}")
+            h.destroy()
+    vpc.teardown()
+    shutil.rmtree(settings.CLOUD_STATE, ignore_errors=True)
+
+
+def cloud_down() -> None:
+    require_root()
+    stop_cloud()
+    master.stop()
+    for generated in ("master.d/paths.conf", "cloud.conf.d/paths.conf"):
+        (master.CONFIG_DIR / generated).unlink(missing_ok=True)
+    log("emulated cloud removed")
+
+
+def cloud_status() -> None:
+    from .yandex import cloud
+
+    pid = cloud_pid()
+    print(f"emulated Yandex Cloud: {'running, API ' + cloud.api_url() if pid else 'stopped'}")
+    if pid:
+        print_status()
+
+
 def status_rows() -> list[dict]:
     rows = []
     for h in hosts.all_hosts():
         memory = h.memory_bytes() if h.nspawn_pid() else None
         rows.append({
             "name": h.name,
+            "kind": h.kind,
             "address": h.address,
             "state": h.state(),
             "pid": h.nspawn_pid(),
@@ -169,7 +272,9 @@ def print_status() -> None:
         memory = f"{r['memory_mib']} MiB" if r["memory_mib"] is not None else "-"
         print(f"{r['name']:<16}{r['address']:<14}{r['state']:<13}{memory:>8}")
     pid = master.running_pid()
-    print(f"salt-master: {'running on ' + settings.GATEWAY if pid else 'stopped'}")
+    serving = master.serving().split()
+    where = f"running on {serving[0]} for the {serving[1]} site" if pid and serving else "stopped"
+    print(f"salt-master: {where}")
 
 
 def cmd_status(args: argparse.Namespace) -> None:
@@ -238,6 +343,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--disk", action="append", default=[], metavar="NAME:GIB",
                    help="a data disk, seen in the host as /dev/disk/by-id/virtio-NAME (repeatable)")
     p.set_defaults(func=cmd_create)
+    p = sub.add_parser("cloud", help="the emulated Yandex Cloud")
+    p.add_argument("action", choices=("up", "down", "status", "serve"))
+    p.set_defaults(func=cmd_cloud)
     args = parser.parse_args(argv)
     try:
         return args.func(args) or 0

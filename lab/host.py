@@ -12,9 +12,11 @@ the host's folder, attached to a loop device while the host runs and handed in a
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -72,6 +74,15 @@ class Host:
     repo: str = str(settings.REPO)
     # Data disks: {device name: size in GiB}, in the order they appear (vdb, vdc, ...).
     disks: dict[str, int] = field(default_factory=dict)
+    # "lab": on the lab's bridge, its minion laid in and run from the machine's Salt. "cloud": a
+    # VM of the emulated cloud, booted from the cloud image on its subnet's bridge; cloud-init,
+    # sshd and salt-cloud's bootstrap make it what it becomes.
+    kind: str = "lab"
+    subnet: str | None = None  # a cloud host's subnet (its bridge, its gateway)
+
+    @property
+    def is_cloud(self) -> bool:
+        return self.kind == "cloud"
 
     @property
     def folder(self) -> Path:
@@ -147,18 +158,7 @@ class Host:
     # -- lifecycle ------------------------------------------------------------------------
 
     def create(self, seed: Path | None = None) -> None:
-        if not HOSTNAME_RE.match(self.name):
-            raise LabError(
-                f"'{self.name}' is not a valid host name: lower-case letters, digits and '-', "
-                "starting with a letter, at most 63 characters"
-            )
-        network.validate_address(self.address)
-        if len(self.disks) > MAX_DISKS:
-            raise LabError(f"{self.name}: at most {MAX_DISKS} data disks, not {len(self.disks)}")
-        for disk, size in self.disks.items():
-            if not DISK_NAME_RE.match(disk) or not 1 <= size <= 1024:
-                raise LabError(f"{self.name}: disk {disk}:{size} must be NAME:GiB, the name "
-                               "[a-z][a-z0-9_-] (at most 20), 1 to 1024 GiB")
+        self._check()
         with machine_lock(LOCK):
             if self.folder.exists():
                 raise LabError(f"host {self.name} already exists (bin/lab status)")
@@ -169,7 +169,8 @@ class Host:
                 (self.folder / sub).mkdir(parents=True)
             (self.folder / "host.json").write_text(
                 json.dumps({"name": self.name, "address": self.address, "repo": self.repo,
-                            "disks": self.disks, "created": time.time()})
+                            "disks": self.disks, "kind": self.kind, "subnet": self.subnet,
+                            "created": time.time()})
                 + "\n"
             )
             for disk, size in self.disks.items():
@@ -185,12 +186,31 @@ class Host:
             self.destroy()
             raise
 
+    def _check(self) -> None:
+        if not HOSTNAME_RE.match(self.name):
+            raise LabError(
+                f"'{self.name}' is not a valid host name: lower-case letters, digits and '-', "
+                "starting with a letter, at most 63 characters"
+            )
+        if self.is_cloud:
+            if self.subnet is None or \
+                    ipaddress.ip_address(self.address) not in ipaddress.ip_network(self.subnet):
+                raise LabError(f"{self.name}: address {self.address} is not in its subnet {self.subnet}")
+        else:
+            network.validate_address(self.address)
+        if len(self.disks) > MAX_DISKS:
+            raise LabError(f"{self.name}: at most {MAX_DISKS} data disks, not {len(self.disks)}")
+        for disk, size in self.disks.items():
+            if not DISK_NAME_RE.match(disk) or not 1 <= size <= 1024:
+                raise LabError(f"{self.name}: disk {disk}:{size} must be NAME:GiB, the name "
+                               "[a-z][a-z0-9_-] (at most 20), 1 to 1024 GiB")
+
     def start(self, wait: bool = True) -> None:
         with machine_lock(LOCK):
             if self.nspawn_pid() is not None:
                 return
             self.release_runtime()
-            network.ensure_host_network(self.name, self.address)
+            network.ensure_host_network(self.name, self.address, self.subnet)
             self._mount()
             _ensure_nspawn_runtime()
             for d in self.cgroup_dirs():
@@ -209,33 +229,37 @@ class Host:
             # The host's own network namespace: its firewall state manages nftables there,
             # as on a VM (nspawn grants this itself only with --private-network).
             "--capability=CAP_NET_ADMIN",
-            f"--bind-ro={image.apt_repo_dir()}:{settings.HOST_APT_DIR}",
-            f"--bind-ro={image.wheelhouse_dir()}:{settings.HOST_WHEEL_DIR}",
-            f"--bind-ro={settings.VENV}",
+            # A lab host's packages and Salt come from the machine; a cloud host's from the
+            # internet (the emulation's mirror), through salt-cloud's bootstrap.
+            *([] if self.is_cloud else [
+                f"--bind-ro={image.apt_repo_dir()}:{settings.HOST_APT_DIR}",
+                f"--bind-ro={image.wheelhouse_dir()}:{settings.HOST_WHEEL_DIR}",
+                f"--bind-ro={settings.VENV}"]),
             "--resolv-conf=off", "--timezone=off", "--link-journal=no", "--console=read-only",
             *(f"--bind={self._attach(disk)}:{node}" for disk, node in self.disk_nodes().items()),
         ]
         console = open(self.folder / "console.log", "ab")
-        cgroup_procs = [d / "cgroup.procs" for d in self.cgroup_dirs()]
-
-        def enter_cgroups() -> None:
-            # Each host gets cgroups of its own before nspawn starts (lab.md pitfall 4).
-            for procs in cgroup_procs:
-                with open(procs, "w") as f:
-                    f.write(str(os.getpid()))
-
-        # bin/lab runs no threads, so preexec_fn is safe here.
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=console, stderr=console,
-                                preexec_fn=enter_cgroups,  # noqa: PLW1509
+        # Each host gets cgroups of its own before nspawn starts (lab.md pitfall 4): a shell
+        # moves itself into them and becomes nspawn (no Python between fork and exec, which
+        # would not be safe in the emulated cloud's threaded server).
+        enter_cgroups = " ".join(f'echo $$ > {shlex.quote(str(d / "cgroup.procs"))} &&'
+                                 for d in self.cgroup_dirs())
+        proc = subprocess.Popen(["/bin/sh", "-c", f'{enter_cgroups} exec "$@"', "sh", *cmd],
+                                stdin=subprocess.DEVNULL, stdout=console, stderr=console,
                                 start_new_session=True, close_fds=True)
         console.close()
         self.pidfile.write_text(f"{proc.pid}\n")
+        # Until the exec, the PID is the shell's: nspawn_pid() would not know it.
+        wait_for(lambda: proc.poll() is not None or self.nspawn_pid() is not None, 10,
+                 f"{self.name}'s systemd-nspawn to start")
 
     def wait_booted(self, timeout: float = 90) -> None:
         wait_for(lambda: self.init_pid() or self._failed_to_start(), 20, f"{self.name} to start")
         # systemctl needs the manager's private socket, which appears a moment after exec.
         wait_for(lambda: self.exec(["test", "-S", "/run/systemd/private"], check=False).returncode == 0
                  or self._failed_to_start(), 30, f"{self.name}'s systemd to listen")
+        if self.is_cloud:
+            return  # powered on: what runs on it is cloud-init's and salt-cloud's business
         # Up means its minion runs. The whole boot may take longer on purpose: a lone etcd
         # member waits for its peers (so hosts of a cluster must be booted together).
         def minion_active() -> bool:
@@ -332,7 +356,7 @@ class Host:
     def _mount(self) -> None:
         if is_mounted(self.root):
             return
-        lower = image.build_image()
+        lower = image.build_cloud_image() if self.is_cloud else image.build_image()
         run("mount", "-t", "overlay", f"{settings.NAME}-{self.name}", "-o",
             f"lowerdir={lower},upperdir={self.folder / 'upper'},workdir={self.folder / 'work'}",
             self.root)
@@ -375,6 +399,12 @@ class Host:
         )
         (root / "etc/resolv.conf").unlink(missing_ok=True)
         (root / "etc/resolv.conf").write_text("# the lab has no DNS: hosts are reached by address\n")
+        self._provision_disks()
+        if self.is_cloud:
+            # The rest is cloud-init's, from the metadata service; package sources are the image's.
+            if seed is not None:
+                _overlay_files(seed, root)
+            return
         # Package sources: the lab's offline repository and wheelhouse instead of the internet.
         (root / "etc/apt/sources.list").unlink(missing_ok=True)
         (root / "etc/apt/sources.list.d").mkdir(parents=True, exist_ok=True)
@@ -390,18 +420,21 @@ class Host:
         wants = root / "etc/systemd/system/multi-user.target.wants"
         wants.mkdir(parents=True, exist_ok=True)
         (wants / "salt-minion.service").symlink_to("/etc/systemd/system/salt-minion.service")
-        # The data disks' stable names, as udev links them on a VM (the lab's hosts run no udev).
-        if self.disks:
-            (root / "etc/tmpfiles.d").mkdir(parents=True, exist_ok=True)
-            (root / "etc/tmpfiles.d/pglab-disks.conf").write_text("".join(
-                f"L /dev/disk/by-id/virtio-{disk} - - - - ../../{node.removeprefix('/dev/')}\n"
-                for disk, node in self.disk_nodes().items()))
         for tool in ("salt-call", "salt-minion"):
             link = root / "usr/local/bin" / tool
             link.unlink(missing_ok=True)
             link.symlink_to(settings.VENV / "bin" / tool)
         if seed is not None:
             _overlay_files(seed, root)
+
+
+    def _provision_disks(self) -> None:
+        """The data disks' stable names, as udev links them on a VM (the lab's hosts run no udev)."""
+        if self.disks:
+            (self.root / "etc/tmpfiles.d").mkdir(parents=True, exist_ok=True)
+            (self.root / "etc/tmpfiles.d/pglab-disks.conf").write_text("".join(
+                f"L /dev/disk/by-id/virtio-{disk} - - - - ../../{node.removeprefix('/dev/')}\n"
+                for disk, node in self.disk_nodes().items()))
 
 
 def _overlay_files(seed: Path, root: Path) -> None:
@@ -473,7 +506,7 @@ def load(name: str) -> Host:
     except FileNotFoundError:
         raise LabError(f"no lab host named '{name}' (bin/lab status lists them)") from None
     return Host(name=data["name"], address=data["address"], repo=data.get("repo", ""),
-                disks=data.get("disks", {}))
+                disks=data.get("disks", {}), kind=data.get("kind", "lab"), subnet=data.get("subnet"))
 
 
 def all_hosts() -> list[Host]:

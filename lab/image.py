@@ -175,3 +175,98 @@ def build_wheelhouse() -> Path:
         raise LabError(f"building the wheelhouse failed: {exc}") from exc
     log(f"wheelhouse ready: {len(list(target.glob('*.whl')))} wheels")
     return target
+
+
+# --- the emulated cloud's image and packages -------------------------------------------------
+
+# cloud-init as a Yandex VM runs it, from the metadata service at 169.254.169.254 (EC2 format,
+# which Yandex serves beside GCE's; GCE's datasource refuses to run where DMI says nothing, as
+# in any container). The rest is what a container needs (lab.md, "cloud-init and sshd").
+CLOUD_INIT_CONFIG = f"""\
+# The lab's emulated Yandex Cloud (lab/image.py): read the metadata service in EC2 format.
+datasource_list: [ Ec2, None ]
+datasource:
+  Ec2:
+    strict_id: false
+    metadata_urls: [ 'http://{settings.METADATA_ADDRESS}' ]
+    timeout: 5
+    max_wait: 60
+# The lab gives the address (no DHCP in a container) and the hostname (systemd-nspawn).
+network: {{config: disabled}}
+preserve_hostname: true
+# Minbase has no locales: C.UTF-8 is the one that needs none.
+locale: C.UTF-8
+"""
+
+
+def cloud_image_dir() -> Path:
+    return settings.CACHE / (
+        "cloud-image-" + _digest(image_dir().name, settings.CLOUD_IMAGE_PACKAGES, CLOUD_INIT_CONFIG,
+                                 settings.MIRROR_APT_URL, settings.MIRROR_PIP_INDEX))
+
+
+def build_cloud_image() -> Path:
+    """The lab image plus cloud-init, sshd and sudo, with no host keys and no cloud-init state:
+    each VM makes its own on first boot. Its apt and pip reach "the internet" (the mirror)."""
+    target = cloud_image_dir()
+    if (target / "etc/cloud/cloud.cfg.d/99-pglab.cfg").exists():
+        return target
+    base = build_image()
+    log("building the cloud image: the lab image plus " + ", ".join(settings.CLOUD_IMAGE_PACKAGES))
+    started = time.monotonic()
+    work = Path(tempfile.mkdtemp(prefix="cloud-image-build-", dir=settings.CACHE))
+    root = work / "root"
+    try:
+        run("cp", "-a", "--reflink=auto", base, root)
+        run("mount", "-t", "proc", "proc", root / "proc")
+        (root / "etc/apt/sources.list").write_text(_sources_for_chroot())
+        shutil.copy("/etc/resolv.conf", root / "etc/resolv.conf")
+        env = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+        run("chroot", root, "apt-get", "update", "-q", env=env, quiet=True)
+        run("chroot", root, "apt-get", "install", "-y", "-q", "--no-install-recommends",
+            *settings.CLOUD_IMAGE_PACKAGES, env=env, quiet=True)
+        run("chroot", root, "apt-get", "clean", env=env, quiet=True)
+        umount_tree(root / "proc")
+        for pattern in ("etc/ssh/ssh_host_*", "var/lib/apt/lists/*_*", "var/log/cloud-init*"):
+            for path in root.glob(pattern):
+                path.unlink()
+        shutil.rmtree(root / "var/lib/cloud", ignore_errors=True)
+        (root / "etc/resolv.conf").write_text("")
+        (root / "etc/machine-id").write_text("")
+        # Package sources: the internet, as the emulation serves it (a flat repository, no DNS).
+        (root / "etc/apt/sources.list").write_text(f"deb [trusted=yes] {settings.MIRROR_APT_URL} ./\n")
+        (root / "etc/pip.conf").write_text(
+            f"[global]\nindex-url = {settings.MIRROR_PIP_INDEX}\n"
+            f"trusted-host = {settings.INTERNET_MIRROR}\n")
+        (root / "etc/cloud/cloud.cfg.d/99-pglab.cfg").write_text(CLOUD_INIT_CONFIG)
+        root.rename(target)
+    except LabError as exc:
+        raise LabError(f"building the cloud image failed: {exc}") from exc
+    finally:
+        umount_tree(work)
+        shutil.rmtree(work, ignore_errors=True)
+    log(f"cloud image ready in {time.monotonic() - started:.0f}s: {target}")
+    return target
+
+
+def salt_wheelhouse_dir() -> Path:
+    constraints = (settings.REPO / "requirements.txt").read_text()
+    return settings.CACHE / f"salt-wheels-{_digest(settings.SALT_VERSION, constraints)}"
+
+
+def build_salt_wheelhouse() -> Path:
+    """Salt and its dependencies for a VM's Python 3.11, at the versions of the master's."""
+    target = salt_wheelhouse_dir()
+    if (target / ".complete").exists():
+        return target
+    log(f"building the wheelhouse of salt=={settings.SALT_VERSION} for the emulated cloud's VMs")
+    scratch = Path(tempfile.mkdtemp(prefix="salt-wheels-build-", dir=settings.CACHE))
+    try:
+        run(settings.VENV / "bin/python", "-m", "pip", "wheel", "-q", "--wheel-dir", scratch,
+            "-c", settings.REPO / "requirements.txt", f"salt=={settings.SALT_VERSION}", quiet=True)
+        (scratch / ".complete").write_text("")
+        scratch.rename(target)
+    except LabError as exc:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise LabError(f"building the salt wheelhouse failed: {exc}") from exc
+    return target

@@ -24,10 +24,22 @@ def pidfile() -> Path:
     return settings.MASTER_ROOT / "var/run/salt-master.pid"
 
 
-def write_paths() -> None:
-    """This clone's paths, and the lab's bridge address to listen on, through bin/master."""
+def write_paths(interface: str = settings.GATEWAY, site: str = "lab",
+                providers: Path | None = None) -> None:
+    """This clone's paths, and the address to listen on, through bin/master: the lab's bridge,
+    or (the emulated cloud) the master's address in its subnet, the Yandex site and the
+    emulation's providers."""
+    extra = ["--providers", str(providers)] if providers else []
     run(sys.executable, settings.REPO / "bin/master", "paths", "--root", settings.MASTER_ROOT,
-        "--interface", settings.GATEWAY)
+        "--interface", interface, "--site", site, *extra)
+
+
+def serving() -> str:
+    """What the running master was started for: its address and site."""
+    try:
+        return (settings.MASTER_ROOT / "serving").read_text()
+    except OSError:
+        return ""
 
 
 def running_pid() -> int | None:
@@ -41,33 +53,38 @@ def running_pid() -> int | None:
     return None
 
 
-def _port_taken(port: int) -> bool:
+def _port_taken(port: int, interface: str = settings.GATEWAY) -> bool:
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            s.bind((settings.GATEWAY, port))
+            s.bind((interface, port))
         except OSError:
             return True
     return False
 
 
-def start() -> int:
-    write_paths()
+def start(interface: str = settings.GATEWAY, site: str = "lab", providers: Path | None = None) -> int:
+    write_paths(interface, site, providers)
     pid = running_pid()
-    if pid is not None:
+    wanted = f"{interface} {site}\n"
+    if pid is not None and serving() == wanted:
         return pid
+    if pid is not None:
+        log(f"restarting the salt-master for {site} on {interface}")
+        stop()
     clear_orphans()
     pidfile().unlink(missing_ok=True)
     for port in PORTS:
-        if _port_taken(port):
+        if _port_taken(port, interface):
             raise LabError(
-                f"port {port} on {settings.GATEWAY} is already taken by another process "
+                f"port {port} on {interface} is already taken by another process "
                 f"(`ss -ltnp 'sport = :{port}'` shows which): stop it and run again"
             )
     log("starting the salt-master")
     run(settings.VENV / "bin/salt-master", "-c", CONFIG_DIR, "-d", "--log-level=warning")
     wait_for(running_pid, 30, "the salt-master to write its PID")
-    wait_for(lambda: all(_port_taken(p) for p in PORTS), 60, "the salt-master to listen")
+    wait_for(lambda: all(_port_taken(p, interface) for p in PORTS), 60, "the salt-master to listen")
+    (settings.MASTER_ROOT / "serving").write_text(wanted)
     return running_pid()  # type: ignore[return-value]
 
 

@@ -7,6 +7,7 @@ bridge family, so a cut-off host's traffic is silently dropped, as on a real net
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import subprocess
 from pathlib import Path
@@ -26,8 +27,12 @@ def netns_path(host: str) -> Path:
 
 
 def veth_name(address: str) -> str:
-    # Interface names are at most 15 characters: name the host end after the address.
-    return f"{settings.NAME}-v{address.rsplit('.', 1)[1]}"
+    # Interface names are at most 15 characters: name the host end after the address (its
+    # last number in the lab's subnet, the last two in the emulated cloud's subnets).
+    octets = address.split(".")
+    if address.startswith(settings.SUBNET_PREFIX + "."):
+        return f"{settings.NAME}-v{octets[3]}"
+    return f"{settings.NAME}-v{octets[2]}-{octets[3]}"
 
 
 def validate_address(address: str) -> str:
@@ -93,9 +98,18 @@ def remove_bridge() -> None:
         run("ip", "link", "del", settings.BRIDGE, check=False, quiet=True)
 
 
-def ensure_host_network(host: str, address: str) -> None:
-    """Create the host's namespace with eth0 at address, plugged into the bridge."""
-    ensure_bridge()
+def ensure_host_network(host: str, address: str, subnet: str | None = None) -> None:
+    """Create the host's namespace with eth0 at address, plugged into the bridge: the lab's,
+    or the emulated cloud's bridge of `subnet`, whose router (its first address) is then the
+    host's default gateway, as DHCP makes it on a Yandex VM."""
+    if subnet is None:
+        ensure_bridge()
+        bridge, prefixlen, gateway = settings.BRIDGE, settings.PREFIXLEN, None
+    else:
+        network = ipaddress.ip_network(subnet)
+        bridge, prefixlen, gateway = subnet_bridge(subnet), network.prefixlen, str(network[1])
+        if not link_exists(bridge):
+            raise LabError(f"the emulated cloud has no subnet {subnet} (bin/lab cloud status)")
     ns, veth = netns_name(host), veth_name(address)
     if not netns_path(host).exists():
         run("ip", "netns", "add", ns)
@@ -108,15 +122,22 @@ def ensure_host_network(host: str, address: str) -> None:
         run("ip", "-n", ns, "link", "set", f"{veth}p", "name", "eth0")
     elif not link_exists(veth):
         raise LabError(f"namespace {ns} has an eth0 whose peer {veth} is gone; run `bin/lab down`")
-    run("ip", "link", "set", veth, "master", settings.BRIDGE)
+    run("ip", "link", "set", veth, "master", bridge)
     run("ip", "link", "set", veth, "up")
     have = run("ip", "-n", ns, "-o", "-4", "addr", "show", "dev", "eth0", capture=True).stdout
     if f"{address}/" not in have:
         run("ip", "-n", ns, "addr", "flush", "dev", "eth0")
-        run("ip", "-n", ns, "addr", "add", f"{address}/{settings.PREFIXLEN}", "dev", "eth0")
+        run("ip", "-n", ns, "addr", "add", f"{address}/{prefixlen}", "dev", "eth0")
     run("ip", "-n", ns, "link", "set", "eth0", "up")
     run("ip", "-n", ns, "link", "set", "lo", "up")
+    if gateway:
+        run("ip", "-n", ns, "route", "replace", "default", "via", gateway, "dev", "eth0")
     heal(address)
+
+
+def subnet_bridge(subnet: str) -> str:
+    """The emulated cloud's bridge of a subnet: named after a hash of its block (15 characters)."""
+    return f"{settings.NAME}-n{hashlib.sha256(subnet.encode()).hexdigest()[:8]}"
 
 
 def remove_host_network(host: str, address: str | None) -> None:
@@ -147,7 +168,10 @@ def is_partitioned(address: str) -> bool:
 def stale_namespaces() -> list[str]:
     prefix = f"{settings.NAME}-"
     listing = run("ip", "netns", "list", check=False, capture=True).stdout
-    return [line.split()[0] for line in listing.splitlines() if line.startswith(prefix)]
+    # The emulated cloud's router and internet are not hosts' (lab/vpc.py removes them).
+    cloud = (settings.ROUTER_NS, settings.INTERNET_NS)
+    return [line.split()[0] for line in listing.splitlines()
+            if line.startswith(prefix) and line.split()[0] not in cloud]
 
 
 def stale_veths() -> list[str]:

@@ -79,3 +79,28 @@ WHEELS = (
     "patroni[etcd3]==4.1.5",
     "psycopg2-binary==2.9.13",
 )
+
+# --- the emulated Yandex Cloud (lab/yandex/cloud.py; bin/lab cloud up|down) ---------------------
+# Its VMs are lab hosts of kind "cloud": booted from the cloud image (the lab's image plus
+# cloud-init, sshd and sudo), each on the bridge of its subnet. A router namespace joins the
+# subnets, serves the metadata service and, for subnets with a NAT gateway route (or VMs with
+# a public address), masquerades out to "the internet": a namespace of its own whose only
+# server is the lab's package mirror and wheelhouse.
+CLOUD_STATE = STATE / "cloud"
+CLOUD_API_PORT = 18443  # the fake API, on loopback only
+CLOUD_PIDFILE = RUN / "cloud.pid"
+ROUTER_NS = f"{NAME}-vpc"
+INTERNET_NS = f"{NAME}-inet"
+# The link between the router and the internet: the router's end and the mirror's address.
+INTERNET_ROUTER_END = "10.0.250.1"
+INTERNET_MIRROR = "10.0.250.2"
+INTERNET_PREFIXLEN = 30
+METADATA_ADDRESS = "169.254.169.254"
+# The emulated cloud's VPC may use these private blocks only (the lab's own range).
+CLOUD_ALLOWED_BLOCK = "10.0.0.0/16"
+CLOUD_IMAGE_PACKAGES = ("cloud-init", "openssh-server", "sudo")
+# Where the image's apt and pip look for packages: what the internet is to a Yandex VM.
+MIRROR_APT_URL = f"http://{INTERNET_MIRROR}/debian"
+MIRROR_PIP_INDEX = f"http://{INTERNET_MIRROR}/simple/"
+# What salt-cloud's deploy script installs on a VM from the package index: the master's Salt.
+SALT_VERSION = "3008.4"

@@ -36,8 +36,10 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if lab_dir in Path(item.fspath).parents:
             item.add_marker(pytest.mark.lab)
-    # Tests that hurt the cluster run after the others, and those that take the lab down last.
-    items.sort(key=lambda item: (item.get_closest_marker("lab_last") is not None,
+    # Tests that hurt the cluster run after the others, those that take the lab down after them,
+    # and the emulated cloud's (which needs the lab's names for itself) last.
+    items.sort(key=lambda item: (item.get_closest_marker("yandex_lab") is not None,
+                                 item.get_closest_marker("lab_last") is not None,
                                  item.get_closest_marker("disruptive") is not None))
 
 

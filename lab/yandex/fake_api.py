@@ -163,7 +163,8 @@ class FakeYandex:
     """The cloud's state, and the HTTP server in front of it."""
 
     def __init__(self, *, page_size=2, polls_until_done=2, token_lifetime=3600.0,
-                 public_addresses=("127.0.77.1", "127.0.77.2", "127.0.77.3"), metadata_service=False):
+                 public_addresses=("127.0.77.1", "127.0.77.2", "127.0.77.3"), metadata_service=False,
+                 machines=None, default_subnet=True):
         self.lock = threading.RLock()
         self.page_size = page_size
         self.polls_until_done = polls_until_done
@@ -171,6 +172,9 @@ class FakeYandex:
         self.instance_quota = 16
         self.public_pool = list(public_addresses)  # free public addresses, handed out in order
         self.metadata_service = metadata_service  # answer a VM's token requests (see below)
+        # What makes instances real (lab/yandex/cloud.py: lab hosts on lab networks), or None.
+        # Its jobs run beside the API; an operation is done when its job is.
+        self.machines = machines
         self.keys = {}  # key id -> (service account id, public key)
         self.oauth_tokens = set()
         self.tokens = {}  # IAM token -> expiry (time.time())
@@ -185,7 +189,8 @@ class FakeYandex:
         self.injected = []  # [method, path regex, status code, message, times, lose]
         self.failing_operations = []  # [(code, message)] for the next instance creates
         self.requests = []  # (method, path, headers, body) of every call
-        self.add_subnet("pgcluster-subnet", "ru-central1-a", "10.0.0.0/24")
+        if default_subnet:  # what the tests' profiles name (the emulated cloud makes its own)
+            self.add_subnet("pgcluster-subnet", "ru-central1-a", "10.0.0.0/24")
         self.images = {}
         for family, name, created in (("debian-12", "debian-12-v20250101", "2025-01-01"),
                                       ("debian-12", "debian-12-v20251101", "2025-11-01"),
@@ -498,16 +503,16 @@ class FakeYandex:
             self.idempotency[key] = (fingerprint, operation["id"])
         return self._operation_view(operation["id"])
 
-    def _operation(self, description, metadata_type, metadata, finish, prefix):
-        """An Operation that is done at the polls_until_done-th poll, when finish() gives its
-        {"response": ...} or {"error": ...}."""
+    def _operation(self, description, metadata_type, metadata, finish, prefix, *, job=None):
+        """An Operation that is done at the polls_until_done-th poll (and once `job`, a Future of
+        the machines', is done), when finish() gives its {"response": ...} or {"error": ...}."""
         operation = {
             "id": _id(prefix), "description": description, "createdAt": _now_rfc3339(),
             "createdBy": "ajefakeserviceaccount", "modifiedAt": _now_rfc3339(), "done": False,
             "metadata": {"@type": metadata_type, **metadata},
         }
         self.operations[operation["id"]] = {"operation": operation, "polls": self.polls_until_done,
-                                            "finish": finish}
+                                            "finish": finish, "job": job}
         return operation
 
     def _operation_view(self, operation_id):
@@ -521,10 +526,12 @@ class FakeYandex:
         operation = entry["operation"]
         if not operation["done"]:
             entry["polls"] -= 1
-            if entry["polls"] <= 0:
+            if entry["polls"] <= 0 and (entry["job"] is None or entry["job"].done()):
                 operation["done"] = True
                 operation["modifiedAt"] = _now_rfc3339()
                 operation.update(entry["finish"]())
+                if self.machines:
+                    self.machines.network_changed(self)
         return copy.deepcopy(operation)
 
     # --- what all resources share ----------------------------------------------------------------
@@ -832,8 +839,9 @@ class FakeYandex:
             raise ApiError(5, f"Instance {instance_id} not found")
         return self.instances[instance_id]
 
-    @staticmethod
-    def _view(instance, full):
+    def _view(self, instance, full):
+        if self.machines:
+            self.machines.observe(instance)  # its status follows the machine's power
         shown = copy.deepcopy(instance)
         if not full:
             shown.pop("metadata", None)  # "currently omitted from response for the List request"
@@ -851,8 +859,8 @@ class FakeYandex:
 
     def _serial_port_output(self, instance_id, query):
         rules.query("GetInstanceSerialPortOutputRequest", {**query, "instanceId": instance_id})
-        self._instance(instance_id)
-        return {"contents": ""}
+        instance = self._instance(instance_id)
+        return {"contents": self.machines.console(instance) if self.machines else ""}
 
     def _planned_disk(self, spec, zone, where, attached):
         """The disk an AttachedDiskSpec makes (a new dict) or attaches (an existing one)."""
@@ -998,6 +1006,27 @@ class FakeYandex:
         if request.get("reservedInstancePoolId"):
             raise ApiError(5, f"Reserved instance pool {request['reservedInstancePoolId']} not found")
 
+    def _interfaces(self, nics):
+        """The instance's networkInterfaces from the planned NICs (taking public addresses)."""
+        interfaces = []
+        for spec, subnet, address, nat in nics:
+            v4_spec = spec.get("primaryV4AddressSpec", {})
+            v4 = {"address": address}
+            if v4_spec.get("dnsRecordSpecs"):
+                v4["dnsRecords"] = _as_json(v4_spec["dnsRecordSpecs"])
+            if nat == "ephemeral":
+                v4["oneToOneNat"] = {"address": self.public_pool.pop(0), "ipVersion": "IPV4"}
+            elif nat:
+                nat["used"] = True
+                v4["oneToOneNat"] = {"address": nat["externalIpv4Address"]["address"], "ipVersion": "IPV4"}
+            if nat and v4_spec["oneToOneNatSpec"].get("dnsRecordSpecs"):
+                v4["oneToOneNat"]["dnsRecords"] = _as_json(v4_spec["oneToOneNatSpec"]["dnsRecordSpecs"])
+            interfaces.append({"index": spec.get("index") or str(len(interfaces)),
+                               "macAddress": "d0:0d:" + ":".join(secrets.token_hex(1) for _ in range(4)),
+                               "subnetId": subnet["id"], "primaryV4Address": v4,
+                               "securityGroupIds": list(spec.get("securityGroupIds", []))})
+        return interfaces
+
     def _create_instance(self, body):
         request = rules.validate("CreateInstanceRequest", body)
         self._check_folder(request["folderId"])
@@ -1021,23 +1050,7 @@ class FakeYandex:
             attached.append({"mode": spec.get("mode") if spec.get("mode") not in (None, "MODE_UNSPECIFIED")
                              else "READ_WRITE", "deviceName": spec.get("deviceName") or disk["id"],
                              "autoDelete": bool(spec.get("autoDelete")), "diskId": disk["id"]})
-        interfaces = []
-        for spec, subnet, address, nat in nics:
-            v4_spec = spec.get("primaryV4AddressSpec", {})
-            v4 = {"address": address}
-            if v4_spec.get("dnsRecordSpecs"):
-                v4["dnsRecords"] = _as_json(v4_spec["dnsRecordSpecs"])
-            if nat == "ephemeral":
-                v4["oneToOneNat"] = {"address": self.public_pool.pop(0), "ipVersion": "IPV4"}
-            elif nat:
-                nat["used"] = True
-                v4["oneToOneNat"] = {"address": nat["externalIpv4Address"]["address"], "ipVersion": "IPV4"}
-            if nat and v4_spec["oneToOneNatSpec"].get("dnsRecordSpecs"):
-                v4["oneToOneNat"]["dnsRecords"] = _as_json(v4_spec["oneToOneNatSpec"]["dnsRecordSpecs"])
-            interfaces.append({"index": spec.get("index") or str(len(interfaces)),
-                               "macAddress": "d0:0d:" + ":".join(secrets.token_hex(1) for _ in range(4)),
-                               "subnetId": subnet["id"], "primaryV4Address": v4,
-                               "securityGroupIds": list(spec.get("securityGroupIds", []))})
+        interfaces = self._interfaces(nics)
         resources = request["resourcesSpec"]
         hostname = request.get("hostname")
         instance = {
@@ -1068,8 +1081,15 @@ class FakeYandex:
                 instance[field] = _as_json(request[field])
         self.instances[instance_id] = instance
         failure = self.failing_operations.pop(0) if self.failing_operations else None
+        if self.machines and not failure:
+            self.machines.network_changed(self)  # a public address may open the way out
+        job = self.machines.create(self, instance) if self.machines and not failure else None
 
         def finish():
+            if job and job.exception():
+                instance["status"] = "ERROR"
+                return {"error": {"code": 13, "message": f"the VM did not start: {job.exception()}",
+                                  "details": []}}
             if failure:
                 # A failed create leaves the instance in ERROR: the caller must clean it up.
                 instance["status"] = "ERROR"
@@ -1080,13 +1100,14 @@ class FakeYandex:
 
         return self._operation(f"Create instance {name}",
                                "type.googleapis.com/yandex.cloud.compute.v1.CreateInstanceMetadata",
-                               {"instanceId": instance_id}, finish, ZONES[zone])
+                               {"instanceId": instance_id}, finish, ZONES[zone], job=job)
 
     def _delete_instance(self, instance_id):
         instance = self._instance(instance_id, "DeleteInstanceRequest")
         if instance["status"] == "DELETING":
             raise ApiError(9, f"Instance {instance_id} is already being deleted")
         instance["status"] = "DELETING"
+        job = self.machines.delete(instance) if self.machines else None
 
         def finish():
             gone = self.instances.pop(instance_id)
@@ -1108,7 +1129,7 @@ class FakeYandex:
 
         return self._operation(f"Delete instance {instance_id}",
                                "type.googleapis.com/yandex.cloud.compute.v1.DeleteInstanceMetadata",
-                               {"instanceId": instance_id}, finish, instance_id[:3])
+                               {"instanceId": instance_id}, finish, instance_id[:3], job=job)
 
     def _power(self, instance_id, verb, body):
         request = f"{verb.capitalize()}InstanceRequest"
@@ -1119,6 +1140,7 @@ class FakeYandex:
             # Not in the sources: a power change in the wrong state is FAILED_PRECONDITION here.
             raise ApiError(9, f"Instance {instance_id} is {instance['status']}: cannot {verb} it")
         instance["status"] = {"start": "STARTING", "stop": "STOPPING", "restart": "RESTARTING"}[verb]
+        job = self.machines.power(instance, verb) if self.machines else None
 
         def finish():
             instance["status"] = "STOPPED" if verb == "stop" else "RUNNING"
@@ -1131,7 +1153,7 @@ class FakeYandex:
         kind = {"start": "StartInstance", "stop": "StopInstance", "restart": "RestartInstance"}[verb]
         return self._operation(f"{verb.capitalize()} instance",
                                f"type.googleapis.com/yandex.cloud.compute.v1.{kind}Metadata",
-                               {"instanceId": instance_id}, finish, instance_id[:3])
+                               {"instanceId": instance_id}, finish, instance_id[:3], job=job)
 
 
 def _handler(fake):

@@ -31,6 +31,10 @@ def test_other_addresses_are_refused_with_the_reason(address, why):
 
 def test_interface_names_fit_the_kernel_limit():
     assert len(network.veth_name("10.0.0.254")) <= 15
+    # The emulated cloud's hosts, its subnets' bridges and the router's legs in them.
+    assert len(network.veth_name("10.0.255.254")) <= 15
+    assert network.veth_name("10.0.1.11") != network.veth_name("10.0.2.11")
+    assert len(network.subnet_bridge("10.0.123.0/24")) <= 15
 
 
 @pytest.mark.parametrize("name", ["Web", "postgres_srv1", "1web", "web-", "a" * 64])

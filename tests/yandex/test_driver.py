@@ -3,6 +3,7 @@ fake API over real HTTP: retries, idempotency, tokens, pages and checks made bef
 
 from __future__ import annotations
 
+import concurrent.futures
 import importlib.util
 import logging
 import time
@@ -346,3 +347,65 @@ def test_bad_terraform_options_are_refused_before_any_api_call(fake, provider, o
     with pytest.raises(SaltCloudSystemExit, match=message):
         yandex.create(network_vm("db1", **options))
     assert fake.requests == []
+
+
+@pytest.mark.parametrize(("options", "wanted"), [
+    ({}, "10.0.0.7"),
+    ({"nat": True}, "127.0.77.1"),
+    ({"nat": True, "ssh_interface": "private_ips"}, "10.0.0.7"),
+    ({"ssh_interface": "public_ips", "nat": True}, "127.0.77.1"),
+])
+def test_salt_cloud_reaches_the_vm_at_the_address_ssh_interface_names(monkeypatch, options, wanted):
+    reached = {}
+    monkeypatch.setitem(yandex.__utils__, "cloud.bootstrap",
+                        lambda vm_, opts: reached.setdefault("host", vm_["ssh_host"]) and {})
+    yandex.create(vm("db1", ip_address="10.0.0.7", **options))
+    assert reached["host"] == wanted
+
+
+def test_an_unknown_ssh_interface_is_refused_and_nothing_is_left(fake):
+    with pytest.raises(SaltCloudSystemExit, match="ssh_interface must be private_ips or public_ips, not 'lan'"):
+        yandex.create(vm("db1", ssh_interface="lan"))
+    assert fake.names() == []
+
+
+class SerialConsole:
+    """Machines for the fake whose only trait is a VM's serial console (what the emulated
+    cloud's lab hosts print there): the driver reads it back when a bootstrap fails."""
+
+    def __init__(self, text):
+        self.text = text
+
+    @staticmethod
+    def _done(*_):
+        future = concurrent.futures.Future()
+        future.set_result(None)
+        return future
+
+    create = delete = power = _done
+
+    def observe(self, instance):
+        pass
+
+    def network_changed(self, fake):
+        pass
+
+    def console(self, instance):
+        return self.text
+
+
+def test_a_failed_bootstrap_says_why_in_the_deploy_scripts_words_and_deletes_the_vm(fake, monkeypatch):
+    fake.machines = SerialConsole("[  OK  ] Started ssh.service\r\npgcluster bootstrap of db1 failed: cannot "
+                                  "reach the package sources: the VM has no egress to the internet.\r\n")
+
+    def bootstrap(vm_, opts):
+        raise SaltCloudSystemExit("Command 'ssh ... deploy.sh' failed. Exit code: 1")
+
+    monkeypatch.setitem(yandex.__utils__, "cloud.bootstrap", bootstrap)
+    with pytest.raises(SaltCloudSystemExit) as failure:
+        yandex.create(vm("db1"))
+    message = str(failure.value)
+    assert message.startswith("bootstrapping db1 failed: cannot reach the package sources: the VM has no "
+                              "egress to the internet. (Command 'ssh ... deploy.sh' failed. Exit code: 1)")
+    assert message.endswith("was deleted")
+    assert fake.names() == []
