@@ -364,7 +364,8 @@ def test_salt_cloud_reaches_the_vm_at_the_address_ssh_interface_names(monkeypatc
 
 
 def test_an_unknown_ssh_interface_is_refused_and_nothing_is_left(fake):
-    with pytest.raises(SaltCloudSystemExit, match="ssh_interface must be private_ips or public_ips, not 'lan'"):
+    with pytest.raises(SaltCloudSystemExit,
+                       match="ssh_interface must be private_ips or public_ips, not 'lan'"):
         yandex.create(vm("db1", ssh_interface="lan"))
     assert fake.names() == []
 

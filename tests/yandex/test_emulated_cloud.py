@@ -33,9 +33,9 @@ def crawl(vm, path="meta-data/"):
     listing = cloud.ec2_metadata(vm, path)
     assert listing is not None, f"{path} does not answer"
     found = {}
-    for entry in listing.splitlines():
-        if path.endswith("public-keys/"):
-            entry = entry.split("=", 1)[0] + "/"  # "0=debian": the key's folder is 0/
+    for line in listing.splitlines():
+        # "0=debian" under public-keys/: the key's folder is 0/.
+        entry = line.split("=", 1)[0] + "/" if path.endswith("public-keys/") else line
         if entry.endswith("/"):
             found.update(crawl(vm, path + entry))
         else:
