@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON := /usr/bin/python3
 VENV := .venv
 APT_PACKAGES := debootstrap systemd-container dpkg-dev iproute2 nftables python3-venv postgresql-15 \
-	python3-dev util-linux procps chromium wrk haproxy nginx pgbouncer etcd-server
+	python3-dev util-linux procps chromium wrk haproxy nginx pgbouncer etcd-server openssh-client
 PYTEST_ARGS ?=
 
 .PHONY: lab lab-down yandex-lab yandex-lab-down test test-unit lint bench deps apt venv
@@ -64,7 +64,8 @@ deps: apt venv
 # debootstrap, systemd-container, dpkg-dev, iproute2, nftables, util-linux, procps: the lab;
 # python3-venv, python3-dev: .venv; postgresql-15: the web app's tests and the pg_hba check;
 # haproxy, nginx, pgbouncer, etcd-server: the rendered configs, each checked by its own tool;
-# chromium: the browser test; wrk: bench/web.py.
+# chromium: the browser test; wrk: bench/web.py; openssh-client: salt-cloud's SSH bootstrap of
+# the emulated cloud's VMs.
 apt:
 	@bin/host-packages $(APT_PACKAGES)
 
