@@ -25,7 +25,10 @@ yandex-lab: deps
 	$(VENV)/bin/salt-cloud -m $(YANDEX_MAP) -P -y --out=quiet
 	bin/deploy
 
+# Only against the emulation: `bin/lab cloud use` fails unless it runs, and points salt-cloud at
+# its provider config (never at a real cloud.providers.d/yandex.conf).
 yandex-lab-down:
+	$(VENV)/bin/python bin/lab cloud use
 	$(VENV)/bin/salt-cloud -m $(YANDEX_MAP) -d -y --out=quiet
 	$(VENV)/bin/salt-cloud -f destroy_network yandex
 	$(VENV)/bin/python bin/lab cloud down

@@ -1266,6 +1266,13 @@ def _ssh_interface(vm_):
     return interface
 
 
+def _check_ssh_interface(vm_):
+    if _ssh_interface(vm_) == "public_ips" and not (_vm_value("nat", vm_, False)
+                                                    or _vm_value("nat_ip_address", vm_)):
+        raise SaltCloudSystemExit(f"{vm_['name']}: ssh_interface is public_ips but the VM gets no "
+                                  "public address (set nat: true or nat_ip_address)")
+
+
 def _ssh_address(vm_, instance):
     private, public = _addresses(instance)
     wanted = public if _ssh_interface(vm_) == "public_ips" else private
@@ -1278,7 +1285,7 @@ def _bootstrap_reason(instance_id, name):
     try:
         output = _compute("GET", f"instances/{instance_id}:serialPortOutput",
                           f"reading {name}'s serial console")
-    except SaltCloudException:
+    except Exception:  # only a better message is lost; the clean-up must go on
         return None
     marker = f"pgcluster bootstrap of {name} failed: "
     lines = [line.replace("\r", "") for line in output.get("contents", "").splitlines() if marker in line]
@@ -1328,6 +1335,7 @@ def create(vm_):
     _fire(name, "creating", "starting create", filtered("creating", event_args, list(event_args)))
     instance_id, bootstrapping = None, False
     try:
+        _check_ssh_interface(vm_)
         body = _create_body(vm_)
         _fire(name, "requesting", "requesting instance",
               filtered("requesting", {"kwargs": {k: body[k] for k in ("name", "zoneId", "platformId")}},

@@ -125,28 +125,33 @@ def yandex() -> int:
     progress("bin/lab down ...")
     lab("down")
     runs = {}
-    runs["cloud_up_s"], _ = timed("bin/lab cloud up: the emulation and the salt-master",
-                                  _yandex_command, venv / "python", REPO / "bin/lab", "cloud", "up")
-    runs["network_s"], _ = timed("salt-cloud -f ensure_network yandex", _yandex_command,
-                                 venv / "salt-cloud", "-f", "ensure_network", "yandex")
-    powered: dict[str, float] = {}
-    stop = threading.Event()
-    started = time.monotonic()
-    watcher = threading.Thread(target=_watch_power, args=(names, started, powered, stop))
-    watcher.start()
     try:
-        runs["map_s"], _ = timed("salt-cloud -m yandex.map -P: VMs created and bootstrapped",
-                                 _yandex_command, venv / "salt-cloud", "-m", vm_map, "-P", "-y")
-    finally:
-        stop.set()
-        watcher.join()
-    runs["powered_on_s"] = powered
-    runs["created_s"] = max(powered.values()) if len(powered) == len(names) else None
-    runs["deploy_s"], runs["deploy"] = timed("orchestration to a healthy cluster", orchestrate)
-    health = on_web("patroni.health", check=True)
-    if not health.get("healthy"):
-        raise SystemExit(f"the cluster is not healthy after the orchestration: {health}")
-    runs["down_s"], _ = timed("make yandex-lab-down", _yandex_command, "make", "yandex-lab-down")
+        runs["cloud_up_s"], _ = timed("bin/lab cloud up: the emulation and the salt-master", _yandex_command,
+                                      venv / "python", REPO / "bin/lab", "cloud", "up")
+        runs["network_s"], _ = timed("salt-cloud -f ensure_network yandex", _yandex_command,
+                                     venv / "salt-cloud", "-f", "ensure_network", "yandex")
+        powered: dict[str, float] = {}
+        stop = threading.Event()
+        started = time.monotonic()
+        watcher = threading.Thread(target=_watch_power, args=(names, started, powered, stop))
+        watcher.start()
+        try:
+            runs["map_s"], _ = timed("salt-cloud -m yandex.map -P: VMs created and bootstrapped",
+                                     _yandex_command, venv / "salt-cloud", "-m", vm_map, "-P", "-y")
+        finally:
+            stop.set()
+            watcher.join()
+        runs["powered_on_s"] = powered
+        runs["created_s"] = max(powered.values()) if len(powered) == len(names) else None
+        runs["deploy_s"], runs["deploy"] = timed("orchestration to a healthy cluster", orchestrate)
+        health = on_web("patroni.health", check=True)
+        if not health.get("healthy"):
+            raise SystemExit(f"the cluster is not healthy after the orchestration: {health}")
+        runs["down_s"], _ = timed("make yandex-lab-down", _yandex_command, "make", "yandex-lab-down")
+    except BaseException:
+        progress("failed: bin/lab down removes what the emulation made")
+        lab("down")
+        raise
     table = ["| step | seconds |", "| --- | --- |",
              f"| `bin/lab cloud up`: the emulated cloud and the salt-master | {runs['cloud_up_s']} |",
              f"| `salt-cloud -f ensure_network yandex` | {runs['network_s']} |",

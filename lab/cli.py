@@ -10,9 +10,10 @@
     bin/lab partition|heal HOST     cut the host off the lab network / plug it back
     bin/lab create NAME ADDRESS [--seed DIR] [--disk NAME:GIB]...   (used by the salt-cloud lab driver)
     bin/lab destroy NAME                       (used by the salt-cloud lab driver)
-    bin/lab cloud up|down|status    the emulated Yandex Cloud (lab/yandex/cloud.py): its API on
-                                    loopback, whose VMs are lab hosts; `up` also starts the
-                                    salt-master for the Yandex site in the master's subnet
+    bin/lab cloud up|down|status|use   the emulated Yandex Cloud (lab/yandex/cloud.py): its API
+                                    on loopback, whose VMs are lab hosts; `up` also starts the
+                                    salt-master for the Yandex site in the master's subnet;
+                                    `use` points salt-cloud at it (fails when it is down)
 """
 
 from __future__ import annotations
@@ -133,6 +134,7 @@ def cmd_up(args: argparse.Namespace) -> None:
 
 def cmd_down(args: argparse.Namespace) -> None:
     require_root()
+    stop_cloud()  # first: it would go on booting VMs while they are removed
     existing = hosts.all_hosts()
     if existing:
         log(f"deleting the lab's hosts and their disks, the cluster's data with them: "
@@ -140,7 +142,6 @@ def cmd_down(args: argparse.Namespace) -> None:
     for h in existing:
         log(f"removing {h.name}")
         h.destroy()
-    stop_cloud()
     master.stop()
     recover()
     network.remove_bridge()
@@ -166,13 +167,26 @@ def cloud_pid() -> int | None:
         pid = int(settings.CLOUD_PIDFILE.read_text())
     except (OSError, ValueError):
         return None
-    return pid if pid_alive(pid) and "cloud" in " ".join(pid_cmdline(pid)) else None
+    return pid if pid_alive(pid) and pid_cmdline(pid)[-2:] == ["cloud", "serve"] else None
 
 
-# Only `cloud up`, `serve` and `status` load lab/yandex/cloud.py, which needs the Salt
+# Only `cloud up`, `use` and `serve` load lab/yandex/cloud.py, which needs the Salt
 # environment's packages (cryptography, PyYAML): `bin/lab down` runs with the machine's python3.
-def cmd_cloud(args: argparse.Namespace) -> None:
-    {"up": cloud_up, "down": cloud_down, "status": cloud_status, "serve": cloud_serve}[args.action]()
+def cmd_cloud(args: argparse.Namespace) -> int | None:
+    actions = {"up": cloud_up, "down": cloud_down, "status": cloud_status, "serve": cloud_serve,
+               "use": cloud_use}
+    return actions[args.action]()
+
+
+def cloud_use() -> None:
+    """Point salt-cloud (and the master's paths) at the running emulation, or fail: what
+    `make yandex-lab-down` runs before it deletes anything through salt-cloud."""
+    from .yandex import cloud
+
+    if cloud_pid() is None:
+        raise LabError("the emulated cloud is not up: nothing to delete through salt-cloud "
+                       "(bin/lab down removes any leftovers)")
+    master.write_paths(cloud.master_address(), "yandex", cloud.providers_dir())
 
 
 def cloud_serve() -> None:
@@ -194,7 +208,7 @@ def cloud_up() -> None:
         image.build_cloud_image()
         image.build_salt_wheelhouse()
     if cloud_pid() is None:
-        settings.CLOUD_STATE.mkdir(parents=True, exist_ok=True)
+        settings.CLOUD_STATE.mkdir(mode=0o700, parents=True, exist_ok=True)
         settings.RUN.mkdir(parents=True, exist_ok=True)
         (settings.CLOUD_STATE / "ready").unlink(missing_ok=True)
         with open(settings.CLOUD_STATE / "cloud.log", "ab") as out:
@@ -205,7 +219,7 @@ def cloud_up() -> None:
                                     start_new_session=True, close_fds=True)
         settings.CLOUD_PIDFILE.write_text(f"{proc.pid}\n")
         try:
-            cloud.wait_ready()
+            cloud.wait_ready(proc.pid)
         except LabError:
             stop_cloud()
             raise
@@ -219,7 +233,12 @@ def stop_cloud() -> None:
     pid = cloud_pid()
     if pid is not None:
         os.kill(pid, signal.SIGTERM)
-        wait_for(lambda: not pid_alive(pid), 60, "the emulated cloud to stop")
+        try:
+            wait_for(lambda: not pid_alive(pid), 60, "the emulated cloud to stop")
+        except LabError:
+            log("the emulated cloud did not stop in 60 s (a VM still booting): ending it")
+            os.kill(pid, signal.SIGKILL)
+            wait_for(lambda: not pid_alive(pid), 10, "the emulated cloud to end")
     settings.CLOUD_PIDFILE.unlink(missing_ok=True)
     for h in hosts.all_hosts():
         if h.is_cloud:
@@ -230,21 +249,20 @@ def stop_cloud() -> None:
 
 
 def cloud_down() -> None:
-    require_root()
-    stop_cloud()
-    master.stop()
-    for generated in ("master.d/paths.conf", "cloud.conf.d/paths.conf"):
-        (master.CONFIG_DIR / generated).unlink(missing_ok=True)
-    log("emulated cloud removed")
+    """Everything the emulation made, as `bin/lab down` removes it (the lab's hosts cannot be
+    up beside it)."""
+    cmd_down(argparse.Namespace())
 
 
-def cloud_status() -> None:
-    from .yandex import cloud
-
+def cloud_status() -> int:
+    """The emulation and its VMs; exit status 3 when it is not running (as systemctl's)."""
     pid = cloud_pid()
-    print(f"emulated Yandex Cloud: {'running, API ' + cloud.api_url() if pid else 'stopped'}")
-    if pid:
-        print_status()
+    api = f"http://127.0.0.1:{settings.CLOUD_API_PORT}"
+    print(f"emulated Yandex Cloud: {'running, API ' + api if pid else 'stopped'}")
+    if pid is None:
+        return 3
+    print_status()
+    return 0
 
 
 def status_rows() -> list[dict]:
@@ -344,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="a data disk, seen in the host as /dev/disk/by-id/virtio-NAME (repeatable)")
     p.set_defaults(func=cmd_create)
     p = sub.add_parser("cloud", help="the emulated Yandex Cloud")
-    p.add_argument("action", choices=("up", "down", "status", "serve"))
+    p.add_argument("action", choices=("up", "down", "status", "use", "serve"))
     p.set_defaults(func=cmd_cloud)
     args = parser.parse_args(argv)
     try:

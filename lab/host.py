@@ -427,7 +427,6 @@ class Host:
         if seed is not None:
             _overlay_files(seed, root)
 
-
     def _provision_disks(self) -> None:
         """The data disks' stable names, as udev links them on a VM (the lab's hosts run no udev)."""
         if self.disks:

@@ -89,8 +89,9 @@ WHEELS = (
 CLOUD_STATE = STATE / "cloud"
 CLOUD_API_PORT = 18443  # the fake API, on loopback only
 CLOUD_PIDFILE = RUN / "cloud.pid"
-ROUTER_NS = f"{NAME}-vpc"
-INTERNET_NS = f"{NAME}-inet"
+# "--": no host's namespace (pglab-<host name>, which starts with a letter) can be called so.
+ROUTER_NS = f"{NAME}--vpc"
+INTERNET_NS = f"{NAME}--inet"
 # The link between the router and the internet: the router's end and the mirror's address.
 INTERNET_ROUTER_END = "10.0.250.1"
 INTERNET_MIRROR = "10.0.250.2"

@@ -110,6 +110,14 @@ def check_subnet(subnet: str) -> ipaddress.IPv4Network:
     if network.version != 4 or not network.subnet_of(allowed) or any(network.overlaps(t) for t in taken):
         raise LabError(f"the emulated cloud makes subnets inside {allowed} only, clear of "
                        f"{', '.join(map(str, taken))} (the lab's own): not {subnet}")
+    # Nor one this machine already reaches some other way: its routes are not the lab's to change.
+    routes = run("ip", "-o", "-4", "route", "show", "to", "match", str(network[1]), capture=True).stdout
+    for line in routes.splitlines():
+        fields = line.split()
+        dev = fields[fields.index("dev") + 1] if "dev" in fields else ""
+        if fields[0] != "default" and not dev.startswith(f"{settings.NAME}-n"):
+            raise LabError(f"this machine already routes {subnet} ({line.strip()}): the emulated "
+                           "cloud needs it for itself; change the provider's network:subnets")
     return network
 
 

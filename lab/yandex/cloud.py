@@ -18,6 +18,7 @@ yandex.conf.example) whose endpoints are this API.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextlib
 import ctypes
@@ -39,7 +40,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from lab import host as hosts
 from lab import image, settings, vpc
-from lab.system import LabError, log
+from lab.system import LabError, log, pid_alive
 from lab.yandex.fake_api import FOLDER, FakeYandex
 from lab.yandex.fake_api import _handler as api_handler
 
@@ -56,7 +57,7 @@ def providers_dir() -> Path:
 
 
 def api_url() -> str:
-    return f"http://127.0.0.1:{settings.CLOUD_API_PORT}"
+    return f"http://127.0.0.1:{settings.CLOUD_API_PORT}"  # as bin/lab cloud status says it
 
 
 @contextlib.contextmanager
@@ -153,7 +154,15 @@ class LabMachines:
             return ""
 
     def network_changed(self, fake: FakeYandex) -> None:
-        """Bridges for the subnets, the machine in the master's subnet, and who may go out."""
+        """Bridges for the subnets, the machine in the master's subnet, and who may go out.
+        A failure is the emulation's, not the API caller's: logged, and the API goes on (a VM
+        left without its way out then says so when salt-cloud bootstraps it)."""
+        try:
+            self._network_changed(fake)
+        except (LabError, OSError) as exc:
+            log(f"error: the emulated network does not follow the API: {exc}")
+
+    def _network_changed(self, fake: FakeYandex) -> None:
         subnets = [s["v4CidrBlocks"][0] for s in fake.subnets.values()]
         for cidr in subnets:
             vpc.ensure_subnet(cidr)
@@ -262,7 +271,7 @@ def _metadata_handler(fake: FakeYandex):
                                  if _address_of(i) == self.client_address[0]), None)
                 version, _, path = self.path.lstrip("/").partition("/")
                 body = ec2_metadata(instance, path) if instance and version in EC2_VERSIONS else None
-            data = (body or "Not Found\n").encode()
+            data = (body if body is not None else "Not Found\n").encode()
             self.send_response(200 if body is not None else 404)
             self.send_header("Content-Type", "text/plain")
             self.send_header("Content-Length", str(len(data)))
@@ -342,22 +351,26 @@ def _service_account_key(folder: Path) -> bytes:
                                 serialization.NoEncryption()).decode()
     public = private.public_key().public_bytes(serialization.Encoding.PEM,
                                                serialization.PublicFormat.SubjectPublicKeyInfo)
-    key_file = folder / "key.json"
-    key_file.write_text(json.dumps({
+    _write_private(folder / "key.json", json.dumps({
         "id": KEY_ID, "service_account_id": SERVICE_ACCOUNT, "created_at": "2026-12-01T00:00:00Z",
         "key_algorithm": "RSA_2048", "public_key": public.decode(),
         "private_key": "PLEASE DO NOT REMOVE THIS LINE! Yandex.Cloud SA Key ID <" + KEY_ID + ">\n" + pem,
-    }))
-    key_file.chmod(0o600)
+    }).encode())
     return public
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """A secret, 0600 from its first byte."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
 
 
 def _ssh_key(folder: Path) -> Path:
     key = ed25519.Ed25519PrivateKey.generate()
     path = folder / "id_ed25519"
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                       serialization.NoEncryption()))
-    path.chmod(0o600)
+    _write_private(path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                           serialization.NoEncryption()))
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
                                            serialization.PublicFormat.OpenSSH)
     (folder / "id_ed25519.pub").write_text(public.decode() + " salt-cloud@pglab\n")
@@ -393,7 +406,8 @@ def write_provider_config(folder: Path) -> Path:
 def serve() -> None:
     """Run the emulated cloud until SIGTERM (bin/lab cloud up starts this in the background)."""
     folder = settings.CLOUD_STATE
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    folder.chmod(0o700)  # the service account key and salt-cloud's SSH key live here
     vpc.ensure_router()
     # The master "runs on a VM" of its subnet before salt-cloud makes anything: the machine
     # joins that subnet's bridge now; the router joins it when the API makes the subnet.
@@ -402,6 +416,7 @@ def serve() -> None:
     fake = FakeYandex(page_size=50, polls_until_done=1, token_lifetime=12 * 3600,
                       public_addresses=tuple(f"127.0.78.{n}" for n in range(1, 40)),
                       machines=LabMachines(), default_subnet=False)
+    fake.requests = collections.deque(maxlen=200)  # the tests' request log: bounded in a daemon
     fake.add_key(KEY_ID, SERVICE_ACCOUNT, _service_account_key(folder))
     _ssh_key(folder)
     write_provider_config(folder)
@@ -427,14 +442,15 @@ def serve() -> None:
     for server in servers:
         server.shutdown()
         server.server_close()
-    fake.machines.pool.shutdown(wait=True)
+    # Boots not yet begun are dropped; `bin/lab cloud down` removes what the others made.
+    fake.machines.pool.shutdown(wait=True, cancel_futures=True)
     (folder / "ready").unlink(missing_ok=True)
 
 
-def wait_ready(timeout: float = 60) -> None:
+def wait_ready(pid: int, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while not (settings.CLOUD_STATE / "ready").exists():
-        if time.monotonic() > deadline:
+        if time.monotonic() > deadline or not pid_alive(pid):
             raise LabError(f"the emulated cloud did not start in {timeout:.0f}s; see "
                            f"{settings.CLOUD_STATE / 'cloud.log'}")
         time.sleep(0.2)

@@ -363,11 +363,14 @@ def test_salt_cloud_reaches_the_vm_at_the_address_ssh_interface_names(monkeypatc
     assert reached["host"] == wanted
 
 
-def test_an_unknown_ssh_interface_is_refused_and_nothing_is_left(fake):
-    with pytest.raises(SaltCloudSystemExit,
-                       match="ssh_interface must be private_ips or public_ips, not 'lan'"):
-        yandex.create(vm("db1", ssh_interface="lan"))
-    assert fake.names() == []
+@pytest.mark.parametrize(("options", "message"), [
+    ({"ssh_interface": "lan"}, "ssh_interface must be private_ips or public_ips, not 'lan'"),
+    ({"ssh_interface": "public_ips"}, "ssh_interface is public_ips but the VM gets no public address"),
+])
+def test_an_ssh_interface_that_cannot_work_is_refused_and_nothing_is_made(fake, options, message):
+    with pytest.raises(SaltCloudSystemExit, match=message):
+        yandex.create(vm("db1", **options))
+    assert fake.calls("POST", r"^/compute/v1/instances$") == []
 
 
 class SerialConsole:

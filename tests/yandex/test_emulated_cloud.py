@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import re
 import threading
+from importlib import metadata
 import urllib.error
 import urllib.request
 from http.server import ThreadingHTTPServer
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from lab import settings
 from lab.yandex import cloud
@@ -96,6 +99,7 @@ def mirror(tmp_path):
     apt.mkdir()
     wheels.mkdir()
     (apt / "Packages").write_text("Package: python3-venv\n")
+    (tmp_path / "secret").write_text("not for the VMs\n")
     (wheels / "Jinja2-3.1.6-py3-none-any.whl").write_bytes(b"PK")
     server = ThreadingHTTPServer(("127.0.0.1", 0), cloud._mirror_handler(apt, [wheels]))
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -115,7 +119,8 @@ def get(url):
 def test_the_mirror_serves_a_flat_debian_repository_and_a_pip_simple_index(mirror):
     assert get(f"{mirror}/debian/./Packages") == (200, "Package: python3-venv\n")
     assert get(f"{mirror}/debian/InRelease")[0] == 404
-    assert get(f"{mirror}/debian/../../etc/passwd")[0] == 404
+    assert get(f"{mirror}/debian/%2e%2e%2fsecret")[0] == 404  # ../secret, beside the repository
+    assert get(f"{mirror}/debian/..%2fsecret")[0] == 404
     status, page = get(f"{mirror}/simple/jinja2/")
     assert status == 200 and 'href="/wheels/Jinja2-3.1.6-py3-none-any.whl"' in page
     assert get(f"{mirror}/simple/Jinja2/")[0] == 200  # names are normalised, as on PyPI
@@ -123,9 +128,25 @@ def test_the_mirror_serves_a_flat_debian_repository_and_a_pip_simple_index(mirro
     assert get(f"{mirror}/simple/salt/")[0] == 404
 
 
-def test_the_deploy_script_installs_the_masters_salt():
+def _closure(name: str, found: dict) -> dict:
+    """The distribution and everything it requires, {name: version}, as installed here."""
+    key = canonicalize_name(name)
+    if key not in found:
+        found[key] = metadata.version(name)
+        for line in metadata.requires(name) or []:
+            requirement = Requirement(line)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                _closure(requirement.name, found)
+    return found
+
+
+def test_the_deploy_script_installs_the_masters_salt_with_the_masters_dependencies():
     script = (REPO / "etc/salt/cloud.deploy.d/pgcluster-minion.sh").read_text()
     pinned = re.search(r"^salt==(\S+)$", (REPO / "requirements.txt").read_text(), re.M).group(1)
     assert re.search(r"^SALT_VERSION=(\S+)$", script, re.M).group(1) == pinned == settings.SALT_VERSION
-    # salt-cloud adds its bootstrap-salt flags to a script that names it: this one must not.
+    constraints = re.search(r"<<'CONSTRAINTS'\n(.*?)^CONSTRAINTS$", script, re.M | re.S).group(1)
+    assert constraints.split() == [f"{k}=={v}" for k, v in sorted(_closure("salt", {}).items())]
+    # salt-cloud adds its bootstrap-salt flags to a script that names it; and it renders the
+    # script with Jinja, which must find nothing of its own in the shell.
     assert "bootstrap-salt" not in script
+    assert "{%" not in script and "{#" not in script
