@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import re
 import threading
-from importlib import metadata
 import urllib.error
 import urllib.request
 from http.server import ThreadingHTTPServer
+from importlib import metadata
 
 import pytest
 from packaging.requirements import Requirement
