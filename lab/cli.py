@@ -167,7 +167,8 @@ def cloud_pid() -> int | None:
         pid = int(settings.CLOUD_PIDFILE.read_text())
     except (OSError, ValueError):
         return None
-    return pid if pid_alive(pid) and pid_cmdline(pid)[-2:] == ["cloud", "serve"] else None
+    argv = [arg for arg in pid_cmdline(pid) if arg]  # /proc's cmdline ends in a NUL
+    return pid if pid_alive(pid) and argv[-2:] == ["cloud", "serve"] else None
 
 
 # Only `cloud up`, `use` and `serve` load lab/yandex/cloud.py, which needs the Salt
