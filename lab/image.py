@@ -158,24 +158,27 @@ def wheelhouse_dir() -> Path:
 
 def build_wheelhouse() -> Path:
     """Wheels for what the states pip-install in the hosts (same Python 3.11 as Debian 12)."""
-    target = wheelhouse_dir()
+    return _build_wheels(wheelhouse_dir(), "the lab's Python wheelhouse", *settings.WHEELS)
+
+
+def _build_wheels(target: Path, what: str, *requirements: str | Path) -> Path:
+    """`pip wheel` of the requirements into target, once (target/.complete marks it whole)."""
     if (target / ".complete").exists():
         return target
-    log("building the lab's Python wheelhouse (downloads once)")
-    scratch = Path(tempfile.mkdtemp(prefix="wheels-build-", dir=settings.CACHE))
+    log(f"building {what} (downloads once)")
+    scratch = Path(tempfile.mkdtemp(prefix=f"{target.name}-build-", dir=settings.CACHE))
     try:
         # Debian's own python3 (what the hosts run), so the wheels match their interpreter;
         # `pip wheel` also builds the few projects that ship only a source archive.
         run(settings.VENV / "bin/python", "-m", "pip", "wheel", "-q", "--wheel-dir", scratch,
-            *settings.WHEELS, quiet=True)
+            *requirements, quiet=True)
         (scratch / ".complete").write_text("")
         scratch.rename(target)
     except LabError as exc:
         shutil.rmtree(scratch, ignore_errors=True)
-        raise LabError(f"building the wheelhouse failed: {exc}") from exc
-    log(f"wheelhouse ready: {len(list(target.glob('*.whl')))} wheels")
+        raise LabError(f"building {what} failed: {exc}") from exc
+    log(f"{what} ready: {len(list(target.glob('*.whl')))} wheels")
     return target
-
 
 # --- the emulated cloud's image and packages -------------------------------------------------
 
@@ -256,17 +259,6 @@ def salt_wheelhouse_dir() -> Path:
 
 def build_salt_wheelhouse() -> Path:
     """Salt and its dependencies for a VM's Python 3.11, at the versions of the master's."""
-    target = salt_wheelhouse_dir()
-    if (target / ".complete").exists():
-        return target
-    log(f"building the wheelhouse of salt=={settings.SALT_VERSION} for the emulated cloud's VMs")
-    scratch = Path(tempfile.mkdtemp(prefix="salt-wheels-build-", dir=settings.CACHE))
-    try:
-        run(settings.VENV / "bin/python", "-m", "pip", "wheel", "-q", "--wheel-dir", scratch,
-            "-c", settings.REPO / "requirements.txt", f"salt=={settings.SALT_VERSION}", quiet=True)
-        (scratch / ".complete").write_text("")
-        scratch.rename(target)
-    except LabError as exc:
-        shutil.rmtree(scratch, ignore_errors=True)
-        raise LabError(f"building the salt wheelhouse failed: {exc}") from exc
-    return target
+    return _build_wheels(salt_wheelhouse_dir(), f"the wheelhouse of salt=={settings.SALT_VERSION} for the "
+                         "emulated cloud's VMs", "-c", settings.REPO / "requirements.txt",
+                         f"salt=={settings.SALT_VERSION}")
