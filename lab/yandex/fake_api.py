@@ -1,5 +1,7 @@
 """A fake of the Yandex Cloud REST API (IAM, Compute, VPC, Operations) and of a VM's metadata
-service, on loopback: the tests' cloud now, the lab's emulated cloud later.
+service, on loopback: the tests' cloud, and the API of the lab's emulated Yandex Cloud
+(lab/yandex/cloud.py), whose `machines` make its instances and networks real lab hosts and
+bridges (without them, instances are records only).
 
 It follows the published API definitions (yandex-cloud/cloudapi protos, yandex-cloud/docs; see
 rules.py for each rule and its source), so that a client that passes here talks to the real
