@@ -22,14 +22,14 @@ YANDEX_MAP := cloud.maps.d/yandex.map
 yandex-lab: deps
 	$(VENV)/bin/python bin/lab cloud up
 	$(VENV)/bin/salt-cloud -f ensure_network yandex
-	$(VENV)/bin/salt-cloud -m $(YANDEX_MAP) -P -y --out=quiet
+	$(VENV)/bin/salt-cloud -m $(YANDEX_MAP) -P -y
 	bin/deploy
 
 # Only against the emulation: `bin/lab cloud use` fails unless it runs, and points salt-cloud at
 # its provider config (never at a real cloud.providers.d/yandex.conf).
 yandex-lab-down:
 	$(VENV)/bin/python bin/lab cloud use
-	$(VENV)/bin/salt-cloud -m $(YANDEX_MAP) -d -y --out=quiet
+	$(VENV)/bin/salt-cloud -m $(YANDEX_MAP) -d -y
 	$(VENV)/bin/salt-cloud -f destroy_network yandex
 	$(VENV)/bin/python bin/lab cloud down
 

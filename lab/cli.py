@@ -226,7 +226,7 @@ def cloud_up() -> None:
             raise
     address = cloud.master_address()
     master.start(interface=address, site="yandex", providers=cloud.providers_dir())
-    log(f"emulated Yandex Cloud up: API {cloud.api_url()}, salt-master on {address}")
+    log(f"emulated Yandex Cloud up: API {settings.CLOUD_API_URL}, salt-master on {address}")
 
 
 def stop_cloud() -> None:
@@ -258,8 +258,7 @@ def cloud_down() -> None:
 def cloud_status() -> int:
     """The emulation and its VMs; exit status 3 when it is not running (as systemctl's)."""
     pid = cloud_pid()
-    api = f"http://127.0.0.1:{settings.CLOUD_API_PORT}"
-    print(f"emulated Yandex Cloud: {'running, API ' + api if pid else 'stopped'}")
+    print(f"emulated Yandex Cloud: {'running, API ' + settings.CLOUD_API_URL if pid else 'stopped'}")
     if pid is None:
         return 3
     print_status()

@@ -106,6 +106,17 @@ def _sources_for_chroot() -> str:
     return "\n".join(dict.fromkeys(lines)) + "\n"
 
 
+def _apt_in_chroot(root: Path, *install: str) -> None:
+    """`apt-get update` and `apt-get install -y -q INSTALL...` in a chroot of the image, from
+    the machine's Debian sources (proc mounted; the caller unmounts the tree)."""
+    run("mount", "-t", "proc", "proc", root / "proc")
+    (root / "etc/apt/sources.list").write_text(_sources_for_chroot())
+    shutil.copy("/etc/resolv.conf", root / "etc/resolv.conf")
+    env = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+    run("chroot", root, "apt-get", "update", "-q", env=env, quiet=True)
+    run("chroot", root, "apt-get", "install", "-y", "-q", *install, env=env, quiet=True)
+
+
 def apt_repo_dir() -> Path:
     return settings.CACHE / f"apt-{_digest(image_dir().name, settings.APT_PACKAGES, _sources_for_chroot())}"
 
@@ -125,13 +136,7 @@ def build_apt_repo() -> Path:
     try:
         run("mount", "-t", "overlay", "overlay", "-o",
             f"lowerdir={image},upperdir={upper},workdir={workdir}", root)
-        run("mount", "-t", "proc", "proc", root / "proc")
-        (root / "etc/apt/sources.list").write_text(_sources_for_chroot())
-        shutil.copy("/etc/resolv.conf", root / "etc/resolv.conf")
-        env = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
-        run("chroot", root, "apt-get", "update", "-q", env=env, quiet=True)
-        run("chroot", root, "apt-get", "install", "-y", "-q", "--download-only",
-            "--no-install-recommends", *settings.APT_PACKAGES, env=env, quiet=True)
+        _apt_in_chroot(root, "--download-only", "--no-install-recommends", *settings.APT_PACKAGES)
         debs = sorted((root / "var/cache/apt/archives").glob("*.deb"))
         if not debs:
             raise LabError("apt downloaded no packages")
@@ -221,14 +226,8 @@ def build_cloud_image() -> Path:
     root = work / "root"
     try:
         run("cp", "-a", "--reflink=auto", base, root)
-        run("mount", "-t", "proc", "proc", root / "proc")
-        (root / "etc/apt/sources.list").write_text(_sources_for_chroot())
-        shutil.copy("/etc/resolv.conf", root / "etc/resolv.conf")
-        env = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
-        run("chroot", root, "apt-get", "update", "-q", env=env, quiet=True)
-        run("chroot", root, "apt-get", "install", "-y", "-q", "--no-install-recommends",
-            *settings.CLOUD_IMAGE_PACKAGES, env=env, quiet=True)
-        run("chroot", root, "apt-get", "clean", env=env, quiet=True)
+        _apt_in_chroot(root, "--no-install-recommends", *settings.CLOUD_IMAGE_PACKAGES)
+        run("chroot", root, "apt-get", "clean", quiet=True)
         umount_tree(root / "proc")
         for pattern in ("etc/ssh/ssh_host_*", "var/lib/apt/lists/*_*", "var/log/cloud-init*"):
             for path in root.glob(pattern):

@@ -88,6 +88,7 @@ WHEELS = (
 # server is the lab's package mirror and wheelhouse.
 CLOUD_STATE = STATE / "cloud"
 CLOUD_API_PORT = 18443  # the fake API, on loopback only
+CLOUD_API_URL = f"http://127.0.0.1:{CLOUD_API_PORT}"
 CLOUD_PIDFILE = RUN / "cloud.pid"
 # "--": no host's namespace (pglab-<host name>, which starts with a letter) can be called so.
 ROUTER_NS = f"{NAME}--vpc"

@@ -45,10 +45,6 @@ def _ns_exists(name: str) -> bool:
     return any(line.split()[0] == name for line in listing.splitlines() if line.strip())
 
 
-def is_up() -> bool:
-    return _ns_exists(settings.ROUTER_NS)
-
-
 def ensure_router() -> None:
     """The router and the internet behind it, with nobody allowed out yet."""
     for ns in (settings.ROUTER_NS, settings.INTERNET_NS):

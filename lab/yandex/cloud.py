@@ -56,10 +56,6 @@ def providers_dir() -> Path:
     return settings.CLOUD_STATE / "cloud.providers.d"
 
 
-def api_url() -> str:
-    return f"http://127.0.0.1:{settings.CLOUD_API_PORT}"  # as bin/lab cloud status says it
-
-
 @contextlib.contextmanager
 def in_netns(name: str):
     """Run the block (this thread) in a named network namespace; sockets made there stay there."""
@@ -96,11 +92,10 @@ class LabMachines:
     def __init__(self) -> None:
         # Boots of a salt-cloud -P map run side by side, as on a cloud.
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="vm")
-        self.hosts: dict[str, str] = {}  # instance id -> host name
         self.cidrs: set[str] = set()  # the subnets made into bridges
 
     def _host(self, instance: dict) -> hosts.Host:
-        return hosts.load(self.hosts.get(instance["id"], _host_name(instance)))
+        return hosts.load(_host_name(instance))
 
     def create(self, fake: FakeYandex, instance: dict) -> concurrent.futures.Future:
         nic = instance["networkInterfaces"][0]
@@ -109,7 +104,6 @@ class LabMachines:
         for attached in instance.get("secondaryDisks", []):
             disks[attached["deviceName"]] = max(1, int(fake.disks[attached["diskId"]]["size"]) // 2**30)
         name = _host_name(instance)
-        self.hosts[instance["id"]] = name
         host = hosts.Host(name, _address_of(instance), disks=disks, kind="cloud", subnet=subnet)
         log(f"instance {instance['name']} ({instance['id']}): booting host {name} at "
             f"{host.address} in {subnet}")
@@ -193,11 +187,15 @@ def _egress_sources(fake: FakeYandex) -> list[str]:
     return sources
 
 
+def _provider() -> dict:
+    """The user's provider config as the example gives it (the emulation fills in the rest)."""
+    return yaml.safe_load(PROVIDER_EXAMPLE.read_text())["yandex"]
+
+
 def master_subnet() -> str:
     """The block of the provider's network that holds the master's address."""
-    config = yaml.safe_load(PROVIDER_EXAMPLE.read_text())["yandex"]
     address = ipaddress.ip_address(master_address())
-    for block in config.get("network", {}).get("subnets", {}).values():
+    for block in _provider().get("network", {}).get("subnets", {}).values():
         if address in ipaddress.ip_network(block):
             return block
     raise LabError(f"{PROVIDER_EXAMPLE}: the master's address {address} is in none of network:subnets")
@@ -205,11 +203,10 @@ def master_subnet() -> str:
 
 def master_address() -> str:
     """The salt-master's address as the VMs see it: the provider's minion:master."""
-    text = PROVIDER_EXAMPLE.read_text()
-    found = re.search(r"^  minion:\n    master:\s*([0-9.]+)\s*$", text, re.M)
-    if not found:
+    address = (_provider().get("minion") or {}).get("master")
+    if not address:
         raise LabError(f"{PROVIDER_EXAMPLE} has no minion: master: ADDRESS")
-    return found.group(1)
+    return str(address)
 
 
 # --- the metadata service -----------------------------------------------------------------------
@@ -389,7 +386,8 @@ def write_provider_config(folder: Path) -> Path:
         text, count = re.subn(pattern, value, text, flags=re.M)
         if count != 1:
             raise LabError(f"{PROVIDER_EXAMPLE} has no line matching {pattern}")
-    endpoints = "\n".join(f"  {kind}_url: {api_url()}" for kind in ("iam", "compute", "vpc", "operation"))
+    endpoints = "\n".join(f"  {kind}_url: {settings.CLOUD_API_URL}"
+                          for kind in ("iam", "compute", "vpc", "operation"))
     text += (
         "\n  # The emulated cloud (bin/lab cloud up): its API on loopback.\n"
         f"{endpoints}\n"
@@ -434,8 +432,8 @@ def serve() -> None:
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
-    (folder / "ready").write_text(f"{api_url()}\n")
-    log(f"emulated Yandex Cloud: API {api_url()}, metadata {settings.METADATA_ADDRESS}, "
+    (folder / "ready").write_text(f"{settings.CLOUD_API_URL}\n")
+    log(f"emulated Yandex Cloud: API {settings.CLOUD_API_URL}, metadata {settings.METADATA_ADDRESS}, "
         f"mirror {settings.INTERNET_MIRROR}")
     while not stopping.wait(1):
         pass

@@ -228,7 +228,7 @@ def _api_token() -> str:
 
 
 def _api() -> str:
-    return f"http://127.0.0.1:{settings.CLOUD_API_PORT}"
+    return settings.CLOUD_API_URL
 
 
 def _api_call(method: str, path: str, body: dict | None = None) -> dict:
