@@ -196,3 +196,32 @@ def firewall(minion_id=None):
     ports = [int(__opts__.get("publish_port", 4505)), int(__opts__.get("master_port", 4506))]
     return __utils__["pgcluster_render.firewall_rules"](
         config(), minion_id or __opts__["id"], _master_addresses(), ports)
+
+
+def pgbackrest_config(minion_id=None, show_secrets=False):
+    """
+    pgBackRest's configuration (``/etc/pgbackrest.conf``) of a member or of the repository
+    host, as INI text. The repository passphrase and object storage keys show as
+    ``**********`` unless ``show_secrets=True`` (what the config template asks for).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt postgres-srv1 pgcluster.pgbackrest_config
+        salt web pgcluster.pgbackrest_config
+    """
+    cfg = config()
+    host = minion_id or __opts__["id"]
+    if host not in cfg["members"] and host != cfg["pgbackrest"]["host"]:
+        raise CommandExecutionError(
+            f"{host} is neither a member nor the repository host ({cfg['pgbackrest']['host']}): "
+            "it has no pgBackRest configuration")
+    creds = _credentials()
+    cipher = creds.get("pgbackrest_cipher", "")
+    s3_keys = {int(number): keys for number, keys in (creds.get("s3") or {}).items()}
+    if not show_secrets:
+        cipher = REDACTED
+        s3_keys = {n: dict.fromkeys(keys, REDACTED) for n, keys in s3_keys.items()}
+    render = __utils__["pgcluster_render.pgbackrest_config"]
+    return __utils__["pgcluster_render.ini"](render(cfg, host, cipher, s3_keys))

@@ -4,8 +4,12 @@ The cluster's passwords, made at random on first use and kept on the master, out
 An external pillar: it receives the pillar compiled from ``pillar/`` for the minion, so it
 knows the members and the web hosts from wherever ``pgcluster:members`` and ``pgcluster:web``
 are set, and gives each minion only its share as ``pgcluster_credentials``: the database
-members all of them, the web hosts the application's and the Patroni REST API's, any other
-minion none (``webapp_csrf`` signs the web app's form tokens). The store
+members all of them, the web hosts the application's and the Patroni REST API's, the
+backup repository host the repositories' passphrase, any other minion none (``webapp_csrf``
+signs the web app's form tokens). The object storage keys the pillar names by file
+(``pgcluster:pgbackrest:repositories:N:s3:credentials_file``, on the master) come as
+``s3: {repository number: {access_key_id, secret_access_key}}`` to the members and the
+repository host, with the store's CA certificate (``ca``) when one is named. The store
 (``pillar/generated/credentials.yaml`` beside the pillar by default) is written 0600,
 atomically, under a lock: several minions render their pillar at once.
 
@@ -24,13 +28,17 @@ import os
 import secrets
 
 import salt.utils.yaml
+from salt.exceptions import SaltInvocationError
 
 log = logging.getLogger(__name__)
 
 __virtualname__ = "pgcluster_credentials"
 
-NAMES = ("superuser", "replication", "rewind", "app", "restapi", "pgbouncer_admin", "webapp_csrf")
+NAMES = ("superuser", "replication", "rewind", "app", "restapi", "pgbouncer_admin", "webapp_csrf",
+         "pgbackrest_cipher")
 WEB_NEEDS = ("app", "restapi", "webapp_csrf")
+# The repository host (a web host) encrypts the backups.
+BACKUP_HOST_NEEDS = ("pgbackrest_cipher",)
 
 
 def __virtual__():
@@ -69,13 +77,65 @@ def _hosts(pillar, section):
     return hosts if isinstance(hosts, dict) else {}
 
 
+def _backup(pillar):
+    cluster = pillar.get("pgcluster")
+    backup = cluster.get("pgbackrest") if isinstance(cluster, dict) else None
+    return backup if isinstance(backup, dict) else {}
+
+
+def _backup_host(pillar):
+    host = _backup(pillar).get("host")
+    return host if host is not None else next(iter(sorted(_hosts(pillar, "web"))), None)
+
+
+def _s3_keys(pillar):
+    """{repository number: keys (and ca)} from the files the pillar names on the master."""
+    repositories = _backup(pillar).get("repositories")
+    found = {}
+    for number, repo in enumerate(repositories if isinstance(repositories, list) else [], 1):
+        s3 = repo.get("s3") if isinstance(repo, dict) else None
+        if not isinstance(s3, dict) or not s3.get("credentials_file"):
+            continue
+        where = f"pgcluster:pgbackrest:repositories:{number - 1}:s3"
+        path = s3["credentials_file"]
+        try:
+            with open(path) as fh:
+                keys = salt.utils.yaml.safe_load(fh) or {}
+        except OSError as exc:
+            raise SaltInvocationError(f"{where}:credentials_file: cannot read {path} on the "
+                                      f"salt-master: {exc.strerror}") from None
+        if not isinstance(keys, dict) or not all(
+                isinstance(keys.get(k), str) and keys[k] for k in S3_KEYS):
+            raise SaltInvocationError(f"{where}:credentials_file: {path} must be YAML with "
+                                      f"{' and '.join(S3_KEYS)}")
+        entry = {k: keys[k] for k in S3_KEYS}
+        if s3.get("ca_file"):
+            try:
+                with open(s3["ca_file"]) as fh:
+                    entry["ca"] = fh.read()
+            except OSError as exc:
+                raise SaltInvocationError(f"{where}:ca_file: cannot read {s3['ca_file']} on "
+                                          f"the salt-master: {exc.strerror}") from None
+        found[number] = entry
+    return found
+
+
+S3_KEYS = ("access_key_id", "secret_access_key")
+
+
 def ext_pillar(minion_id, pillar, store=None):
     """This minion's share of the passwords, from the compiled ``pgcluster`` pillar."""
+    backup_host = minion_id == _backup_host(pillar) and _backup(pillar).get("enabled", True)
     if minion_id in _hosts(pillar, "members"):
         wanted = NAMES
     elif minion_id in _hosts(pillar, "web"):
-        wanted = WEB_NEEDS
+        wanted = WEB_NEEDS + (BACKUP_HOST_NEEDS if backup_host else ())
     else:
         return {}
     stored = _load_or_create(store or _default_store())
-    return {"pgcluster_credentials": {name: stored[name] for name in wanted}}
+    share = {name: stored[name] for name in wanted}
+    if minion_id in _hosts(pillar, "members") or backup_host:
+        s3 = _s3_keys(pillar)
+        if s3:
+            share["s3"] = s3
+    return {"pgcluster_credentials": share}

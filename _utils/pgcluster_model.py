@@ -264,6 +264,37 @@ def _similar(a: str, b: str) -> bool:
 MINION_ID = Str(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", "a minion id (letters, digits, . _ -)")
 HOST = Record({"address": IPv4()}, required=("address",))
 PACKAGES = List(Str(r"[a-z0-9][a-z0-9.+-]+", "a Debian package name"), minimum=1)
+HOSTNAME = Str(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}"
+               r"[A-Za-z0-9])?)*", "a DNS name such as storage.yandexcloud.net")
+# systemd's OnCalendar (checked again by systemd-analyze when the timer is written).
+CALENDAR = Optional(Str(r"[A-Za-z0-9*.,:/~ -]+", "a systemd calendar event such as "
+                        "'Sun *-*-* 01:00:00' or hourly"), "never")
+S3 = Record({
+    "endpoint": HOSTNAME,
+    "region": Str(r"[a-z0-9-]+", "a region such as ru-central1"),
+    # pgBackRest 2.45 cannot use host-style addressing with a dot in the bucket's name.
+    "bucket": Str(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]", "a bucket name (lower-case letters, "
+                  "digits, -; no dots: pgBackRest 2.45 addresses the bucket as a host name)"),
+    "uri_style": Enum("host", "path"),
+    "port": Port(),
+    # Files on the salt-master, out of git: the static access key (YAML with access_key_id
+    # and secret_access_key) and, for a store with its own CA, the CA's certificate.
+    "credentials_file": Path(),
+    "ca_file": Optional(Path(), "the system's trusted CAs"),
+    # The endpoint's address, for a store the hosts cannot resolve by name (written to
+    # /etc/hosts: pgBackRest verifies the certificate by name, never by address).
+    "address": Optional(IPv4(), "resolved by DNS"),
+}, required=("endpoint", "region", "bucket", "credentials_file"))
+REPOSITORY = Record({
+    "type": Enum("posix", "s3"),
+    # posix: a directory on the repository host; s3: a prefix in the bucket.
+    "path": Path(),
+    "retention_full": Int(1, 9999, "(full backups kept)"),
+    "retention_diff": Optional(Int(1, 9999, "(differential backups kept)"), "as many as fit "
+                               "the full backups kept"),
+    "encrypt": Bool(),
+    "s3": S3,
+}, required=("type", "path"))
 PATRONI_TAGS = Record({"nofailover": Bool(), "noloadbalance": Bool(), "clonefrom": Bool(),
                        "nosync": Bool(), "failover_priority": Int(0, 1000000)})
 
@@ -359,6 +390,26 @@ SCHEMA = Record({
         "service": Str(),
         "config_file": Path(),
     }),
+    "pgbackrest": Record({
+        "enabled": Bool(),
+        "host": Optional(MINION_ID, "the first web host"),
+        "stanza": Optional(Str(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", "a stanza name (letters, "
+                               "digits, . _ -)"), "the cluster's name"),
+        "archive_timeout": Int(1, 3600, "(seconds)"),
+        "tls_port": Port(),
+        "process_max": Int(1, 64),
+        "compress_type": Enum("zst", "lz4", "gz", "bz2", "none"),
+        "schedule": Record({"full": CALENDAR, "diff": CALENDAR, "incr": CALENDAR}),
+        "repositories": List(REPOSITORY, minimum=1),
+        "packages": PACKAGES,
+        "config_file": Path(),
+        "tls_dir": Path(),
+        "log_path": Path(),
+        "spool_path": Path(),
+        "service": Str(),
+        "user": Str(),
+        "group": Str(),
+    }),
     "webapp": Record({
         "port": Port(),
         "bind": HostPort(),
@@ -438,12 +489,44 @@ def _check_cluster(cfg: dict) -> None:
         if name not in members:
             raise PillarError(("patroni", "tags", name),
                               f"unknown member; members: {', '.join(sorted(members))}")
+    backup = [("pgbackrest", "tls_port")] if cfg["pgbackrest"]["enabled"] else []
     _distinct_ports(cfg, "a database member", [
         ("postgresql", "port"), ("patroni", "restapi_port"), ("etcd", "client_port"),
-        ("etcd", "peer_port"), *([("pgbouncer", "port")] if cfg["pgbouncer"]["enabled"] else [])])
+        ("etcd", "peer_port"), *([("pgbouncer", "port")] if cfg["pgbouncer"]["enabled"] else []),
+        *backup])
     _distinct_ports(cfg, "a web host", [
         ("haproxy", "primary_port"), ("haproxy", "replica_port"), ("haproxy", "stats_port"),
-        ("webapp", "port"), ("webapp", "bind")])
+        ("webapp", "port"), ("webapp", "bind"), *backup])
+    _check_backup(cfg)
+
+
+# PostgreSQL parameters the backups own while they are on.
+ARCHIVE_PARAMETERS = ("archive_mode", "archive_command", "archive_timeout", "restore_command")
+
+
+def _check_backup(cfg: dict) -> None:
+    backup = cfg["pgbackrest"]
+    if not backup["enabled"]:
+        return
+    host = backup["host"]
+    if host is not None and host not in cfg["web"]:
+        raise PillarError(("pgbackrest", "host"), f"{host!r} is not a web host; web hosts: "
+                          f"{', '.join(sorted(cfg['web']))}")
+    repositories = backup["repositories"]
+    if len(repositories) > 4:
+        raise PillarError(("pgbackrest", "repositories"),
+                          f"{len(repositories)} repositories: pgBackRest takes at most 4")
+    for index, repo in enumerate(repositories):
+        path = ("pgbackrest", "repositories", index)
+        if repo["type"] == "s3" and "s3" not in repo:
+            raise PillarError((*path, "s3"), "missing: a repository of type s3 needs its "
+                              "endpoint, region, bucket and credentials_file")
+        if repo["type"] == "posix" and "s3" in repo:
+            raise PillarError((*path, "s3"), "is only for a repository of type s3")
+    for name in ARCHIVE_PARAMETERS:
+        if name in cfg["postgresql"]["parameters"]:
+            raise PillarError(("postgresql", "parameters", name),
+                              "is set by the backups (pgcluster:pgbackrest) while they are on")
 
 
 def _distinct_ports(cfg: dict, host: str, keys: list[tuple]) -> None:
@@ -469,8 +552,21 @@ def derive(cfg: dict) -> dict:
     etcd["endpoints"] = [f"{members[n]['address']}:{etcd['client_port']}" for n in names]
     cfg["backend_port"] = (
         cfg["pgbouncer"]["port"] if cfg["pgbouncer"]["enabled"] else cfg["postgresql"]["port"])
-    cfg["postgresql"]["mount_unit"] = mount_unit_name(cfg["postgresql"]["home"])
+    pg = cfg["postgresql"]
+    pg["mount_unit"] = mount_unit_name(pg["home"])
+    pg["data_dir"] = f"{pg['home']}/{pg['version']}/main"
+    backup = cfg["pgbackrest"]
+    backup["host"] = backup["host"] or cfg["web_names"][0]
+    backup["stanza"] = backup["stanza"] or cfg["name"]
+    backup["repositories"] = [{**REPOSITORY_DEFAULTS, **repo} for repo in backup["repositories"]]
+    for repo in backup["repositories"]:
+        if repo["type"] == "s3":
+            repo["s3"] = {**S3_DEFAULTS, **repo["s3"]}
     return cfg
+
+
+REPOSITORY_DEFAULTS = {"retention_diff": None, "encrypt": True}
+S3_DEFAULTS = {"uri_style": "host", "port": 443, "ca_file": None, "address": None}
 
 
 def mount_unit_name(path: str) -> str:

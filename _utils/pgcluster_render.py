@@ -60,7 +60,42 @@ def dcs_config(cfg: dict) -> dict:
         "postgresql": {
             "use_pg_rewind": patroni["use_pg_rewind"],
             "use_slots": True,
-            "parameters": cfg["postgresql"]["parameters"],
+            "parameters": {**cfg["postgresql"]["parameters"], **archive_parameters(cfg)},
+        },
+    }
+
+
+def archive_parameters(cfg: dict) -> dict:
+    """WAL archiving into the backup repositories, from whichever member leads."""
+    backup = cfg["pgbackrest"]
+    if not backup["enabled"]:
+        return {}
+    return {
+        "archive_mode": "on",
+        # Asynchronous: the command queues the segment and returns; pgBackRest pushes in the
+        # background, several at once.
+        "archive_command": f"pgbackrest --stanza={backup['stanza']} archive-push %p",
+        "archive_timeout": backup["archive_timeout"],
+    }
+
+
+def replica_methods(cfg: dict) -> dict:
+    """Patroni's postgresql section for a backup-aware member: restore_command, and new
+    replicas restored from the repository (falling back to pg_basebackup from the leader when
+    there is no backup yet)."""
+    backup = cfg["pgbackrest"]
+    if not backup["enabled"]:
+        return {}
+    stanza = backup["stanza"]
+    return {
+        "recovery_conf": {"restore_command": f'pgbackrest --stanza={stanza} archive-get %f "%p"'},
+        "create_replica_methods": ["pgbackrest", "basebackup"],
+        "pgbackrest": {
+            # --delta reuses what a data directory left behind; the WAL since the backup comes
+            # from the archive, then streaming takes over.
+            "command": f"pgbackrest --stanza={stanza} --delta --type=standby restore",
+            "keep_data": True,
+            "no_params": True,
         },
     }
 
@@ -89,7 +124,7 @@ def patroni_config(cfg: dict, member: str, credentials: dict, admins: list[str])
         "postgresql": {
             "listen": f"{me},127.0.0.1:{pg['port']}",
             "connect_address": f"{me}:{pg['port']}",
-            "data_dir": f"{pg['home']}/{version}/main",
+            "data_dir": pg["data_dir"],
             "bin_dir": f"/usr/lib/postgresql/{version}/bin",
             "pgpass": f"{pg['home']}/.pgpass_patroni",
             "use_unix_socket": True,
@@ -100,6 +135,7 @@ def patroni_config(cfg: dict, member: str, credentials: dict, admins: list[str])
             },
             "parameters": {"unix_socket_directories": "/var/run/postgresql"},
             "pg_hba": pg_hba(cfg, member, admins),
+            **replica_methods(cfg),
         },
         "tags": {
             "nofailover": False,
@@ -119,6 +155,7 @@ def firewall_rules(cfg: dict, host: str, masters: list[str], master_ports: list[
     members = [cfg["members"][n]["address"] for n in cfg["member_names"]]
     web = [cfg["web"][n]["address"] for n in cfg["web_names"]]
     admins = sorted({*cfg["firewall"]["admin_sources"], *masters})
+    backup = cfg["pgbackrest"]
     rules = {"enabled": cfg["firewall"]["enabled"], "open": [22], "services": [],
              # The minion's own connections to its master were opened before the first ruleset
              # loaded, so conntrack first sees them mid-stream as "new": let the master's side
@@ -136,9 +173,103 @@ def firewall_rules(cfg: dict, host: str, masters: list[str], master_ports: list[
         allow("patroni", cfg["patroni"]["restapi_port"], clients)
         allow("etcd-client", cfg["etcd"]["client_port"], clients)
         allow("etcd-peer", cfg["etcd"]["peer_port"], members)
+        if backup["enabled"]:
+            allow("pgbackrest", backup["tls_port"], [cfg["web"][backup["host"]]["address"]])
     elif host in cfg["web"]:
         rules["open"].append(cfg["webapp"]["port"])
         if admins:
             allow("haproxy-primary", cfg["haproxy"]["primary_port"], admins)
             allow("haproxy-replica", cfg["haproxy"]["replica_port"], admins)
+        if backup["enabled"] and host == backup["host"]:
+            allow("pgbackrest", backup["tls_port"], members)
     return rules
+
+
+def pgbackrest_config(cfg: dict, host: str, cipher_pass: str, s3_keys: dict) -> dict:
+    """/etc/pgbackrest.conf of a member or of the repository host, as {section: {option:
+    value or list of values}} (a list is the option repeated).
+
+    A member archives its WAL and restores through the repository host (posix repositories)
+    or straight to object storage (s3); the repository host holds the posix repositories and
+    runs the backups, reaching every member's PostgreSQL through their TLS servers.
+    s3_keys: {repository number: {access_key_id, secret_access_key}}."""
+    backup, pg = cfg["pgbackrest"], cfg["postgresql"]
+    stanza, repo_host, tls = backup["stanza"], backup["host"], backup["tls_dir"]
+    is_member = host in cfg["members"]
+    address = (cfg["members"] if is_member else cfg["web"])[host]["address"]
+    client_cert = {"ca-file": f"{tls}/ca.crt", "cert-file": f"{tls}/host.crt",
+                   "key-file": f"{tls}/host.key"}
+    glob: dict = {
+        "log-path": backup["log_path"],
+        "log-level-file": "info",
+        "log-level-console": "warn",
+        "process-max": backup["process_max"],
+        "compress-type": backup["compress_type"],
+        "tls-server-address": address,
+        "tls-server-port": backup["tls_port"],
+        "tls-server-ca-file": f"{tls}/ca.crt",
+        "tls-server-cert-file": f"{tls}/host.crt",
+        "tls-server-key-file": f"{tls}/host.key",
+        # Who may connect, by the common name of its certificate: the members the repository
+        # host only, the repository host the members only.
+        "tls-server-auth": ([f"{repo_host}={stanza}"] if is_member else
+                            [f"{member}={stanza}" for member in cfg["member_names"]]),
+    }
+    if is_member:
+        glob.update({"archive-async": "y", "spool-path": backup["spool_path"]})
+    else:
+        # Copy from a standby; the leader only starts and stops the backup.
+        glob.update({"backup-standby": "y", "start-fast": "y"})
+    for number, repo in enumerate(backup["repositories"], 1):
+        key = f"repo{number}"
+        if repo["type"] == "posix" and is_member:
+            glob.update({f"{key}-host": repo_host, f"{key}-host-type": "tls",
+                         f"{key}-host-port": backup["tls_port"],
+                         **{f"{key}-host-{k}": v for k, v in client_cert.items()}})
+            continue
+        glob[f"{key}-path"] = repo["path"]
+        if not is_member or repo["type"] == "s3":
+            glob[f"{key}-retention-full"] = repo["retention_full"]
+            if repo["retention_diff"] is not None:
+                glob[f"{key}-retention-diff"] = repo["retention_diff"]
+            if repo["encrypt"]:
+                glob.update({f"{key}-cipher-type": "aes-256-cbc", f"{key}-cipher-pass": cipher_pass})
+        if repo["type"] == "s3":
+            s3 = repo["s3"]
+            keys = s3_keys.get(number) or {}
+            glob.update({
+                f"{key}-type": "s3",
+                f"{key}-s3-endpoint": s3["endpoint"],
+                f"{key}-s3-region": s3["region"],
+                f"{key}-s3-bucket": s3["bucket"],
+                f"{key}-s3-uri-style": s3["uri_style"],
+                f"{key}-storage-port": s3["port"],
+                f"{key}-s3-key": keys.get("access_key_id", ""),
+                f"{key}-s3-key-secret": keys.get("secret_access_key", ""),
+            })
+            if s3["ca_file"]:
+                glob[f"{key}-storage-ca-file"] = f"{tls}/{key}-storage-ca.crt"
+    if is_member:
+        section = {"pg1-path": pg["data_dir"], "pg1-port": pg["port"],
+                   "pg1-socket-path": "/var/run/postgresql"}
+    else:
+        section = {}
+        for number, member in enumerate(cfg["member_names"], 1):
+            section.update({f"pg{number}-host": member, f"pg{number}-host-type": "tls",
+                            f"pg{number}-host-port": backup["tls_port"],
+                            **{f"pg{number}-host-{k}": v for k, v in client_cert.items()},
+                            f"pg{number}-path": pg["data_dir"], f"pg{number}-port": pg["port"],
+                            f"pg{number}-socket-path": "/var/run/postgresql"})
+    return {"global": glob, stanza: section}
+
+
+def ini(sections: dict) -> str:
+    """pgBackRest's INI format: a list value is the option repeated."""
+    lines = []
+    for name, options in sections.items():
+        lines.append(f"[{name}]")
+        for option, value in options.items():
+            for one in value if isinstance(value, list) else [value]:
+                lines.append(f"{option}={one}")
+        lines.append("")
+    return "\n".join(lines)

@@ -97,6 +97,11 @@ class Cluster:
     def app(self) -> dict[str, str]:
         return self.model["app"]
 
+    @property
+    def backup(self) -> dict:
+        """pgcluster:pgbackrest (host and stanza filled in)."""
+        return self.model["pgbackrest"]
+
     def patroni_url(self, member: str, path: str = "") -> str:
         return f"http://{self.members[member]}:{self.patroni_port}{path}"
 

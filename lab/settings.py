@@ -72,6 +72,7 @@ APT_PACKAGES = (
     "jq",
     "less",
     "rsync",
+    "pgbackrest",
 )
 
 # What the states install from PyPI, fetched once for the hosts' Python (Debian 12's 3.11).

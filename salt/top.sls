@@ -10,6 +10,7 @@ base:
     - match: list
     - etcd
     - postgresql
+    - pgbackrest
     - patroni
     - postgresql.app
     - pgbouncer
@@ -19,4 +20,5 @@ base:
     - match: list
     - haproxy
     - webapp
+    - pgbackrest.repository
 {%- endif %}

@@ -57,6 +57,17 @@ postgresql:
     - require:
       - salt: common
 
+# pgBackRest and its TLS server on the members before Patroni: the leader archives its WAL
+# from the start, and a replica is restored from the repository when it holds a backup.
+pgbackrest:
+  salt.state:
+    - tgt: {{ members | join(',') }}
+    - tgt_type: list
+    - sls: pgbackrest
+{{- override() }}
+    - require:
+      - salt: postgresql
+
 # The first member bootstraps the cluster (or rejoins it when it already exists)...
 patroni-first:
   salt.state:
@@ -66,6 +77,7 @@ patroni-first:
     - require:
       - salt: etcd
       - salt: postgresql
+      - salt: pgbackrest
 
 # ...then the others clone from the leader.
 patroni-others:
@@ -112,3 +124,15 @@ webapp:
 {{- override() }}
     - require:
       - salt: haproxy
+
+# Last, so that a cluster whose backups cannot start still serves: the repository host's
+# repositories, the stanza, a first full backup, the schedule (pgbackrest.repository acts on
+# pgcluster:pgbackrest:host only).
+backup-repository:
+  salt.state:
+    - tgt: {{ web | join(',') }}
+    - tgt_type: list
+    - sls: pgbackrest.repository
+{{- override() }}
+    - require:
+      - salt: webapp

@@ -79,9 +79,10 @@ def rendered(tmp_path_factory) -> dict:
         return {case: future.result() for case, future in futures.items()}
 
 
-MEMBER_STATES = {"common.address", "common", "firewall", "etcd", "postgresql", "patroni", "postgresql.app",
-                 "pgbouncer"}
-WEB_STATES = {"common.address", "common", "firewall", "haproxy", "webapp"}
+MEMBER_STATES = {"common.address", "common", "firewall", "etcd", "postgresql", "pgbackrest", "patroni",
+                 "postgresql.app", "pgbouncer"}
+WEB_STATES = {"common.address", "common", "firewall", "haproxy", "webapp", "pgbackrest",
+              "pgbackrest.repository"}
 
 
 def _sls(states: dict) -> set[str]:

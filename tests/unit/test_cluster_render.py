@@ -66,11 +66,14 @@ def test_the_firewall_opens_each_port_to_the_hosts_that_use_it(cfg):
         "postgresql": (5432, clients), "pgbouncer": (6432, clients), "patroni": (8008, clients),
         "etcd-client": (2379, clients),
         "etcd-peer": (2380, ["10.0.0.11", "10.0.0.12", "10.0.0.13"]),
+        # pgBackRest's TLS server: the repository host only.
+        "pgbackrest": (8432, ["10.0.0.10"]),
     }
     web = render.firewall_rules(cfg, "web", [MASTER], [4505, 4506])
     assert web["open"] == [22, 80]
     assert {s["name"]: s["sources"] for s in web["services"]} == {
-        "haproxy-primary": [MASTER], "haproxy-replica": [MASTER]}
+        "haproxy-primary": [MASTER], "haproxy-replica": [MASTER],
+        "pgbackrest": ["10.0.0.11", "10.0.0.12", "10.0.0.13"]}
 
 
 def test_a_host_outside_the_cluster_opens_only_ssh(cfg):

@@ -1,6 +1,7 @@
 """The master's ext_pillars, through Salt's own pillar compiler (salt-call --local):
 pgcluster_credentials gives each minion its share, from wherever the pillar names the members;
-pgcluster_defaults brings every component's defaults.yaml."""
+pgcluster_pki a certificate of the cluster's CA to each cluster host; pgcluster_defaults
+brings every component's defaults.yaml."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import subprocess
 
 import pytest
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from tests.conftest import REPO, VENV_BIN
 
@@ -27,13 +30,15 @@ def salt_dir(tmp_path):
         "pgcluster:\n  members:\n" + "".join(
             f"    db{i}: {{address: 192.168.7.{i}}}\n" for i in (1, 2, 3)))
     (pillar / "hosts" / "web.sls").write_text(
-        "pgcluster:\n  web:\n    front: {address: 192.168.7.10}\n")
+        "pgcluster:\n  web:\n    front: {address: 192.168.7.10}\n"
+        "    front2: {address: 192.168.7.20}\n")
     (tmp_path / "minion").write_text(yaml.safe_dump({
         "file_client": "local", "root_dir": str(tmp_path / "root"),
         "pillar_roots": {"base": [str(pillar)]}, "file_roots": {"base": [str(REPO / "salt")]},
         "pillar_dirs": [str(REPO / "_pillar")],
         "ext_pillar": [{"pgcluster_defaults": {}},
-                       {"pgcluster_credentials": {"store": str(tmp_path / "secret" / "creds.yaml")}}],
+                       {"pgcluster_credentials": {"store": str(tmp_path / "secret" / "creds.yaml")}},
+                       {"pgcluster_pki": {"store": str(tmp_path / "secret" / "pki")}}],
     }))
     return tmp_path
 
@@ -51,11 +56,15 @@ def credentials(salt_dir, minion_id):
 
 def test_each_minion_gets_its_share_from_the_compiled_pillar(salt_dir):
     member = credentials(salt_dir, "db2")
-    assert sorted(member) == ["app", "pgbouncer_admin", "replication", "restapi", "rewind",
-                              "superuser", "webapp_csrf"]
+    assert sorted(member) == ["app", "pgbackrest_cipher", "pgbouncer_admin", "replication",
+                              "restapi", "rewind", "superuser", "webapp_csrf"]
     assert all(len(value) >= 32 for value in member.values())
-    assert credentials(salt_dir, "front") == {"app": member["app"], "restapi": member["restapi"],
-                                              "webapp_csrf": member["webapp_csrf"]}
+    web_share = {"app": member["app"], "restapi": member["restapi"],
+                 "webapp_csrf": member["webapp_csrf"]}
+    # The first web host is the backup repository host: it encrypts the backups.
+    assert credentials(salt_dir, "front") == {**web_share,
+                                              "pgbackrest_cipher": member["pgbackrest_cipher"]}
+    assert credentials(salt_dir, "front2") == web_share
     assert credentials(salt_dir, "monitoring") is None
     # Made once, then the same on every render and for every member.
     assert credentials(salt_dir, "db1") == member
@@ -67,7 +76,8 @@ def test_the_store_is_private_and_outside_the_pillar(salt_dir):
     assert stat.S_IMODE(store.stat().st_mode) == 0o600
     assert stat.S_IMODE(store.parent.stat().st_mode) == 0o700
     assert sorted(yaml.safe_load(store.read_text())) == [
-        "app", "pgbouncer_admin", "replication", "restapi", "rewind", "superuser", "webapp_csrf"]
+        "app", "pgbackrest_cipher", "pgbouncer_admin", "replication", "restapi", "rewind",
+        "superuser", "webapp_csrf"]
 
 
 def test_every_components_defaults_come_with_the_pillar(salt_dir):
@@ -76,3 +86,65 @@ def test_every_components_defaults_come_with_the_pillar(salt_dir):
                for path in (REPO / "salt").glob("*/defaults.yaml")}
     assert defaults == on_disk
     assert {"common", "etcd", "patroni", "haproxy"} <= set(defaults)
+
+
+def _with_s3(salt_dir, keys_file, ca_file=None):
+    s3 = {"endpoint": "storage.yandexcloud.net", "region": "ru-central1", "bucket": "backups",
+          "credentials_file": str(keys_file), **({"ca_file": str(ca_file)} if ca_file else {})}
+    (salt_dir / "pillar" / "backup.sls").write_text(yaml.safe_dump({"pgcluster": {"pgbackrest": {
+        "repositories": [{"type": "posix", "path": "/var/lib/pgbackrest"},
+                         {"type": "s3", "path": "/pg", "s3": s3}]}}}))
+    top = salt_dir / "pillar" / "top.sls"
+    top.write_text(top.read_text() + "    - backup\n")
+
+
+def test_object_storage_keys_come_from_the_file_the_pillar_names(salt_dir):
+    keys = salt_dir / "s3-keys.yaml"
+    keys.write_text("access_key_id: YCAJE\nsecret_access_key: YCM-secret\n")
+    ca = salt_dir / "s3-ca.crt"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    _with_s3(salt_dir, keys, ca)
+    expected = {"2": {"access_key_id": "YCAJE", "secret_access_key": "YCM-secret",
+                      "ca": "-----BEGIN CERTIFICATE-----\n"}}
+    assert credentials(salt_dir, "db1")["s3"] == expected
+    assert credentials(salt_dir, "front")["s3"] == expected
+    assert "s3" not in credentials(salt_dir, "front2")
+
+
+def test_a_missing_keys_file_is_an_error_naming_the_key(salt_dir):
+    _with_s3(salt_dir, salt_dir / "nowhere.yaml")
+    errors = pillar_of(salt_dir, "db1").get("_errors")
+    assert errors and any(
+        "pgcluster:pgbackrest:repositories:1:s3:credentials_file: cannot read "
+        f"{salt_dir / 'nowhere.yaml'} on the salt-master" in e for e in errors), errors
+
+
+def test_each_cluster_host_gets_a_certificate_of_the_cluster_ca(salt_dir):
+    tls = pillar_of(salt_dir, "db1")["pgcluster_tls"]
+    ca = x509.load_pem_x509_certificate(tls["ca"].encode())
+    cert = x509.load_pem_x509_certificate(tls["cert"].encode())
+    cert.verify_directly_issued_by(ca)
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["db1"]
+    assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["192.168.7.1"]
+    key = serialization.load_pem_private_key(tls["key"].encode(), None)
+    assert key.public_key() == cert.public_key()
+    assert "pgcluster_tls" not in pillar_of(salt_dir, "monitoring")
+    # Kept: the same certificate on the next render; the CA's key stays on the master.
+    assert pillar_of(salt_dir, "db1")["pgcluster_tls"] == tls
+    store = salt_dir / "secret" / "pki"
+    assert stat.S_IMODE((store / "ca.key").stat().st_mode) == 0o600
+    assert "PRIVATE KEY" not in tls["ca"] + tls["cert"]
+    front = pillar_of(salt_dir, "front")["pgcluster_tls"]
+    assert front["ca"] == tls["ca"] and front["key"] != tls["key"]
+
+
+def test_a_certificate_is_issued_again_when_the_address_changes(salt_dir):
+    before = pillar_of(salt_dir, "db1")["pgcluster_tls"]
+    members = salt_dir / "pillar" / "hosts" / "members.sls"
+    members.write_text(members.read_text().replace("192.168.7.1}", "192.168.7.101}"))
+    after = pillar_of(salt_dir, "db1")["pgcluster_tls"]
+    assert after["ca"] == before["ca"] and after["cert"] != before["cert"]
+    cert = x509.load_pem_x509_certificate(after["cert"].encode())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["192.168.7.101"]

@@ -1,0 +1,259 @@
+"""
+The cluster's backups, through pgBackRest: what the repositories hold, a backup now, and a
+check that archiving works.
+
+Works from the members and from the repository host (``pgcluster:pgbackrest:host``): a member
+reads the posix repositories through the repository host's TLS server. A backup always runs
+on the repository host (pgBackRest takes it there, copying from a standby); asked of another
+minion, it is handed to the repository host through Salt's peer publishing (the master's
+``peer`` setting allows ``pgbackrest.backup`` only).
+
+CLI Example:
+
+.. code-block:: bash
+
+    salt web pgbackrest.info
+    salt web pgbackrest.info --out=json
+    salt postgres-srv2 pgbackrest.backup type=incr
+    salt web pgbackrest.check
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import time
+
+import salt.utils.path
+from salt.exceptions import CommandExecutionError
+
+log = logging.getLogger(__name__)
+
+__virtualname__ = "pgbackrest"
+
+BACKUP_TYPES = ("full", "diff", "incr")
+# A backup of a large database takes long; the peer call waits for it this long at most.
+BACKUP_TIMEOUT = 6 * 3600
+INFO_TIMEOUT = 120
+# pgBackRest's status codes that still mean "the stanza is there".
+STANZA_PRESENT = (0, 2)  # ok, no valid backups
+
+
+def __virtual__():
+    if not salt.utils.path.which("pgbackrest"):
+        return (False, "pgbackrest: the pgbackrest command is not installed (state pgbackrest)")
+    return __virtualname__
+
+
+def _config(fresh=False):
+    cfg = __salt__["pgcluster.config"](fresh=fresh)
+    if not cfg["pgbackrest"]["enabled"]:
+        raise CommandExecutionError("backups are off (pillar pgcluster:pgbackrest:enabled)")
+    return cfg
+
+
+def _run(cfg, *args, timeout=INFO_TIMEOUT, check=True):
+    """pgbackrest with the cluster's stanza, as the user it runs as; its output."""
+    backup = cfg["pgbackrest"]
+    cmd = ["pgbackrest", f"--stanza={backup['stanza']}", *args]
+    ret = __salt__["cmd.run_all"](cmd, runas=backup["user"], python_shell=False,
+                                  timeout=timeout, output_loglevel="debug")
+    if check and ret["retcode"] != 0:
+        why = (ret["stderr"] or ret["stdout"]).strip().splitlines()
+        raise CommandExecutionError(f"pgbackrest {' '.join(args)} failed (exit "
+                                    f"{ret['retcode']}): {' '.join(why[-3:])}")
+    return ret
+
+
+def _raw_info(cfg):
+    stanzas = json.loads(_run(cfg, "--output=json", "info")["stdout"] or "[]")
+    if not stanzas:
+        raise CommandExecutionError(f"pgbackrest info shows no stanza {cfg['pgbackrest']['stanza']}")
+    return stanzas[0]
+
+
+def _iso(epoch):
+    if epoch is None:
+        return None
+    return datetime.datetime.fromtimestamp(epoch, datetime.UTC).isoformat()
+
+
+def stanza_ready():
+    """
+    True when the cluster's stanza exists in every repository (with or without backups).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt web pgbackrest.stanza_ready
+    """
+    cfg = _config()
+    try:
+        info = _raw_info(cfg)
+    except (CommandExecutionError, ValueError) as exc:
+        log.debug("pgbackrest.stanza_ready: %s", exc)
+        return False
+    repos = info.get("repo") or []
+    return len(repos) == len(cfg["pgbackrest"]["repositories"]) and all(
+        repo.get("status", {}).get("code") in STANZA_PRESENT for repo in repos)
+
+
+def has_backup(repo=1):
+    """
+    True when repository ``repo`` (pgBackRest's number, from 1) holds a backup.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt web pgbackrest.has_backup repo=1
+    """
+    try:
+        info = _raw_info(_config())
+    except (CommandExecutionError, ValueError):
+        return False
+    return any(b.get("database", {}).get("repo-key") == int(repo) for b in info.get("backup") or [])
+
+
+def _newest_segment_time(cfg, repo, archive):
+    """When the newest archived segment was stored (its file's time in the repository)."""
+    newest = archive.get("max")
+    if not newest:
+        return None
+    folder = f"archive/{cfg['pgbackrest']['stanza']}/{archive['id']}/{newest[:16]}"
+    ret = _run(cfg, f"--repo={repo}", "--output=json", "repo-ls", folder, check=False)
+    try:
+        listing = json.loads(ret["stdout"])
+    except ValueError:
+        return None
+    times = [entry.get("time") for name, entry in listing.items() if name.startswith(newest)]
+    return max((t for t in times if t is not None), default=None)
+
+
+def info():
+    """
+    What the repositories hold: each backup (repository, label, type, start and stop time,
+    database size, stored size, the WAL range it needs), and per repository its status, the
+    oldest and newest archived WAL segment and the newest one's age in seconds. The
+    recoverable range starts at the oldest backup's stop time.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt web pgbackrest.info
+        salt web pgbackrest.info --out=json
+    """
+    cfg = _config(fresh=True)
+    raw = _raw_info(cfg)
+    now = time.time()
+    backups = []
+    for b in raw.get("backup") or []:
+        backups.append({
+            "repo": b.get("database", {}).get("repo-key"),
+            "label": b.get("label"),
+            "type": b.get("type"),
+            "start": _iso(b.get("timestamp", {}).get("start")),
+            "stop": _iso(b.get("timestamp", {}).get("stop")),
+            "size_bytes": b.get("info", {}).get("size"),
+            "stored_bytes": b.get("info", {}).get("repository", {}).get("delta"),
+            "wal_start": b.get("archive", {}).get("start"),
+            "wal_stop": b.get("archive", {}).get("stop"),
+            "error": bool(b.get("error")),
+        })
+    repositories = {}
+    for repo in raw.get("repo") or []:
+        key = repo.get("key")
+        entry = {"status": repo.get("status", {}).get("message"), "cipher": repo.get("cipher"),
+                 "backups": sum(1 for b in backups if b["repo"] == key),
+                 "wal_oldest": None, "wal_newest": None, "wal_newest_age_seconds": None}
+        archives = [a for a in raw.get("archive") or [] if a.get("database", {}).get("repo-key") == key]
+        if archives:
+            archive = archives[-1]  # the current PostgreSQL version's
+            entry["wal_oldest"], entry["wal_newest"] = archive.get("min"), archive.get("max")
+            stored = _newest_segment_time(cfg, key, archive)
+            if stored is not None:
+                entry["wal_newest_age_seconds"] = round(now - stored)
+        repositories[key] = entry
+    stops = [b["stop"] for b in backups if b["stop"] and not b["error"]]
+    return {
+        "stanza": raw.get("name"),
+        "status": raw.get("status", {}).get("message"),
+        "repositories": repositories,
+        "backups": backups,
+        "recoverable_from": min(stops) if stops else None,
+    }
+
+
+def backup(type="incr", repo=None, timeout=BACKUP_TIMEOUT):
+    """
+    Take a backup now, of ``type`` full, diff or incr (an incr or diff with no full backup
+    before it becomes a full one), into repository ``repo`` (default: the first). It runs on
+    the repository host whichever minion is asked; it waits for a scheduled backup that is
+    running to finish first. Returns the new backup's label, type, repository and duration.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt web pgbackrest.backup type=full
+        salt postgres-srv2 pgbackrest.backup type=incr repo=2
+    """
+    if type not in BACKUP_TYPES:
+        raise CommandExecutionError(f"type {type!r}: one of {', '.join(BACKUP_TYPES)}")
+    cfg = _config(fresh=True)
+    backup_ = cfg["pgbackrest"]
+    repo = int(repo or 1)
+    if not 1 <= repo <= len(backup_["repositories"]):
+        raise CommandExecutionError(f"repo {repo}: the cluster has repositories 1 to "
+                                    f"{len(backup_['repositories'])}")
+    host = backup_["host"]
+    if __opts__["id"] != host:
+        answers = __salt__["publish.publish"](host, "pgbackrest.backup", [type, repo],
+                                              timeout=int(timeout))
+        if host not in (answers or {}):
+            raise CommandExecutionError(
+                f"the repository host {host} did not answer within {timeout} s (is it up, and "
+                "does the master's peer setting allow pgbackrest.backup?)")
+        answer = answers[host]
+        if not isinstance(answer, dict):  # the repository host's error, as text
+            raise CommandExecutionError(f"on {host}: {answer}")
+        return answer
+    before = {b["label"] for b in info()["backups"]}
+    started = time.monotonic()
+    lock = f"{backup_['spool_path']}/backup.lock"
+    ret = __salt__["cmd.run_all"](
+        ["flock", lock, "pgbackrest", f"--stanza={backup_['stanza']}", f"--repo={repo}",
+         f"--type={type}", "backup"], runas=backup_["user"], python_shell=False,
+        timeout=int(timeout), output_loglevel="debug")
+    took = round(time.monotonic() - started, 1)
+    if ret["retcode"] != 0:
+        why = (ret["stderr"] or ret["stdout"]).strip().splitlines()
+        raise CommandExecutionError(f"pgbackrest backup failed on {host} (exit {ret['retcode']}): "
+                                    f"{' '.join(why[-3:])}")
+    made = [b for b in info()["backups"] if b["label"] not in before and b["repo"] == repo]
+    if not made:
+        raise CommandExecutionError(f"pgbackrest backup ended well on {host} but repository "
+                                    f"{repo} shows no new backup")
+    return {"host": host, "repo": repo, "label": made[-1]["label"], "type": made[-1]["type"],
+            "seconds": took, "size_bytes": made[-1]["size_bytes"],
+            "stored_bytes": made[-1]["stored_bytes"]}
+
+
+def check():
+    """
+    pgBackRest's own check: the configuration, and that the leader's WAL reaches every
+    repository (it switches to a new segment and waits for it to be archived). Returns
+    ``{"ok": True}`` or raises with pgBackRest's message.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt web pgbackrest.check
+    """
+    cfg = _config(fresh=True)
+    _run(cfg, "check", timeout=INFO_TIMEOUT)
+    return {"ok": True, "stanza": cfg["pgbackrest"]["stanza"]}

@@ -1,0 +1,116 @@
+{#- pgBackRest on a member or on the repository host: the package, the host's certificate, the
+    configuration, and pgBackRest's TLS server, through which the two reach each other. #}
+{%- from "pgbackrest/map.jinja" import pgbackrest, cluster with context %}
+{%- if pgbackrest.enabled and (grains.id in cluster.members or grains.id == pgbackrest.host) %}
+
+pgbackrest-package:
+  pkg.installed:
+    - pkgs: {{ pgbackrest.packages | json }}
+
+pgbackrest-tls-dir:
+  file.directory:
+    - name: {{ pgbackrest.tls_dir }}
+    - user: {{ pgbackrest.user }}
+    - group: {{ pgbackrest.group }}
+    - mode: '0750'
+    - makedirs: true
+    - require:
+      - pkg: pgbackrest-package
+
+{#- The cluster CA's certificate, this host's certificate and its key (ext_pillar pgcluster_pki). #}
+{%- for name, key, mode in [('ca.crt', 'pgcluster_tls:ca', '0644'),
+                            ('host.crt', 'pgcluster_tls:cert', '0644'),
+                            ('host.key', 'pgcluster_tls:key', '0600')] %}
+
+pgbackrest-tls-{{ name }}:
+  file.managed:
+    - name: {{ pgbackrest.tls_dir }}/{{ name }}
+    - source: salt://pgbackrest/files/pillar_value.jinja
+    - template: jinja
+    - context:
+        key: {{ key }}
+        source: pgcluster_pki
+    - user: {{ pgbackrest.user }}
+    - group: {{ pgbackrest.group }}
+    - mode: '{{ mode }}'
+    - show_changes: false
+    - require:
+      - file: pgbackrest-tls-dir
+{%- endfor %}
+
+{#- Object storage with a CA of its own, or reached by an address the hosts cannot resolve. #}
+{%- for repo in pgbackrest.repositories %}
+{%-   set number = loop.index %}
+{%-   if repo.type == 's3' and repo.s3.ca_file %}
+
+pgbackrest-repo{{ number }}-storage-ca:
+  file.managed:
+    - name: {{ pgbackrest.tls_dir }}/repo{{ number }}-storage-ca.crt
+    - source: salt://pgbackrest/files/pillar_value.jinja
+    - template: jinja
+    - context:
+        key: pgcluster_credentials:s3:{{ number }}:ca
+        source: pgcluster_credentials
+    - mode: '0644'
+    - require:
+      - file: pgbackrest-tls-dir
+    - require_in:
+      - file: pgbackrest-config
+{%-   endif %}
+{%-   if repo.type == 's3' and repo.s3.address %}
+
+pgbackrest-repo{{ number }}-storage-address:
+  host.present:
+    - name: {{ repo.s3.endpoint }}
+    - ip: {{ repo.s3.address }}
+    - clean: true
+{%-   endif %}
+{%- endfor %}
+
+{%- for dir in (pgbackrest.log_path, pgbackrest.spool_path) %}
+
+pgbackrest-dir-{{ dir }}:
+  file.directory:
+    - name: {{ dir }}
+    - user: {{ pgbackrest.user }}
+    - group: {{ pgbackrest.group }}
+    - mode: '0750'
+    - require:
+      - pkg: pgbackrest-package
+    - require_in:
+      - service: pgbackrest-server
+{%- endfor %}
+
+# Holds the repository passphrase and the object storage keys: never shown in state output.
+pgbackrest-config:
+  file.managed:
+    - name: {{ pgbackrest.config_file }}
+    - source: salt://pgbackrest/files/pgbackrest.conf.jinja
+    - template: jinja
+    - user: {{ pgbackrest.user }}
+    - group: {{ pgbackrest.group }}
+    - mode: '0640'
+    - show_changes: false
+    - require:
+      - pkg: pgbackrest-package
+
+# pgBackRest's TLS server (Debian's unit): the repository host reaches a member's PostgreSQL
+# through it, a member the repository through the repository host's. A restart, not a reload,
+# takes a new certificate.
+pgbackrest-server:
+  service.running:
+    - name: {{ pgbackrest.service }}
+    - enable: true
+    - watch:
+      - file: pgbackrest-config
+      - file: pgbackrest-tls-ca.crt
+      - file: pgbackrest-tls-host.crt
+      - file: pgbackrest-tls-host.key
+{%- elif grains.id in cluster.members or grains.id in cluster.web %}
+
+pgbackrest-server:
+  service.dead:
+    - name: {{ pgbackrest.service }}
+    - enable: false
+    - onlyif: systemctl cat {{ pgbackrest.service }}
+{%- endif %}
