@@ -307,3 +307,24 @@ def patroni_keys(scope=None, namespace="/service", endpoints=None, timeout=DEFAU
         except ValueError:
             keys[key] = value
     return keys
+
+
+def remove_patroni_keys(scope=None, namespace="/service", endpoints=None, timeout=DEFAULT_TIMEOUT):
+    """
+    Remove every key Patroni keeps for the cluster (what ``patronictl remove`` does), so that
+    the next Patroni to start bootstraps the cluster anew. Only for a cluster whose every
+    Patroni is stopped: ``orch.restore`` does this between stopping them and the restore.
+    Returns how many keys were removed.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt postgres-srv1 etcd_cluster.remove_patroni_keys
+    """
+    if scope is None:
+        scope = __salt__["pgcluster.config"](fresh=True)["name"]
+    prefix = f"{namespace.rstrip('/')}/{scope}/"
+    answer = _ask_all("/v3/kv/deleterange", endpoints, timeout,
+                      {"key": _b64(prefix), "range_end": _prefix_end(prefix)})
+    return {"removed": int(answer.get("deleted", 0)), "prefix": prefix}

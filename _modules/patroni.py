@@ -24,6 +24,7 @@ import functools
 import http.client
 import json
 import logging
+import time
 import urllib.error
 import urllib.request
 
@@ -765,3 +766,27 @@ def history(timeout=DEFAULT_TIMEOUT):
     rows = _first_answer("/history", timeout)[1]
     keys = ("timeline", "lsn", "reason", "timestamp", "new_leader")
     return [dict(zip(keys, row, strict=False)) for row in rows]
+
+
+def wait_healthy(timeout=300, max_lag_mb=None):
+    """
+    Wait until ``patroni.health`` says the cluster is healthy (one leader, every replica
+    streaming on its timeline); raise, with the last report, after ``timeout`` seconds. For
+    orchestrations that must not go on before.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt web patroni.wait_healthy timeout=120
+    """
+    deadline = time.monotonic() + float(timeout)
+    while True:
+        report = health(max_lag_mb=max_lag_mb)
+        if report.get("healthy"):
+            return report
+        if time.monotonic() > deadline:
+            members = {n: (e.get("role"), e.get("state"), e.get("error"))
+                       for n, e in report.get("members", {}).items()}
+            raise CommandExecutionError(f"the cluster is not healthy after {timeout} s: {members}")
+        time.sleep(2)

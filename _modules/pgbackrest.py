@@ -59,11 +59,18 @@ def _run(cfg, *args, timeout=INFO_TIMEOUT, check=True):
     cmd = ["pgbackrest", f"--stanza={backup['stanza']}", *args]
     ret = __salt__["cmd.run_all"](cmd, runas=backup["user"], python_shell=False,
                                   timeout=timeout, output_loglevel="debug")
+    _own_retcode()
     if check and ret["retcode"] != 0:
         why = (ret["stderr"] or ret["stdout"]).strip().splitlines()
         raise CommandExecutionError(f"pgbackrest {' '.join(args)} failed (exit "
                                     f"{ret['retcode']}): {' '.join(why[-3:])}")
     return ret
+
+
+def _own_retcode():
+    # cmd.run_all marks the whole job failed when a command exits non-zero; these functions
+    # read the exit themselves and raise when it is a failure.
+    __context__["retcode"] = 0
 
 
 def _raw_info(cfg):
@@ -187,12 +194,14 @@ def info():
     }
 
 
-def backup(type="incr", repo=None, timeout=BACKUP_TIMEOUT):
+def backup(type="incr", repo=None, from_standby=True, timeout=BACKUP_TIMEOUT):
     """
     Take a backup now, of ``type`` full, diff or incr (an incr or diff with no full backup
     before it becomes a full one), into repository ``repo`` (default: the first). It runs on
     the repository host whichever minion is asked; it waits for a scheduled backup that is
-    running to finish first. Returns the new backup's label, type, repository and duration.
+    running to finish first. It copies from a standby unless ``from_standby=False`` (a cluster
+    with no replica yet, as orch.restore has). Returns the new backup's label, type,
+    repository and duration.
 
     CLI Example:
 
@@ -211,7 +220,8 @@ def backup(type="incr", repo=None, timeout=BACKUP_TIMEOUT):
                                     f"{len(backup_['repositories'])}")
     host = backup_["host"]
     if __opts__["id"] != host:
-        answers = __salt__["publish.publish"](host, "pgbackrest.backup", [type, repo],
+        answers = __salt__["publish.publish"](host, "pgbackrest.backup",
+                                              [type, repo, bool(from_standby)],
                                               timeout=int(timeout))
         if host not in (answers or {}):
             raise CommandExecutionError(
@@ -226,7 +236,8 @@ def backup(type="incr", repo=None, timeout=BACKUP_TIMEOUT):
     lock = f"{backup_['spool_path']}/backup.lock"
     ret = __salt__["cmd.run_all"](
         ["flock", lock, "pgbackrest", f"--stanza={backup_['stanza']}", f"--repo={repo}",
-         f"--type={type}", "backup"], runas=backup_["user"], python_shell=False,
+         f"--type={type}", *([] if _truthy(from_standby) else ["--no-backup-standby"]),
+         "backup"], runas=backup_["user"], python_shell=False,
         timeout=int(timeout), output_loglevel="debug")
     took = round(time.monotonic() - started, 1)
     if ret["retcode"] != 0:
@@ -240,6 +251,10 @@ def backup(type="incr", repo=None, timeout=BACKUP_TIMEOUT):
     return {"host": host, "repo": repo, "label": made[-1]["label"], "type": made[-1]["type"],
             "seconds": took, "size_bytes": made[-1]["size_bytes"],
             "stored_bytes": made[-1]["stored_bytes"]}
+
+
+def _truthy(value):
+    return str(value).lower() not in ("false", "0", "no", "off", "none")
 
 
 def check():
@@ -257,3 +272,151 @@ def check():
     cfg = _config(fresh=True)
     _run(cfg, "check", timeout=INFO_TIMEOUT)
     return {"ok": True, "stanza": cfg["pgbackrest"]["stanza"]}
+
+
+# --- Restore (orch.restore): each step a function, run where it acts -------------------------
+
+def _parse_target(target):
+    """("latest", None) or ("time", aware datetime); a bad target raises, saying what to give."""
+    usage = ("pillar restore:target: give a time with its zone (ISO 8601, e.g. "
+             "2026-12-01T21:00:00+00:00) or latest")
+    if target is None or str(target).strip() == "":
+        raise CommandExecutionError(f"no restore target given: {usage}")
+    text = str(target).strip()
+    if text == "latest":
+        return "latest", None
+    try:
+        when = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise CommandExecutionError(f"restore target {text!r} is not a time: {usage}") from None
+    if when.tzinfo is None:
+        raise CommandExecutionError(f"restore target {text!r} has no zone: {usage}")
+    return "time", when.astimezone(datetime.UTC)
+
+
+def restore_check(target=None):
+    """
+    Whether the cluster can be restored to ``target`` (a time with its zone, or ``latest``),
+    changing nothing: the repository must answer and hold a backup that ended before the
+    target, and the target must not lie in the future. Returns what the restore will do;
+    raises with the reason otherwise (``orch.restore`` stops there).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt postgres-srv1 pgbackrest.restore_check target=2026-12-01T21:00:00+00:00
+        salt postgres-srv1 pgbackrest.restore_check target=latest
+    """
+    kind, when = _parse_target(target)
+    now = datetime.datetime.now(datetime.UTC)
+    if when is not None and when > now:
+        raise CommandExecutionError(
+            f"restore target {when.isoformat()} is in the future (now {now.isoformat(timespec='seconds')})")
+    try:
+        known = info()
+    except CommandExecutionError as exc:
+        raise CommandExecutionError(f"the backup repository cannot be read: {exc}") from None
+    broken = {n: r["status"] for n, r in known["repositories"].items() if r["status"] != "ok"}
+    if known["status"] != "ok" or broken:
+        raise CommandExecutionError(
+            f"the backup repository cannot be read: stanza {known['stanza']}: {known['status']}"
+            + "".join(f"; repo{n}: {s}" for n, s in broken.items()))
+    oldest = known["recoverable_from"]
+    if oldest is None:
+        raise CommandExecutionError("the repository holds no backup to restore from")
+    if when is not None and when < datetime.datetime.fromisoformat(oldest):
+        raise CommandExecutionError(
+            f"restore target {when.isoformat()} is before the oldest backup, which ends at "
+            f"{oldest}: the cluster can be restored to {oldest} or later")
+    return {"target": "latest" if when is None else when.isoformat(), "type": kind,
+            "recoverable_from": oldest, "stanza": known["stanza"]}
+
+
+def _psql(cfg, sql, timeout=60):
+    pg = cfg["postgresql"]
+    ret = __salt__["cmd.run_all"](
+        ["psql", "-X", "-At", "-p", str(pg["port"]), "-d", "postgres", "-c", sql],
+        runas="postgres", python_shell=False, timeout=timeout, output_loglevel="debug")
+    _own_retcode()
+    return ret
+
+
+def flush_archive(timeout=120):
+    """
+    On the member that leads (any other answers that it does not): close the current WAL
+    segment and wait until it is archived, so that every write acknowledged until now can be
+    restored. Returns the segment, or why nothing was done.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt -L postgres-srv1,postgres-srv2,postgres-srv3 pgbackrest.flush_archive
+    """
+    cfg = _config()
+    ret = _psql(cfg, "SELECT pg_is_in_recovery()")
+    if ret["retcode"] != 0:
+        return {"flushed": False, "why": "PostgreSQL does not run here"}
+    if ret["stdout"].strip() != "f":
+        return {"flushed": False, "why": "not the leader"}
+    ret = _psql(cfg, "SELECT pg_walfile_name(pg_switch_wal())")
+    if ret["retcode"] != 0:
+        raise CommandExecutionError(f"pg_switch_wal failed: {ret['stderr'].strip()}")
+    segment = ret["stdout"].strip()
+    deadline = time.monotonic() + float(timeout)
+    while time.monotonic() < deadline:
+        done = _psql(cfg, "SELECT last_archived_wal FROM pg_stat_archiver")["stdout"].strip()
+        if done and done >= segment:
+            return {"flushed": True, "segment": segment}
+        time.sleep(0.5)
+    raise CommandExecutionError(f"WAL segment {segment} was not archived within {timeout} s: "
+                                "the archive is failing (pgbackrest.check says why)")
+
+
+def set_aside_data():
+    """
+    Move this member's data directory aside (to ``<data_dir>.before-restore``, replacing an
+    earlier one), so that Patroni bootstraps it anew; nothing is deleted. Patroni must be
+    stopped. Returns where it went, or that there was none.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt postgres-srv2 pgbackrest.set_aside_data
+    """
+    cfg = _config()
+    data = cfg["postgresql"]["data_dir"]
+    aside = f"{data}.before-restore"
+    if __salt__["service.status"](cfg["patroni"]["service"]):
+        raise CommandExecutionError(f"Patroni runs on {__opts__['id']}: stop it first")
+    if not __salt__["file.directory_exists"](data):
+        return {"moved": False, "data_dir": data}
+    if __salt__["file.directory_exists"](aside):
+        __salt__["file.remove"](aside)
+    __salt__["file.rename"](data, aside)
+    return {"moved": True, "data_dir": data, "to": aside}
+
+
+def clear_restore_settings():
+    """
+    On the restored leader: remove the recovery target pgBackRest's restore wrote into
+    ``postgresql.auto.conf``, which would otherwise stop this member's replay at that target
+    again whenever it runs as a replica later.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt postgres-srv1 pgbackrest.clear_restore_settings
+    """
+    cfg = _config()
+    names = ("restore_command", "recovery_target_time", "recovery_target_action",
+             "recovery_target", "recovery_target_timeline")
+    for name in names:
+        ret = _psql(cfg, f"ALTER SYSTEM RESET {name}")
+        if ret["retcode"] != 0:
+            raise CommandExecutionError(f"ALTER SYSTEM RESET {name} failed: {ret['stderr'].strip()}")
+    _psql(cfg, "SELECT pg_reload_conf()")
+    return {"reset": list(names)}

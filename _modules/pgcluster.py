@@ -179,7 +179,10 @@ def patroni_config(minion_id=None, show_secrets=False):
     if not show_secrets:
         creds = dict.fromkeys(creds, REDACTED)
     admins = __utils__["pgcluster_render.admin_networks"](cfg, _master_addresses())
-    return __utils__["pgcluster_render.patroni_config"](cfg, member, creds, admins)
+    # Only while orch.restore bootstraps this member from the backups.
+    restore = __salt__["pillar.get"]("restore:target", None)
+    return __utils__["pgcluster_render.patroni_config"](
+        cfg, member, creds, admins, str(restore) if restore else None)
 
 
 def firewall(minion_id=None):

@@ -9,6 +9,7 @@ environment they are handed (credentials, the salt-master's addresses); the exec
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 
 
@@ -100,8 +101,37 @@ def replica_methods(cfg: dict) -> dict:
     }
 
 
-def patroni_config(cfg: dict, member: str, credentials: dict, admins: list[str]) -> dict:
-    """/etc/patroni/config.yml of one member. credentials: the member's pillar share."""
+def pgbackrest_time(target: str) -> str:
+    """An ISO 8601 time with its zone in the form pgBackRest reads (it picks the backup to
+    restore by it): UTC, a space between date and time, fractions kept."""
+    when = datetime.datetime.fromisoformat(target).astimezone(datetime.UTC)
+    return when.strftime("%Y-%m-%d %H:%M:%S") + (f".{when.microsecond:06d}" if when.microsecond
+                                                 else "") + "+00"
+
+
+def restore_bootstrap(cfg: dict, target: str) -> dict:
+    """Patroni's bootstrap section for orch.restore: the cluster is bootstrapped by restoring
+    the backup repository to ``target`` (a time with its zone, or latest), recovering the
+    archived WAL up to it and promoting; what pgBackRest writes for the recovery is kept."""
+    backup = cfg["pgbackrest"]
+    data_dir = cfg["postgresql"]["data_dir"]
+    aim = ("--type=default" if target == "latest" else
+           f"--type=time '--target={pgbackrest_time(target)}' --target-action=promote")
+    restore = f"pgbackrest --stanza={backup['stanza']} --delta {aim} restore"
+    return {
+        "method": "pgbackrest_restore",
+        "pgbackrest_restore": {
+            "command": f"/bin/sh -c \"mkdir -p -m 0700 {data_dir} && exec {restore}\"",
+            "keep_existing_recovery_conf": True,
+            "no_params": True,
+        },
+    }
+
+
+def patroni_config(cfg: dict, member: str, credentials: dict, admins: list[str],
+                   restore_target: str | None = None) -> dict:
+    """/etc/patroni/config.yml of one member. credentials: the member's pillar share;
+    restore_target: orch.restore's target, which makes the bootstrap a restore."""
     me = cfg["members"][member]["address"]
     patroni, pg = cfg["patroni"], cfg["postgresql"]
     version = pg["version"]
@@ -120,6 +150,7 @@ def patroni_config(cfg: dict, member: str, credentials: dict, admins: list[str])
         "bootstrap": {
             "dcs": dcs_config(cfg),
             "initdb": [{"encoding": "UTF8"}, {"locale": "C.UTF-8"}, "data-checksums"],
+            **(restore_bootstrap(cfg, restore_target) if restore_target else {}),
         },
         "postgresql": {
             "listen": f"{me},127.0.0.1:{pg['port']}",

@@ -57,11 +57,13 @@ postgresql:
     - require:
       - salt: common
 
-# pgBackRest and its TLS server on the members before Patroni: the leader archives its WAL
-# from the start, and a replica is restored from the repository when it holds a backup.
+# pgBackRest and its TLS server on the members and on the repository host (a web host; the
+# state leaves the other web hosts alone) before Patroni: the leader archives its WAL from the
+# start, and a new replica asks the repository for a backup, finds none yet, and clones the
+# leader at once (with no repository host serving, pgBackRest would retry for 2 minutes).
 pgbackrest:
   salt.state:
-    - tgt: {{ members | join(',') }}
+    - tgt: {{ (members + web) | join(',') }}
     - tgt_type: list
     - sls: pgbackrest
 {{- override() }}
