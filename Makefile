@@ -52,6 +52,8 @@ bench: deps
 	$(VENV)/bin/python bench/web.py
 	@echo "bench: memory per host and service, idle and under pgbench (about 1 minute)"
 	$(VENV)/bin/python bench/memory.py
+	@echo "bench: backups and a point-in-time restore, REPLACES THE CLUSTER'S DATA (about 3 minutes)"
+	$(VENV)/bin/python bench/backup.py
 	@echo "bench: the Yandex path on the emulated cloud, TAKES THE LAB DOWN (about 8 minutes)"
 	$(VENV)/bin/python bench/deploy.py --yandex
 

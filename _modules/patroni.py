@@ -369,14 +369,19 @@ def is_leader(member=None, timeout=DEFAULT_TIMEOUT):
         return False
 
 
-def health(max_lag_mb=None, timeout=DEFAULT_TIMEOUT):
+def health(max_lag_mb=None, timeout=DEFAULT_TIMEOUT, archive=True):
     """
     Per member: the REST API answers, PostgreSQL runs, the role (named as ``patroni.list`` names
     it), the state, the replication lag, the error of a member that does not answer; and whether
     the whole cluster is healthy (one leader, every replica streaming on the leader's timeline,
     lag within ``max_lag_mb``, default Patroni's maximum_lag_on_failover).
 
-    Every member is asked at once: returns within ``timeout`` seconds.
+    With backups on, ``archive`` also says whether the leader's WAL reaches every repository
+    (``ok`` false: completed segments wait to be archived, or the repository does not answer),
+    asked of pgBackRest on this minion (a member or the repository host) within 5 s more;
+    it does not change ``healthy``, which is about serving.
+
+    Every member is asked at once: returns within ``timeout`` seconds (and the archive's 5).
 
     CLI Example:
 
@@ -389,6 +394,7 @@ def health(max_lag_mb=None, timeout=DEFAULT_TIMEOUT):
         max_lag_mb = cfg["patroni"]["maximum_lag_on_failover"] / 1048576
     round_, urls = _survey(timeout)
     report = {}
+    locations = {}
     for name in urls:
         entry = {"rest_api": False, "postgresql": False, "role": None, "state": None,
                  "lag_mb": None, "error": None}
@@ -398,6 +404,7 @@ def health(max_lag_mb=None, timeout=DEFAULT_TIMEOUT):
         else:
             entry["rest_api"] = True
             status = answer.json() or {}
+            locations[name] = (status.get("xlog") or {}).get("location")
             entry["state"] = status.get("state")
             entry["role"] = _role_name(status.get("role"), status) or None
             entry["postgresql"] = status.get("state") in RUNNING_STATES
@@ -430,8 +437,25 @@ def health(max_lag_mb=None, timeout=DEFAULT_TIMEOUT):
         and (e["lag_mb"] is None or (isinstance(e["lag_mb"], float) and e["lag_mb"] <= max_lag_mb))
         for name, e in report.items()
     )
-    return {"healthy": healthy, "leader": leaders[0] if len(leaders) == 1 else None,
-            "members": report}
+    leader = leaders[0] if len(leaders) == 1 else None
+    result = {"healthy": healthy, "leader": leader, "members": report}
+    if archive and cfg["pgbackrest"]["enabled"]:
+        result["archive"] = _archive(locations.get(leader))
+    return result
+
+
+def _archive(location):
+    """How far the archive trails the leader's WAL position (pgbackrest.archive_lag)."""
+    if location is None:
+        return {"ok": None, "error": "no leader's WAL position to compare with"}
+    if "pgbackrest.archive_lag" not in __salt__:
+        here = __opts__.get("id", "this minion")
+        return {"ok": None, "error": f"pgBackRest is not on {here}: ask a member or the "
+                                     "backup repository host"}
+    try:
+        return __salt__["pgbackrest.archive_lag"](location)
+    except CommandExecutionError as exc:
+        return {"ok": False, "error": str(exc)}
 
 
 def _check_member(name, cfg_members):

@@ -194,6 +194,44 @@ def info():
     }
 
 
+def _segment_number(name):
+    # TTTTTTTTXXXXXXXXYYYYYYYY: 256 segments of 16 MB per XXXXXXXX.
+    return int(name[8:16], 16) * 256 + int(name[16:24], 16)
+
+
+def archive_lag(location, timeout=5):
+    """
+    How many completed WAL segments before the leader's position ``location`` (an LSN as a
+    number, as Patroni's REST API gives it) are not yet in each repository; ``ok`` while no more
+    than one is (the one being pushed). Raises when the repository does not answer within
+    ``timeout`` seconds. ``patroni.health`` reports it.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt web pgbackrest.archive_lag 352321536
+    """
+    cfg = _config()
+    ret = _run(cfg, "--output=json", "info", timeout=int(timeout), check=False)
+    if ret["retcode"] != 0:
+        why = " ".join((ret["stderr"] or ret["stdout"] or "no answer").split())[:300]
+        raise CommandExecutionError(f"the backup repository did not answer within {timeout} s: {why}")
+    stanzas = json.loads(ret["stdout"] or "[]")
+    current = int(location) >> 24
+    repositories = {}
+    for repo in (stanzas[0].get("repo") or []) if stanzas else []:
+        key = repo.get("key")
+        archives = [a for a in stanzas[0].get("archive") or []
+                    if a.get("database", {}).get("repo-key") == key and a.get("max")]
+        newest = archives[-1]["max"] if archives else None
+        waiting = current - _segment_number(newest) - 1 if newest else None
+        repositories[key] = {"newest": newest, "segments_waiting": waiting}
+    ok = bool(repositories) and all(r["segments_waiting"] is not None and r["segments_waiting"] <= 1
+                                    for r in repositories.values())
+    return {"ok": ok, "repositories": repositories}
+
+
 def backup(type="incr", repo=None, from_standby=True, timeout=BACKUP_TIMEOUT):
     """
     Take a backup now, of ``type`` full, diff or incr (an incr or diff with no full backup

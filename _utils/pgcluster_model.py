@@ -565,7 +565,7 @@ def derive(cfg: dict) -> dict:
     return cfg
 
 
-REPOSITORY_DEFAULTS = {"retention_diff": None, "encrypt": True}
+REPOSITORY_DEFAULTS = {"retention_full": 2, "retention_diff": None, "encrypt": True}
 S3_DEFAULTS = {"uri_style": "host", "port": 443, "ca_file": None, "address": None}
 
 

@@ -252,34 +252,9 @@ def pgbackrest_config(cfg: dict, host: str, cipher_pass: str, s3_keys: dict) -> 
         # Copy from a standby; the leader only starts and stops the backup.
         glob.update({"backup-standby": "y", "start-fast": "y"})
     for number, repo in enumerate(backup["repositories"], 1):
-        key = f"repo{number}"
-        if repo["type"] == "posix" and is_member:
-            glob.update({f"{key}-host": repo_host, f"{key}-host-type": "tls",
-                         f"{key}-host-port": backup["tls_port"],
-                         **{f"{key}-host-{k}": v for k, v in client_cert.items()}})
-            continue
-        glob[f"{key}-path"] = repo["path"]
-        if not is_member or repo["type"] == "s3":
-            glob[f"{key}-retention-full"] = repo["retention_full"]
-            if repo["retention_diff"] is not None:
-                glob[f"{key}-retention-diff"] = repo["retention_diff"]
-            if repo["encrypt"]:
-                glob.update({f"{key}-cipher-type": "aes-256-cbc", f"{key}-cipher-pass": cipher_pass})
-        if repo["type"] == "s3":
-            s3 = repo["s3"]
-            keys = s3_keys.get(number) or {}
-            glob.update({
-                f"{key}-type": "s3",
-                f"{key}-s3-endpoint": s3["endpoint"],
-                f"{key}-s3-region": s3["region"],
-                f"{key}-s3-bucket": s3["bucket"],
-                f"{key}-s3-uri-style": s3["uri_style"],
-                f"{key}-storage-port": s3["port"],
-                f"{key}-s3-key": keys.get("access_key_id", ""),
-                f"{key}-s3-key-secret": keys.get("secret_access_key", ""),
-            })
-            if s3["ca_file"]:
-                glob[f"{key}-storage-ca-file"] = f"{tls}/{key}-storage-ca.crt"
+        glob.update(_repository_options(cfg, number, repo, is_member=is_member,
+                                        client_cert=client_cert, cipher_pass=cipher_pass,
+                                        keys=s3_keys.get(number) or {}))
     if is_member:
         section = {"pg1-path": pg["data_dir"], "pg1-port": pg["port"],
                    "pg1-socket-path": "/var/run/postgresql"}
@@ -291,7 +266,52 @@ def pgbackrest_config(cfg: dict, host: str, cipher_pass: str, s3_keys: dict) -> 
                             **{f"pg{number}-host-{k}": v for k, v in client_cert.items()},
                             f"pg{number}-path": pg["data_dir"], f"pg{number}-port": pg["port"],
                             f"pg{number}-socket-path": "/var/run/postgresql"})
-    return {"global": glob, stanza: section}
+    sections = {"global": glob}
+    if is_member:
+        # PostgreSQL waits for these: the archiver before a leader can shut down (three tries
+        # per segment), the startup of a replica before it reads its own pg_wal. Cut off from
+        # the repository, each would wait 60 s (pgBackRest's default), holding up the demotion
+        # of a partitioned leader and the start of every replica; a try that runs out fails
+        # and PostgreSQL tries again, while pgBackRest goes on in the background.
+        sections["global:archive-push"] = {"archive-timeout": ARCHIVE_WAIT}
+        sections["global:archive-get"] = {"archive-timeout": ARCHIVE_WAIT}
+    sections[stanza] = section
+    return sections
+
+
+ARCHIVE_WAIT = 2  # seconds
+
+
+def _repository_options(cfg: dict, number: int, repo: dict, *, is_member: bool,
+                        client_cert: dict, cipher_pass: str, keys: dict) -> dict:
+    """One repository's options (repoN-*): a posix repository a member reaches through the
+    repository host; the rest written directly (and encrypted) where they are used."""
+    backup, key = cfg["pgbackrest"], f"repo{number}"
+    if repo["type"] == "posix" and is_member:
+        return {f"{key}-host": backup["host"], f"{key}-host-type": "tls",
+                f"{key}-host-port": backup["tls_port"],
+                **{f"{key}-host-{k}": v for k, v in client_cert.items()}}
+    options: dict = {f"{key}-path": repo["path"], f"{key}-retention-full": repo["retention_full"]}
+    if repo["retention_diff"] is not None:
+        options[f"{key}-retention-diff"] = repo["retention_diff"]
+    if repo["encrypt"]:
+        options.update({f"{key}-cipher-type": "aes-256-cbc", f"{key}-cipher-pass": cipher_pass})
+    if repo["type"] == "s3":
+        s3 = repo["s3"]
+        options.update({
+            f"{key}-type": "s3",
+            f"{key}-s3-endpoint": s3["endpoint"],
+            f"{key}-s3-region": s3["region"],
+            f"{key}-s3-bucket": s3["bucket"],
+            f"{key}-s3-uri-style": s3["uri_style"],
+            f"{key}-storage-port": s3["port"],
+            f"{key}-s3-key": keys.get("access_key_id", ""),
+            f"{key}-s3-key-secret": keys.get("secret_access_key", ""),
+        })
+        if s3["ca_file"]:
+            options[f"{key}-storage-ca-file"] = f"{backup['tls_dir']}/{key}-storage-ca.crt"
+    return options
+
 
 
 def ini(sections: dict) -> str:

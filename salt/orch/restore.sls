@@ -1,6 +1,6 @@
 {#- The whole cluster back to a point in time from its backups, or to the newest archived WAL:
-    .venv/bin/salt-run state.orchestrate orch.restore pillar='{"restore": {"target": "2026-12-01T21:00:00+00:00"}}'
-    .venv/bin/salt-run state.orchestrate orch.restore pillar='{"restore": {"target": "latest"}}'
+    .venv/bin/salt-run state.orchestrate orch.restore pillar='{ "restore": { "target": "2026-12-01T21:00:00+00:00" } }'
+    .venv/bin/salt-run state.orchestrate orch.restore pillar='{ "restore": { "target": "latest" } }'
     The first step refuses, changing nothing, a target that is missing, in the future, before
     the oldest backup, or a repository that cannot be read. Then: the leader's WAL archived up
     to now; Patroni stopped everywhere; the cluster's keys removed from etcd; every data

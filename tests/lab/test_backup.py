@@ -105,3 +105,28 @@ def test_a_rebuilt_member_is_restored_from_the_repository_not_the_leader(healthy
     log = _patroni_log_since(replica, since)
     assert re.search(r"replica has been created using pgbackrest", log), log[-3000:]
     assert "basebackup" not in log.lower(), log[-3000:]
+
+
+def _switch_wal_with_writes(member: str, times: int) -> None:
+    for _ in range(times):
+        lab_exec(member, "runuser", "-u", "postgres", "--", "psql", "-X", "-At", "-c",
+                 "CREATE TABLE IF NOT EXISTS archive_probe (at timestamptz); "
+                 "INSERT INTO archive_probe VALUES (now()); SELECT pg_switch_wal()")
+
+
+def test_health_reports_an_archive_that_stops_and_its_recovery(healthy_cluster):
+    assert on_web("patroni.health")["archive"]["ok"] is True
+    host, service = REPO_HOST, BACKUP["service"]
+    lab_exec(host, "systemctl", "stop", service)
+    try:
+        _switch_wal_with_writes(leader(), 3)
+        report = on_web("patroni.health")
+        assert report["healthy"] is True  # serving is not affected
+        assert report["archive"]["ok"] is False, report["archive"]
+        assert report["archive"]["repositories"]["1"]["segments_waiting"] >= 2
+    finally:
+        lab_exec(host, "systemctl", "start", service)
+    deadline = time.monotonic() + 120
+    while not on_web("patroni.health")["archive"]["ok"]:
+        assert time.monotonic() < deadline, "the archive did not catch up within 120 s"
+        time.sleep(2)

@@ -73,9 +73,11 @@ def test_no_acknowledged_write_is_lost(lab, report, scenario, run):
     read_only_after = None
     if scenario == "partition":
         # No split brain: the cut-off old leader must stop taking writes once its lock is gone
-        # (ttl), while a new leader is being elected on the other side.
+        # (ttl), while a new leader is being elected on the other side. It stops when it shuts
+        # down to rejoin as a replica (refusing connections while its archiver tries, briefly,
+        # to archive the WAL it holds), and answers read-only once it is up again.
         while time.monotonic() < fault_at + cluster().ttl + 10:
-            if in_recovery(old_leader):
+            if in_recovery(old_leader) is not False:
                 read_only_after = round(time.monotonic() - fault_at, 1)
                 break
             time.sleep(0.5)

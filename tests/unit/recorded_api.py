@@ -172,5 +172,6 @@ def cluster_config(fresh=False):
         "member_names": names,
         "members": {n: {"address": MEMBERS[n]} for n in names},
         "patroni": {"restapi_port": PATRONI_PORT, "maximum_lag_on_failover": 1048576},
+        "pgbackrest": {"enabled": True},
         "etcd": {"endpoints": [f"{MEMBERS[n]}:{ETCD_PORT}" for n in names]},
     }

@@ -448,3 +448,26 @@ def test_operations_model_the_cluster_from_the_masters_pillar_as_it_is_now(recor
     patroni.list_()
     etcd_cluster.health()
     assert asked and all(asked)
+
+
+@pytest.mark.parametrize("recorded", ["healthy"], indirect=True)
+def test_health_reports_the_archive_against_the_leaders_wal_position(recorded):
+    # Where pgBackRest is not installed, health says so and where to ask.
+    report = patroni.health()
+    assert report["healthy"] is True
+    assert report["archive"]["ok"] is None and "pgBackRest is not on" in report["archive"]["error"]
+    asked = []
+
+    def archive_lag(location):
+        asked.append(location)
+        return {"ok": False, "repositories": {1: {"newest": "x", "segments_waiting": 5}}}
+
+    patroni.__salt__["pgbackrest.archive_lag"] = archive_lag
+    try:
+        report = patroni.health()
+    finally:
+        del patroni.__salt__["pgbackrest.archive_lag"]
+    # The leader's position from its REST API; a failing archive does not make it unhealthy.
+    leader = report["leader"]
+    assert asked == [json.loads(recorded.answers[leader]["GET /patroni"]["body"])["xlog"]["location"]]
+    assert report["archive"]["ok"] is False and report["healthy"] is True
