@@ -11,7 +11,10 @@ map a client certificate's common name to what it may do) read them from files t
 write 0600. The CA's key never leaves the master.
 
 A host's certificate is issued again when it is missing, when its names or address changed,
-or when less than a third of its life is left; ``state.apply`` then writes the new one.
+or when less than a third of its life is left; ``state.apply`` then writes the new one. The
+store keeps one certificate per host *and address*: a pillar that gives a host another address
+for one run (``bin/deploy --pillar``, refused at its addresses step) gets a certificate of its
+own and leaves the host's real one as it was, so the next ``state.apply`` changes nothing.
 
 The store (``pillar/generated/pki/`` beside the pillar by default) is written 0600, atomically,
 under a lock: several minions render their pillar at once.
@@ -143,7 +146,8 @@ def _host_tls(store, cluster_name, host, address, days):
     with open(os.path.join(store, ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         ca_key, ca_cert = _ca(store, cluster_name)
-        key_path, cert_path = (os.path.join(store, f"{host}.{ext}") for ext in ("key", "crt"))
+        key_path, cert_path = (os.path.join(store, f"{host}_{address}.{ext}")
+                               for ext in ("key", "crt"))
         cert = None
         if os.path.exists(key_path) and os.path.exists(cert_path):
             cert = x509.load_pem_x509_certificate(_read(cert_path))
