@@ -24,6 +24,8 @@ import datetime
 import json
 import logging
 import time
+import urllib.error
+import urllib.request
 
 import salt.utils.path
 from salt.exceptions import CommandExecutionError
@@ -175,13 +177,15 @@ def info():
         key = repo.get("key")
         entry = {"status": repo.get("status", {}).get("message"), "cipher": repo.get("cipher"),
                  "backups": sum(1 for b in backups if b["repo"] == key),
-                 "wal_oldest": None, "wal_newest": None, "wal_newest_age_seconds": None}
+                 "wal_oldest": None, "wal_newest": None, "wal_newest_stored": None,
+                 "wal_newest_age_seconds": None}
         archives = [a for a in raw.get("archive") or [] if a.get("database", {}).get("repo-key") == key]
         if archives:
             archive = archives[-1]  # the current PostgreSQL version's
             entry["wal_oldest"], entry["wal_newest"] = archive.get("min"), archive.get("max")
             stored = _newest_segment_time(cfg, key, archive)
             if stored is not None:
+                entry["wal_newest_stored"] = _iso(stored)
                 entry["wal_newest_age_seconds"] = round(now - stored)
         repositories[key] = entry
     stops = [b["stop"] for b in backups if b["stop"] and not b["error"]]
@@ -332,19 +336,38 @@ def _parse_target(target):
     return "time", when.astimezone(datetime.UTC)
 
 
-def restore_check(target=None):
+def _parse_repo(repo, known):
+    """None (pgBackRest picks: the first repository holding a backup for the target) or the
+    number of a repository the cluster has."""
+    if repo is None or str(repo).strip() == "":
+        return None
+    have = sorted(known["repositories"])
+    try:
+        number = int(str(repo).strip())
+    except ValueError:
+        number = None
+    if number not in have:
+        raise CommandExecutionError(
+            f"pillar restore:repo: {repo!r} is not one of the cluster's repositories "
+            f"({', '.join(map(str, have))}; pgcluster:pgbackrest:repositories in order)")
+    return number
+
+
+def restore_check(target=None, repo=None):
     """
     Whether the cluster can be restored to ``target`` (a time with its zone, or ``latest``),
     changing nothing: the repository must answer and hold a backup that ended before the
-    target, and the target must not lie in the future. Returns what the restore will do;
-    raises with the reason otherwise (``orch.restore`` stops there).
+    target, and the target must not lie in the future. ``repo``: restore from that repository
+    (1, 2, ... in pillar order; by default pgBackRest takes the first that holds a backup for
+    the target). Returns what the restore will do; raises with the reason otherwise
+    (``orch.restore`` stops there).
 
     CLI Example:
 
     .. code-block:: bash
 
         salt postgres-srv1 pgbackrest.restore_check target=2026-12-01T21:00:00+00:00
-        salt postgres-srv1 pgbackrest.restore_check target=latest
+        salt postgres-srv1 pgbackrest.restore_check target=latest repo=2
     """
     kind, when = _parse_target(target)
     now = datetime.datetime.now(datetime.UTC)
@@ -355,20 +378,35 @@ def restore_check(target=None):
         known = info()
     except CommandExecutionError as exc:
         raise CommandExecutionError(f"the backup repository cannot be read: {exc}") from None
-    broken = {n: r["status"] for n, r in known["repositories"].items() if r["status"] != "ok"}
-    if known["status"] != "ok" or broken:
+    number = _parse_repo(repo, known)
+    broken = {n: r["status"] for n, r in known["repositories"].items()
+              if r["status"] != "ok" and number in (None, n)}
+    if (known["status"] != "ok" and number is None) or broken:
         raise CommandExecutionError(
             f"the backup repository cannot be read: stanza {known['stanza']}: {known['status']}"
             + "".join(f"; repo{n}: {s}" for n, s in broken.items()))
-    oldest = known["recoverable_from"]
+    stops = [b["stop"] for b in known["backups"]
+             if b["stop"] and not b["error"] and number in (None, b["repo"])]
+    oldest = min(stops) if stops else None
+    where = "the repository" if number is None else f"repo{number}"
     if oldest is None:
-        raise CommandExecutionError("the repository holds no backup to restore from")
+        raise CommandExecutionError(f"{where} holds no backup to restore from")
     if when is not None and when < datetime.datetime.fromisoformat(oldest):
         raise CommandExecutionError(
-            f"restore target {when.isoformat()} is before the oldest backup, which ends at "
-            f"{oldest}: the cluster can be restored to {oldest} or later")
-    return {"target": "latest" if when is None else when.isoformat(), "type": kind,
-            "recoverable_from": oldest, "stanza": known["stanza"]}
+            f"restore target {when.isoformat()} is before the oldest backup in {where}, which "
+            f"ends at {oldest}: the cluster can be restored to {oldest} or later")
+    plan = {"target": "latest" if when is None else when.isoformat(), "type": kind,
+            "repo": number, "recoverable_from": oldest, "stanza": known["stanza"]}
+    # PostgreSQL ends a recovery to a time with an error when the archived WAL stops before
+    # it. Archived after the target, the newest segment holds what follows it (flush_archive
+    # commits before it closes the leader's segment); archived before, nothing was written
+    # between the archive's end and the target: the cluster at the target is the archive's end.
+    stored = [r["wal_newest_stored"] for n, r in known["repositories"].items()
+              if r["wal_newest_stored"] and number in (None, n)]
+    if when is not None and stored and when >= datetime.datetime.fromisoformat(max(stored)):
+        plan.update(type="latest", why=f"nothing was archived after {max(stored)}: the "
+                    f"cluster at {when.isoformat()} is the archive's end")
+    return plan
 
 
 def _psql(cfg, sql, timeout=60):
@@ -398,6 +436,12 @@ def flush_archive(timeout=120):
         return {"flushed": False, "why": "PostgreSQL does not run here"}
     if ret["stdout"].strip() != "f":
         return {"flushed": False, "why": "not the leader"}
+    # A commit stamped now ends a point-in-time recovery to any time until now: PostgreSQL
+    # stops at the first commit after its target and fails when the archived WAL ends before
+    # one (an idle cluster's last segment may hold none).
+    ret = _psql(cfg, "SET synchronous_commit TO local; SELECT txid_current()")
+    if ret["retcode"] != 0:
+        raise CommandExecutionError(f"a commit on the leader failed: {ret['stderr'].strip()}")
     ret = _psql(cfg, "SELECT pg_walfile_name(pg_switch_wal())")
     if ret["retcode"] != 0:
         raise CommandExecutionError(f"pg_switch_wal failed: {ret['stderr'].strip()}")
@@ -410,6 +454,60 @@ def flush_archive(timeout=120):
         time.sleep(0.5)
     raise CommandExecutionError(f"WAL segment {segment} was not archived within {timeout} s: "
                                 "the archive is failing (pgbackrest.check says why)")
+
+
+def _restore_failure(log_text):
+    """PostgreSQL's and pgBackRest's own words for a failed bootstrap, newest last."""
+    reasons = []
+    for line in log_text.splitlines():
+        if "FATAL:" in line or "ERROR:" in line:
+            reason = line.split("FATAL:", 1)[-1] if "FATAL:" in line else line.split("ERROR:", 1)[-1]
+            reason = reason.strip()
+            if reason and reason not in reasons:
+                reasons.append(reason)
+    return "; ".join(reasons[-3:]) or "see journalctl -u patroni"
+
+
+def wait_restored(since, timeout=3600):
+    """
+    On the member that ``orch.restore`` bootstraps from the backups: wait until Patroni leads
+    with the restored data (its REST API's /health answers 200), or, when the bootstrap
+    failed, stop Patroni (it would try again and again) and raise with PostgreSQL's and
+    pgBackRest's own reasons. ``since``: when the restore began (a journal time, UTC).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt postgres-srv1 pgbackrest.wait_restored since="2026-12-02 14:51:58" timeout=3600
+    """
+    cfg = _config()
+    service = cfg["patroni"]["service"]
+    me = cfg["members"][__opts__["id"]]["address"]
+    url = f"http://{me}:{cfg['patroni']['restapi_port']}/health"
+    started = time.monotonic()
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as reply:
+                if reply.status == 200:
+                    return {"restored": True, "seconds": round(time.monotonic() - started, 1)}
+        except (urllib.error.URLError, OSError):
+            pass
+        journal = __salt__["cmd.run_all"](
+            ["journalctl", "-u", service, "--since", str(since), "--utc", "--no-pager", "-o",
+             "cat"], python_shell=False, output_loglevel="debug")["stdout"]
+        _own_retcode()
+        if "Failed to bootstrap cluster" in journal:
+            __salt__["service.stop"](service)
+            raise CommandExecutionError(
+                f"the restore failed on {__opts__['id']}: {_restore_failure(journal)}. Patroni "
+                f"is stopped there; the data directories as they were are in "
+                f"{cfg['postgresql']['data_dir']}.before-restore on every member")
+        if time.monotonic() - started > float(timeout):
+            raise CommandExecutionError(
+                f"{__opts__['id']} was not restored within {timeout} s (journalctl -u {service} "
+                "there says how far it is)")
+        time.sleep(2)
 
 
 def set_aside_data():

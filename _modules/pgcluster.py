@@ -179,10 +179,16 @@ def patroni_config(minion_id=None, show_secrets=False):
     if not show_secrets:
         creds = dict.fromkeys(creds, REDACTED)
     admins = __utils__["pgcluster_render.admin_networks"](cfg, _master_addresses())
-    # Only while orch.restore bootstraps this member from the backups.
-    restore = __salt__["pillar.get"]("restore:target", None)
-    return __utils__["pgcluster_render.patroni_config"](
-        cfg, member, creds, admins, str(restore) if restore else None)
+    # Only while orch.restore bootstraps this member from the backups: to the target, or to
+    # the archive's end when nothing was archived after it (pgbackrest.restore_check).
+    restore = __salt__["pillar.get"]("restore", None)
+    if isinstance(restore, dict) and restore.get("target"):
+        plan = __salt__["pgbackrest.restore_check"](restore["target"], restore.get("repo"))
+        restore = {"target": plan["target"] if plan["type"] == "time" else "latest",
+                   "repo": plan["repo"]}
+    else:
+        restore = None
+    return __utils__["pgcluster_render.patroni_config"](cfg, member, creds, admins, restore)
 
 
 def firewall(minion_id=None):

@@ -7,7 +7,8 @@ are set, and gives each minion only its share as ``pgcluster_credentials``: the 
 members all of them, the web hosts the application's and the Patroni REST API's, the
 backup repository host the repositories' passphrase, any other minion none (``webapp_csrf``
 signs the web app's form tokens). The object storage keys the pillar names by file
-(``pgcluster:pgbackrest:repositories:N:s3:credentials_file``, on the master) come as
+(``pgcluster:pgbackrest:repositories:N:s3:credentials_file``, a file on the master, relative
+to the pillar's directory unless absolute) come as
 ``s3: {repository number: {access_key_id, secret_access_key}}`` to the members and the
 repository host, with the store's CA certificate (``ca``) when one is named. The store
 (``pillar/generated/credentials.yaml`` beside the pillar by default) is written 0600,
@@ -48,6 +49,12 @@ def __virtual__():
 def _default_store():
     roots = __opts__.get("pillar_roots", {}).get("base") or ["."]
     return os.path.join(roots[0], "generated", "credentials.yaml")
+
+
+def _on_master(path):
+    """A file the pillar names on the master: absolute, or relative to the pillar's directory."""
+    roots = __opts__.get("pillar_roots", {}).get("base") or ["."]
+    return os.path.join(roots[0], str(path))
 
 
 def _load_or_create(path):
@@ -97,7 +104,7 @@ def _s3_keys(pillar):
         if not isinstance(s3, dict) or not s3.get("credentials_file"):
             continue
         where = f"pgcluster:pgbackrest:repositories:{number - 1}:s3"
-        path = s3["credentials_file"]
+        path = _on_master(s3["credentials_file"])
         try:
             with open(path) as fh:
                 keys = salt.utils.yaml.safe_load(fh) or {}
@@ -110,11 +117,12 @@ def _s3_keys(pillar):
                                       f"{' and '.join(S3_KEYS)}")
         entry = {k: keys[k] for k in S3_KEYS}
         if s3.get("ca_file"):
+            ca_file = _on_master(s3["ca_file"])
             try:
-                with open(s3["ca_file"]) as fh:
+                with open(ca_file) as fh:
                     entry["ca"] = fh.read()
             except OSError as exc:
-                raise SaltInvocationError(f"{where}:ca_file: cannot read {s3['ca_file']} on "
+                raise SaltInvocationError(f"{where}:ca_file: cannot read {ca_file} on "
                                           f"the salt-master: {exc.strerror}") from None
         found[number] = entry
     return found

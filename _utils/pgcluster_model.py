@@ -93,6 +93,11 @@ def Path() -> Str:
     return Str(r"/[\w./@+-]*", "an absolute path")
 
 
+def MasterFile() -> Str:
+    return Str(r"[\w./@+-]+", "a file on the salt-master (absolute, or relative to the pillar's "
+               "directory)")
+
+
 def Name() -> Str:
     return Str(r"[a-z_][a-z0-9_]{0,62}", "a lower-case SQL name (letters, digits, _)")
 
@@ -277,10 +282,11 @@ S3 = Record({
                   "digits, -; no dots: pgBackRest 2.45 addresses the bucket as a host name)"),
     "uri_style": Enum("host", "path"),
     "port": Port(),
-    # Files on the salt-master, out of git: the static access key (YAML with access_key_id
-    # and secret_access_key) and, for a store with its own CA, the CA's certificate.
-    "credentials_file": Path(),
-    "ca_file": Optional(Path(), "the system's trusted CAs"),
+    # Files on the salt-master, out of git (a relative path is read from the pillar's
+    # directory): the static access key (YAML with access_key_id and secret_access_key) and,
+    # for a store with its own CA, the CA's certificate.
+    "credentials_file": MasterFile(),
+    "ca_file": Optional(MasterFile(), "the system's trusted CAs"),
     # The endpoint's address, for a store the hosts cannot resolve by name (written to
     # /etc/hosts: pgBackRest verifies the certificate by name, never by address).
     "address": Optional(IPv4(), "resolved by DNS"),

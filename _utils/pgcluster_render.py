@@ -109,15 +109,17 @@ def pgbackrest_time(target: str) -> str:
                                                  else "") + "+00"
 
 
-def restore_bootstrap(cfg: dict, target: str) -> dict:
+def restore_bootstrap(cfg: dict, target: str, repo: int | None = None) -> dict:
     """Patroni's bootstrap section for orch.restore: the cluster is bootstrapped by restoring
-    the backup repository to ``target`` (a time with its zone, or latest), recovering the
-    archived WAL up to it and promoting; what pgBackRest writes for the recovery is kept."""
+    the backup repository (``repo``, or the first holding a backup for the target) to
+    ``target`` (a time with its zone, or latest), recovering the archived WAL up to it and
+    promoting; what pgBackRest writes for the recovery is kept."""
     backup = cfg["pgbackrest"]
     data_dir = cfg["postgresql"]["data_dir"]
     aim = ("--type=default" if target == "latest" else
            f"--type=time '--target={pgbackrest_time(target)}' --target-action=promote")
-    restore = f"pgbackrest --stanza={backup['stanza']} --delta {aim} restore"
+    source = f" --repo={int(repo)}" if repo else ""
+    restore = f"pgbackrest --stanza={backup['stanza']}{source} --delta {aim} restore"
     return {
         "method": "pgbackrest_restore",
         "pgbackrest_restore": {
@@ -129,9 +131,9 @@ def restore_bootstrap(cfg: dict, target: str) -> dict:
 
 
 def patroni_config(cfg: dict, member: str, credentials: dict, admins: list[str],
-                   restore_target: str | None = None) -> dict:
+                   restore: dict | None = None) -> dict:
     """/etc/patroni/config.yml of one member. credentials: the member's pillar share;
-    restore_target: orch.restore's target, which makes the bootstrap a restore."""
+    restore: orch.restore's {target, repo}, which makes the bootstrap a restore."""
     me = cfg["members"][member]["address"]
     patroni, pg = cfg["patroni"], cfg["postgresql"]
     version = pg["version"]
@@ -150,7 +152,8 @@ def patroni_config(cfg: dict, member: str, credentials: dict, admins: list[str],
         "bootstrap": {
             "dcs": dcs_config(cfg),
             "initdb": [{"encoding": "UTF8"}, {"locale": "C.UTF-8"}, "data-checksums"],
-            **(restore_bootstrap(cfg, restore_target) if restore_target else {}),
+            **(restore_bootstrap(cfg, str(restore["target"]), restore.get("repo"))
+               if restore and restore.get("target") else {}),
         },
         "postgresql": {
             "listen": f"{me},127.0.0.1:{pg['port']}",

@@ -1,7 +1,8 @@
 """bin/lab: bring the lab up and down, look at it, and inject faults.
 
-    bin/lab up                      build what is missing, start the salt-master, create the
-                                    hosts from the lab map with salt-cloud, wait for the minions
+    bin/lab up                      build what is missing, start the salt-master and the object
+                                    storage (lab/object_storage.py), create the hosts from the
+                                    lab map with salt-cloud, wait for the minions
     bin/lab down                    remove everything the lab made (keeps the caches)
     bin/lab status [--json]         hosts, addresses, states, memory
     bin/lab exec HOST -- CMD...     run a command inside a host
@@ -29,7 +30,8 @@ import time
 from pathlib import Path
 
 from . import host as hosts
-from . import image, master, network, settings, vpc
+from . import image, master, network, object_storage, settings, vpc
+from .cluster import cluster
 from .system import (
     LabError,
     log,
@@ -113,6 +115,8 @@ def cmd_up(args: argparse.Namespace) -> None:
     build_caches()
     network.ensure_bridge()
     master.start()
+    object_storage.ensure_files()  # the lab pillar names them: before anything renders it
+    object_storage.start(cluster().model)
     # Boot every stopped host at once (a cluster's members wait for each other), then wait.
     stopped = [h for h in hosts.all_hosts() if h.nspawn_pid() is None]
     for h in stopped:
@@ -142,6 +146,7 @@ def cmd_down(args: argparse.Namespace) -> None:
     for h in existing:
         log(f"removing {h.name}")
         h.destroy()
+    object_storage.stop()
     master.stop()
     recover()
     network.remove_bridge()

@@ -23,6 +23,14 @@ def run(*cmd, check=True, timeout=600, **kwargs) -> subprocess.CompletedProcess:
     return result
 
 
+def pytest_configure(config):
+    # The lab pillar names its object storage's CA and access key (pillar/generated/): they
+    # exist before any test renders that pillar, with the lab up or not.
+    from lab import object_storage
+
+    object_storage.ensure_files()
+
+
 def pytest_sessionfinish(session, exitstatus):
     # Salt keeps early log records in a deferred stderr handler that it flushes at exit, after
     # pytest has closed the captured stderr: hand them to the live handlers now instead.

@@ -1,6 +1,8 @@
 {#- The whole cluster back to a point in time from its backups, or to the newest archived WAL:
     .venv/bin/salt-run state.orchestrate orch.restore pillar='{ "restore": { "target": "2026-12-01T21:00:00+00:00" } }'
     .venv/bin/salt-run state.orchestrate orch.restore pillar='{ "restore": { "target": "latest" } }'
+    restore:repo (1, 2, ... in pgcluster:pgbackrest:repositories' order) restores from that
+    repository; by default pgBackRest takes the first that holds a backup for the target.
     The first step refuses, changing nothing, a target that is missing, in the future, before
     the oldest backup, or a repository that cannot be read. Then: the leader's WAL archived up
     to now; Patroni stopped everywhere; the cluster's keys removed from etcd; every data
@@ -10,6 +12,10 @@
     replicas; the cluster healthy. #}
 {%- set cluster = salt['pillar.get']('pgcluster') %}
 {%- set target = salt['pillar.get']('restore:target', '') %}
+{%- set repo = salt['pillar.get']('restore:repo', '') %}
+{#- How long the first member's restore and recovery may take (a large database: hours). #}
+{%- set timeout = salt['pillar.get']('restore:timeout', 6 * 3600) %}
+{%- set started = None | strftime('%s') %}
 {%- set members = cluster.members | sort %}
 {%- set first = members[0] %}
 {%- set patroni_service = salt['pillar.get']('pgcluster:patroni:service', 'patroni') %}
@@ -20,6 +26,7 @@ restore-check:
     - tgt: {{ first }}
     - kwarg:
         target: {{ target | string | json }}
+        repo: {{ repo | string | json }}
     - failhard: true
 
 # A leader that is up archives what it has, so a target seconds ago is reachable; an archive
@@ -61,8 +68,7 @@ restore-set-aside-data:
       - salt: restore-clear-dcs
     - failhard: true
 
-# Patroni on the first member, its bootstrap a restore to the target; the state waits until it
-# is healthy (recovered and promoted).
+# Patroni on the first member, its bootstrap a restore to the target.
 restore-leader:
   salt.state:
     - tgt: {{ first }}
@@ -70,8 +76,22 @@ restore-leader:
     - pillar:
         restore:
           target: {{ target | string | json }}
+          repo: {{ repo | string | json }}
     - require:
       - salt: restore-set-aside-data
+    - failhard: true
+
+# Until it leads, recovered and promoted; a failed bootstrap stops Patroni there and says why.
+restore-leader-restored:
+  salt.function:
+    - name: pgbackrest.wait_restored
+    - tgt: {{ first }}
+    - kwarg:
+        since: '@{{ started }}'
+        timeout: {{ timeout }}
+    - timeout: {{ timeout + 60 }}
+    - require:
+      - salt: restore-leader
     - failhard: true
 
 restore-clear-recovery-target:
@@ -79,7 +99,7 @@ restore-clear-recovery-target:
     - name: pgbackrest.clear_restore_settings
     - tgt: {{ first }}
     - require:
-      - salt: restore-leader
+      - salt: restore-leader-restored
     - failhard: true
 
 # Its configuration back to the usual bootstrap (inert once the cluster exists).

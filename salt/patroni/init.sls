@@ -104,8 +104,11 @@ patroni-service:
     - watch:
       - file: patroni-config
 
-{#- A wait changes nothing; in test mode http.query never succeeds, so it is skipped. #}
-{%- if not opts.test %}
+{#- A wait changes nothing; in test mode http.query never succeeds, so it is skipped. A
+    restore's bootstrap (orch.restore) is waited for by pgbackrest.wait_restored, which also
+    tells when it failed and why; its settings follow once it leads. #}
+{%- set restoring = salt['pillar.get']('restore:target') %}
+{%- if not opts.test and not restoring %}
 
 patroni-healthy:
   http.wait_for_successful_query:
@@ -116,6 +119,8 @@ patroni-healthy:
     - require:
       - service: patroni-service
 {%- endif %}
+
+{%- if not restoring %}
 
 # After the bootstrap, a changed cluster-wide setting (timing, synchronous_mode, PostgreSQL
 # parameters) reaches the running cluster through Patroni, not by editing files behind it.
@@ -129,4 +134,5 @@ patroni-dcs-config:
       - service: patroni-service
 {%- if not opts.test %}
       - http: patroni-healthy
+{%- endif %}
 {%- endif %}

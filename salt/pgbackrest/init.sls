@@ -58,10 +58,15 @@ pgbackrest-repo{{ number }}-storage-ca:
       - file: pgbackrest-config
 {%-   endif %}
 {%-   if repo.type == 's3' and repo.s3.address %}
+{#-     Host-style addressing reaches bucket.endpoint, path-style the endpoint. #}
 
 pgbackrest-repo{{ number }}-storage-address:
   host.present:
-    - name: {{ repo.s3.endpoint }}
+    - names:
+      - {{ repo.s3.endpoint }}
+{%-     if repo.s3.uri_style == 'host' %}
+      - {{ repo.s3.bucket }}.{{ repo.s3.endpoint }}
+{%-     endif %}
     - ip: {{ repo.s3.address }}
     - clean: true
 {%-   endif %}

@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import json
 import re
+import ssl
 import time
+import urllib.request
+from xml.etree import ElementTree
 
 import pytest
 
+from lab import object_storage
 from lab.cluster import cluster, leader, on_web, roles, salt
 from lab.workload import wait_healthy
 from tests.conftest import VENV_BIN, run
@@ -19,6 +23,8 @@ C = cluster()
 BACKUP = C.backup
 REPO_HOST = BACKUP["host"]
 STANZA = BACKUP["stanza"]
+REPOSITORIES = list(range(1, len(BACKUP["repositories"]) + 1))
+S3_REPOSITORIES = [n for n, r in enumerate(BACKUP["repositories"], 1) if r["type"] == "s3"]
 
 
 @pytest.fixture
@@ -33,29 +39,62 @@ def info() -> dict:
 def test_the_deployment_leaves_a_full_backup_and_an_archive_that_moves(healthy_cluster):
     first = info()
     assert first["stanza"] == STANZA and first["status"] == "ok"
-    repo = first["repositories"]["1"]
-    assert repo["status"] == "ok" and repo["cipher"] == "aes-256-cbc"
-    fulls = [b for b in first["backups"] if b["type"] == "full"]
-    assert fulls and all(b["wal_start"] and b["wal_stop"] for b in fulls)
+    # Each repository (the lab has both kinds) holds a full backup and the archive.
+    assert sorted(first["repositories"]) == [str(n) for n in REPOSITORIES]
+    for number in REPOSITORIES:
+        repo = first["repositories"][str(number)]
+        assert repo["status"] == "ok" and repo["cipher"] == "aes-256-cbc", (number, repo)
+        fulls = [b for b in first["backups"] if b["type"] == "full" and b["repo"] == number]
+        assert fulls and all(b["wal_start"] and b["wal_stop"] for b in fulls), number
     assert first["recoverable_from"] == min(b["stop"] for b in first["backups"])
-    # check switches the leader to a new segment and waits for it in the repository.
+    # check switches the leader to a new segment and waits for it in every repository.
     assert on_web("pgbackrest.check", check=True) == {"ok": True, "stanza": STANZA}
-    after = info()["repositories"]["1"]
-    assert after["wal_newest"] > repo["wal_newest"]
-    assert after["wal_newest_age_seconds"] is not None and after["wal_newest_age_seconds"] < 30
+    after = info()["repositories"]
+    for number in REPOSITORIES:
+        moved, was = after[str(number)], first["repositories"][str(number)]
+        assert moved["wal_newest"] > was["wal_newest"], number
+        assert moved["wal_newest_age_seconds"] is not None and moved["wal_newest_age_seconds"] < 30
+
+
+def _bucket_keys(s3: dict, prefix: str) -> list[str]:
+    """The keys under prefix in the lab's object storage, as the store itself lists them."""
+    context = ssl.create_default_context(cafile=str(object_storage.CA_CERT))
+    context.check_hostname = False  # asked by address: the chain is checked, not the name
+    url = f"https://{s3['address']}:{s3['port']}/{s3['bucket']}?list-type=2&prefix={prefix}"
+    with urllib.request.urlopen(url, context=context, timeout=10) as reply:
+        listing = ElementTree.fromstring(reply.read())
+    return [e.text for e in listing.iter() if e.tag.endswith("}Key")]
+
+
+@pytest.mark.skipif(not S3_REPOSITORIES, reason="the lab pillar has no object storage repository")
+def test_object_storage_holds_the_backups_and_the_archive(healthy_cluster):
+    number = S3_REPOSITORIES[0]
+    repo = BACKUP["repositories"][number - 1]
+    prefix = repo["path"].strip("/")
+    backups = f"{prefix}/backup/{STANZA}/"
+    assert f"{backups}backup.info" in _bucket_keys(repo["s3"], f"{backups}backup.info")
+    archived = _bucket_keys(repo["s3"], f"{prefix}/archive/{STANZA}/")
+    assert any(k.endswith(".zst") for k in archived), archived[:20]
+    # The files of a full backup are in the store itself, not only in pgBackRest's report.
+    labels = [b["label"] for b in info()["backups"] if b["repo"] == number and b["type"] == "full"]
+    files = _bucket_keys(repo["s3"], f"{backups}{labels[0]}/pg_data/")
+    assert any(k.endswith("/PG_VERSION.zst") for k in files), files[:20]
 
 
 def test_a_backup_asked_of_a_member_runs_on_the_repository_host_from_a_standby(healthy_cluster):
     asked = leader()
     before = {b["label"] for b in info()["backups"]}
-    made = salt(asked, "pgbackrest.backup", "type=incr", timeout=600, check=True)[asked]
-    assert made["host"] == REPO_HOST and made["type"] == "incr" and made["repo"] == 1
-    assert made["label"] not in before
-    assert made["label"] in {b["label"] for b in info()["backups"]}
-    # Copied from a standby: pgBackRest waited for a standby to replay to the backup's start.
-    log = lab_exec(REPO_HOST, "cat", f"{BACKUP['log_path']}/{STANZA}-backup.log").stdout
-    run_log = log[log.rindex("backup command begin"):]
-    assert "replay on the standby" in run_log, run_log[-3000:]
+    for number in REPOSITORIES:
+        made = salt(asked, "pgbackrest.backup", "type=incr", f"repo={number}", timeout=600,
+                    check=True)[asked]
+        assert made["host"] == REPO_HOST and made["type"] == "incr" and made["repo"] == number
+        assert made["label"] not in before
+        assert (number, made["label"]) in {(b["repo"], b["label"]) for b in info()["backups"]}
+        # Copied from a standby: pgBackRest waited for a standby to replay to the backup's start.
+        log = lab_exec(REPO_HOST, "cat", f"{BACKUP['log_path']}/{STANZA}-backup.log").stdout
+        run_log = log[log.rindex("backup command begin"):]
+        assert "replay on the standby" in run_log, run_log[-3000:]
+        assert f"--repo={number}" in run_log.splitlines()[0]
 
 
 def test_the_schedule_has_a_timer_for_each_kind_of_backup(healthy_cluster):
@@ -63,17 +102,23 @@ def test_the_schedule_has_a_timer_for_each_kind_of_backup(healthy_cluster):
                       "pgbackrest-backup-*").stdout
     units = {t["unit"]: t for t in json.loads(timers)}
     kinds = [k for k, calendar in BACKUP["schedule"].items() if calendar]
-    assert sorted(units) == sorted(f"pgbackrest-backup-repo1-{k}.timer" for k in kinds)
+    assert sorted(units) == sorted(f"pgbackrest-backup-repo{n}-{k}.timer"
+                                   for n in REPOSITORIES for k in kinds)
     assert all(t["next"] for t in units.values())
-    # What a timer starts takes a backup.
-    before = len(info()["backups"])
-    lab_exec(REPO_HOST, "systemctl", "start", "pgbackrest-backup-repo1-incr.service", timeout=600)
-    assert len(info()["backups"]) == before + 1
+    # What a timer starts takes a backup, into its repository.
+    last = REPOSITORIES[-1]
+    before = len([b for b in info()["backups"] if b["repo"] == last])
+    lab_exec(REPO_HOST, "systemctl", "start", f"pgbackrest-backup-repo{last}-incr.service",
+             timeout=600)
+    assert len([b for b in info()["backups"] if b["repo"] == last]) == before + 1
 
 
 def test_no_secret_of_the_backups_is_shown_or_readable_by_others(healthy_cluster):
     shown = run(VENV_BIN / "salt", REPO_HOST, "pgcluster.pgbackrest_config").stdout
     assert "repo1-cipher-pass=**********" in shown
+    for number in S3_REPOSITORIES:
+        assert f"repo{number}-s3-key-secret=**********" in shown
+        assert f"repo{number}-s3-key=**********" in shown
     for host in (REPO_HOST, C.model["bootstrap_member"]):
         modes = lab_exec(host, "stat", "-c", "%n %a %U", BACKUP["config_file"],
                          f"{BACKUP['tls_dir']}/host.key").stdout.split("\n")

@@ -23,6 +23,9 @@ MEMBERS = list(C.members)
 DB = C.app["database"]
 PATRONI = C.model["patroni"]["service"]
 ARCHIVE_TIMEOUT = C.backup["archive_timeout"]
+# Object storage, when the cluster has it, is the copy that outlives the repository host.
+OFF_HOST_REPO = next((n for n, r in enumerate(C.backup["repositories"], 1) if r["type"] == "s3"),
+                     None)
 
 
 @pytest.fixture
@@ -52,10 +55,11 @@ def ids_on_leader() -> set[int]:
     return {int(line) for line in out.split()}
 
 
-def restore(target: str | None, check: bool = True):
+def restore(target: str | None, check: bool = True, repo: int | None = None):
     args = [VENV_BIN / "salt-run", "state.orchestrate", "orch.restore"]
     if target is not None:
-        args.append("pillar=" + json.dumps({"restore": {"target": target}}))
+        asked = {"target": target, **({"repo": repo} if repo else {})}
+        args.append("pillar=" + json.dumps({"restore": asked}))
     out = run(*args, check=False, timeout=1800)
     if check:
         assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-3000:]
@@ -129,7 +133,7 @@ def test_the_cluster_comes_back_after_every_members_data_is_lost(healthy_cluster
     for member in MEMBERS:
         lab_exec(member, "sh", "-c", f"rm -rf {C.model['postgresql']['data_dir']}")
 
-    restore("latest")
+    restore("latest", repo=OFF_HOST_REPO)
 
     assert_restored_cluster(before_timeline)
     back = ids_on_leader()
@@ -138,12 +142,13 @@ def test_the_cluster_comes_back_after_every_members_data_is_lost(healthy_cluster
     lost = [i for _, i in acked if i not in back]
     print(f"\ntotal loss: {len(acked)} messages acknowledged in the last "
           f"{ARCHIVE_TIMEOUT + 15} s before it, {len(lost)} lost (archive_timeout "
-          f"{ARCHIVE_TIMEOUT} s); every one older than archive_timeout came back")
+          f"{ARCHIVE_TIMEOUT} s); every one older than archive_timeout came back "
+          f"(from repo{OFF_HOST_REPO or 1})")
 
 
-def _unchanged_after(target: str | None, says: str) -> None:
+def _unchanged_after(target: str | None, says: str, repo: int | None = None) -> None:
     before = listing()
-    out = restore(target, check=False)
+    out = restore(target, check=False, repo=repo)
     text = out.stdout + out.stderr
     assert out.returncode != 0, text[-4000:]
     assert says in text, text[-4000:]
@@ -165,6 +170,10 @@ def test_a_restore_to_before_the_oldest_backup_is_refused(healthy_cluster):
     oldest = on_web("pgbackrest.info")["recoverable_from"]
     target = (datetime.datetime.fromisoformat(oldest) - datetime.timedelta(hours=1)).isoformat()
     _unchanged_after(target, "is before the oldest backup")
+
+
+def test_a_restore_from_a_repository_the_cluster_does_not_have_is_refused(healthy_cluster):
+    _unchanged_after("latest", "is not one of the cluster's repositories", repo=9)
 
 
 def test_a_restore_from_a_repository_that_cannot_be_read_is_refused(healthy_cluster):

@@ -23,13 +23,18 @@ def conf(cfg, host):
 def test_the_defaults_fill_in_the_repository_host_and_the_stanza(cfg):
     backup = cfg["pgbackrest"]
     assert backup["host"] == "web" and backup["stanza"] == "pg-cluster-skynet"
-    assert backup["repositories"] == [{"type": "posix", "path": "/var/lib/pgbackrest",
-                                       "retention_full": 2, "retention_diff": None,
-                                       "encrypt": True}]
+    posix, s3 = backup["repositories"]
+    assert posix == {"type": "posix", "path": "/var/lib/pgbackrest", "retention_full": 2,
+                     "retention_diff": None, "encrypt": True}
+    assert s3["retention_full"] == 2 and s3["encrypt"] is True
+    assert s3["s3"]["uri_style"] == "host" and s3["s3"]["endpoint"] == "storage.yandexcloud.net"
 
 
-def test_a_member_archives_through_the_repository_host_and_holds_no_passphrase(cfg):
-    member = conf(cfg, "postgres-srv2")
+POSIX_ONLY = {"pgbackrest": {"repositories": [{"type": "posix", "path": "/var/lib/pgbackrest"}]}}
+
+
+def test_a_member_archives_through_the_repository_host_and_holds_no_passphrase():
+    member = conf(build(POSIX_ONLY), "postgres-srv2")
     glob, stanza = member["global"], member["pg-cluster-skynet"]
     assert (glob["repo1-host"], glob["repo1-host-type"], glob["repo1-host-port"]) == ("web", "tls", 8432)
     assert glob["repo1-host-cert-file"] == "/etc/pgbackrest/tls/host.crt"
@@ -98,15 +103,19 @@ def test_without_backups_nothing_archives():
 
 def test_the_restore_bootstraps_the_cluster_from_the_repository_to_the_target(cfg):
     boot = render.patroni_config(cfg, "postgres-srv1", CREDENTIALS, [],
-                                 "2026-12-01T21:00:00.25+03:00")["bootstrap"]
+                                 {"target": "2026-12-01T21:00:00.25+03:00"})["bootstrap"]
     assert boot["method"] == "pgbackrest_restore"
     method = boot["pgbackrest_restore"]
     assert method["keep_existing_recovery_conf"] is True and method["no_params"] is True
     # pgBackRest picks the backup by the time: UTC, in the form it reads, fractions kept.
     assert "--type=time '--target=2026-12-01 18:00:00.250000+00' --target-action=promote" in \
         method["command"]
-    latest = render.patroni_config(cfg, "postgres-srv1", CREDENTIALS, [], "latest")["bootstrap"]
-    assert "--type=default restore" in latest["pgbackrest_restore"]["command"]
+    assert "--repo" not in method["command"]
+    latest = render.patroni_config(cfg, "postgres-srv1", CREDENTIALS, [],
+                                   {"target": "latest", "repo": 2})["bootstrap"]
+    # From the repository asked for.
+    assert f"pgbackrest --stanza={cfg['pgbackrest']['stanza']} --repo=2 --delta --type=default " \
+        "restore" in latest["pgbackrest_restore"]["command"]
 
 
 @pytest.mark.parametrize(("pillar", "key", "says"), [

@@ -101,9 +101,10 @@ def _with_s3(salt_dir, keys_file, ca_file=None):
 def test_object_storage_keys_come_from_the_file_the_pillar_names(salt_dir):
     keys = salt_dir / "s3-keys.yaml"
     keys.write_text("access_key_id: YCAJE\nsecret_access_key: YCM-secret\n")
-    ca = salt_dir / "s3-ca.crt"
-    ca.write_text("-----BEGIN CERTIFICATE-----\n")
-    _with_s3(salt_dir, keys, ca)
+    # A relative path is read from the pillar's directory (not the current one).
+    (salt_dir / "pillar" / "s3").mkdir()
+    (salt_dir / "pillar" / "s3" / "ca.crt").write_text("-----BEGIN CERTIFICATE-----\n")
+    _with_s3(salt_dir, keys, "s3/ca.crt")
     expected = {"2": {"access_key_id": "YCAJE", "secret_access_key": "YCM-secret",
                       "ca": "-----BEGIN CERTIFICATE-----\n"}}
     assert credentials(salt_dir, "db1")["s3"] == expected
