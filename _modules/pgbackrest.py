@@ -463,40 +463,81 @@ def _restore_failure(log_text):
         if "FATAL:" in line or "ERROR:" in line:
             reason = line.split("FATAL:", 1)[-1] if "FATAL:" in line else line.split("ERROR:", 1)[-1]
             reason = reason.strip()
+            # Clients turned away while it starts or stops say nothing about why it failed.
+            if reason.startswith("the database system is"):
+                continue
             if reason and reason not in reasons:
                 reasons.append(reason)
     return "; ".join(reasons[-3:]) or "see journalctl -u patroni"
 
 
-def wait_restored(since, timeout=3600):
+# PostgreSQL's words when the archived WAL ends before a time target: everything archived was
+# committed before the target, so the cluster at the target is the archive's end.
+TARGET_AFTER_ARCHIVE = "recovery ended before configured recovery target was reached"
+
+
+def _restore_again_to_the_end(cfg, service, repo):
+    """After a recovery that ran out of archive before its time target: the failed attempt's
+    data set aside, the bootstrap rendered again for the archive's end, Patroni started."""
+    data = cfg["postgresql"]["data_dir"]
+    __salt__["service.stop"](service)
+    # An attempt stopped midway may have left its initialize key: the next one must bootstrap.
+    __salt__["etcd_cluster.remove_patroni_keys"]()
+    if __salt__["file.directory_exists"](data):
+        failed = f"{data}.failed"
+        if __salt__["file.directory_exists"](failed):
+            __salt__["file.remove"](failed)
+        __salt__["file.rename"](data, failed)
+    ret = __salt__["state.sls"]("patroni", pillar={"restore": {"target": "latest",
+                                                               "repo": repo or ""}})
+    failed_states = [v.get("comment") for v in (ret or {}).values()
+                     if isinstance(v, dict) and v.get("result") is False]
+    if not isinstance(ret, dict) or failed_states:
+        raise CommandExecutionError(f"the restore to the archive's end could not start: "
+                                    f"{failed_states or ret}")
+
+
+def wait_restored(since, timeout=3600, target=None, repo=None):
     """
     On the member that ``orch.restore`` bootstraps from the backups: wait until Patroni leads
-    with the restored data (its REST API's /health answers 200), or, when the bootstrap
-    failed, stop Patroni (it would try again and again) and raise with PostgreSQL's and
-    pgBackRest's own reasons. ``since``: when the restore began (a journal time, UTC).
+    with the restored data, recovered and promoted (its REST API's /primary answers 200), or,
+    when the bootstrap failed, stop Patroni (it would try again and again) and raise with
+    PostgreSQL's and pgBackRest's own reasons. ``since``: when the restore began (a journal
+    time). When the recovery to the time ``target`` ran out of archived WAL before it
+    (nothing was committed after it: a total loss on an idle cluster), the cluster at the
+    target is the archive's end, and the member is restored to that instead.
 
     CLI Example:
 
     .. code-block:: bash
 
-        salt postgres-srv1 pgbackrest.wait_restored since="2026-12-02 14:51:58" timeout=3600
+        salt postgres-srv1 pgbackrest.wait_restored since=@1764687118 timeout=3600
     """
     cfg = _config()
     service = cfg["patroni"]["service"]
     me = cfg["members"][__opts__["id"]]["address"]
-    url = f"http://{me}:{cfg['patroni']['restapi_port']}/health"
+    url = f"http://{me}:{cfg['patroni']['restapi_port']}/primary"
     started = time.monotonic()
+    to = "latest" if str(target or "latest") == "latest" else "target"
     while True:
         try:
             with urllib.request.urlopen(url, timeout=5) as reply:
                 if reply.status == 200:
-                    return {"restored": True, "seconds": round(time.monotonic() - started, 1)}
+                    return {"restored": True, "to": to,
+                            "seconds": round(time.monotonic() - started, 1)}
         except (urllib.error.URLError, OSError):
             pass
         journal = __salt__["cmd.run_all"](
             ["journalctl", "-u", service, "--since", str(since), "--utc", "--no-pager", "-o",
              "cat"], python_shell=False, output_loglevel="debug")["stdout"]
         _own_retcode()
+        if "Failed to bootstrap cluster" in journal and to == "target" and \
+                TARGET_AFTER_ARCHIVE in journal:
+            log.warning("pgbackrest: nothing archived after %s was committed; restoring %s to "
+                        "the archive's end", target, __opts__["id"])
+            _restore_again_to_the_end(cfg, service, repo)
+            to, since = "latest (nothing was committed after the target)", f"@{int(time.time())}"
+            continue
         if "Failed to bootstrap cluster" in journal:
             __salt__["service.stop"](service)
             raise CommandExecutionError(

@@ -126,6 +126,22 @@ def credentials() -> dict[str, str]:
                   "pgcluster_credentials", "unmask=True")
 
 
+def secrets() -> list[str]:
+    """Every secret the pillar gives the hosts, as strings: the passwords and the object
+    storage's access keys (not its CA's certificate, which is public)."""
+    found: list[str] = []
+
+    def walk(value: object, key: str | None = None) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, str(k))
+        elif isinstance(value, str) and value and key != "ca":
+            found.append(value)
+
+    walk(credentials())
+    return found
+
+
 def on_web(function: str, *args: str, timeout: int = 120, check: bool = False) -> object:
     """An execution module function on the web host: what it returned (None if no answer)."""
     web = cluster().web

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import yaml
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
@@ -111,7 +112,13 @@ def _server_cert(endpoints: list[str]) -> None:
     if SERVER_CERT.exists() and SERVER_KEY.exists():
         cert = x509.load_pem_x509_certificate(SERVER_CERT.read_bytes())
         have = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        if sorted(have.get_values_for_type(x509.DNSName)) == sans:
+        ca = x509.load_pem_x509_certificate(CA_CERT.read_bytes())
+        try:
+            cert.verify_directly_issued_by(ca)
+            issued_by_ca = True
+        except (ValueError, TypeError, InvalidSignature):
+            issued_by_ca = False  # the CA was made again
+        if issued_by_ca and sorted(have.get_values_for_type(x509.DNSName)) == sans:
             return
     ca_key = serialization.load_pem_private_key(CA_KEY.read_bytes(), None)
     ca = x509.load_pem_x509_certificate(CA_CERT.read_bytes())
@@ -191,7 +198,8 @@ def start(model: dict) -> None:
             "--threads", "8", "--keep-alive", "75", "--no-control-socket",
             "--error-logfile", LOGFILE, "--chdir", settings.REPO / "lab",
             "object_storage_app:application")
-        wait_for(lambda: _answers(port), 60, "the object storage to answer")
+        wait_for(lambda: _answers(port), 60,
+                 f"the object storage to answer (its log: {LOGFILE})")
     for bucket in sorted({s["bucket"] for s in wanted}):
         status = _request("PUT", port, f"/{bucket}")
         if status not in (200, 409):

@@ -18,3 +18,19 @@ pgcluster:
     # PostgreSQL's own disk (the profile's secondary disk pgdata), mounted on its home.
     data_disk:
       device: /dev/disk/by-id/virtio-pgdata
+  # Backups go to the posix repository on web (the default). To keep them in Object Storage
+  # as well, which outlives every VM of the cluster: make a bucket and a service account
+  # with the storage.editor role and a static access key for it, put the key in a file on the
+  # salt-master (access_key_id: ..., secret_access_key: ..., mode 0600, out of git), and add:
+  # pgbackrest:
+  #   repositories:
+  #     - type: posix
+  #       path: /var/lib/pgbackrest
+  #     - type: s3
+  #       path: /pgbackrest
+  #       s3:
+  #         endpoint: storage.yandexcloud.net
+  #         region: ru-central1
+  #         bucket: pg-cluster-skynet-backups
+  #         credentials_file: /srv/secrets/object-storage.yaml
+  # The VMs reach storage.yandexcloud.net through the NAT gateway (ensure_network makes it).

@@ -12,9 +12,9 @@
     replicas; the cluster healthy. #}
 {%- set cluster = salt['pillar.get']('pgcluster') %}
 {%- set target = salt['pillar.get']('restore:target', '') %}
-{%- set repo = salt['pillar.get']('restore:repo', '') %}
+{%- set repo = salt['pillar.get']('restore:repo') or '' %}
 {#- How long the first member's restore and recovery may take (a large database: hours). #}
-{%- set timeout = salt['pillar.get']('restore:timeout', 6 * 3600) %}
+{%- set timeout = salt['pillar.get']('restore:timeout', 6 * 3600) | int %}
 {%- set started = None | strftime('%s') %}
 {%- set members = cluster.members | sort %}
 {%- set first = members[0] %}
@@ -89,6 +89,8 @@ restore-leader-restored:
     - kwarg:
         since: '@{{ started }}'
         timeout: {{ timeout }}
+        target: {{ target | string | json }}
+        repo: {{ repo | string | json }}
     - timeout: {{ timeout + 60 }}
     - require:
       - salt: restore-leader

@@ -104,13 +104,19 @@ def test_the_schedule_has_a_timer_for_each_kind_of_backup(healthy_cluster):
     kinds = [k for k, calendar in BACKUP["schedule"].items() if calendar]
     assert sorted(units) == sorted(f"pgbackrest-backup-repo{n}-{k}.timer"
                                    for n in REPOSITORIES for k in kinds)
-    assert all(t["next"] for t in units.values())
+    for unit, timer in units.items():
+        # A timer whose backup runs right now has its next run computed once it ends.
+        if not timer["next"]:
+            running = lab_exec(REPO_HOST, "systemctl", "is-active", timer["activates"],
+                               check=False).stdout.strip()
+            assert running == "activating", (unit, timer, running)
     # What a timer starts takes a backup, into its repository.
     last = REPOSITORIES[-1]
     before = len([b for b in info()["backups"] if b["repo"] == last])
     lab_exec(REPO_HOST, "systemctl", "start", f"pgbackrest-backup-repo{last}-incr.service",
              timeout=600)
-    assert len([b for b in info()["backups"] if b["repo"] == last]) == before + 1
+    # At least one: the schedule's own run may fall due meanwhile (the lab's clock is real).
+    assert len([b for b in info()["backups"] if b["repo"] == last]) >= before + 1
 
 
 def test_no_secret_of_the_backups_is_shown_or_readable_by_others(healthy_cluster):

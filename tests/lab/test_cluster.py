@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lab.cluster import cluster, credentials, leader, on_web, roles, salt
+from lab.cluster import cluster, credentials, leader, on_web, roles, salt, secrets
 from tests.conftest import REPO, VENV_BIN, run
 from tests.lab.conftest import DEPLOY, LAB, lab_exec, wait_healthy
 
@@ -284,7 +284,7 @@ def test_secret_files_are_private_and_out_of_git(lab):
     assert oct(CREDENTIALS.stat().st_mode & 0o777) == "0o600"
     ignored = subprocess.run(["git", "check-ignore", "-q", str(CREDENTIALS)], cwd=REPO, check=False)
     assert ignored.returncode == 0
-    for secret in credentials().values():
+    for secret in secrets():
         # Not in any tracked file as it stands, nor in any commit of the history.
         in_tree = run("git", "grep", "-q", "-F", "-e", secret, check=False)
         assert in_tree.returncode == 1, "a password is in a tracked file"
@@ -295,7 +295,7 @@ def test_secret_files_are_private_and_out_of_git(lab):
 def test_a_second_apply_and_test_mode_change_nothing_and_show_no_secret(lab):
     result = run(VENV_BIN / "salt", "*", "state.apply", "--out=json", "--static", "-t", "600")
     assert changes(json.loads(result.stdout)) == {m: [] for m in C.hosts}
-    for secret in credentials().values():
+    for secret in secrets():
         assert secret not in result.stdout
     dry = salt("*", "state.apply", "test=True", timeout=600, check=True)
     assert changes(dry) == {m: [] for m in C.hosts}

@@ -146,6 +146,33 @@ def test_the_cluster_comes_back_after_every_members_data_is_lost(healthy_cluster
           f"(from repo{OFF_HOST_REPO or 1})")
 
 
+@pytest.mark.disruptive
+def test_a_time_after_the_last_archived_commit_restores_the_archives_end(healthy_cluster):
+    """Every member lost, then a restore to a moment after the last write but before the
+    archive's last segment was stored (archive_timeout closed it later): PostgreSQL's recovery
+    to that time runs out of WAL without meeting a later commit, so the cluster at that moment
+    is the archive's end, and that is what comes back (pgbackrest.wait_restored restores again
+    to it)."""
+    tag = f"end {uuid.uuid4().hex[:8]}"
+    written = write(5, tag)
+    time.sleep(1)
+    target = now().isoformat()
+    # archive_timeout closes the segment that holds them, and it is archived after the target.
+    time.sleep(ARCHIVE_TIMEOUT + 10)
+    before_timeline = timeline()
+    for member in MEMBERS:
+        lab_exec(member, "systemctl", "kill", "--signal=SIGKILL", PATRONI)
+        lab_exec(member, "systemctl", "stop", PATRONI)
+    for member in MEMBERS:
+        lab_exec(member, "sh", "-c", f"rm -rf {C.model['postgresql']['data_dir']}")
+
+    out = restore(target)
+
+    assert "nothing was committed after the target" in out.stdout, out.stdout[-4000:]
+    assert_restored_cluster(before_timeline)
+    assert set(written) <= ids_on_leader()
+
+
 def _unchanged_after(target: str | None, says: str, repo: int | None = None) -> None:
     before = listing()
     out = restore(target, check=False, repo=repo)

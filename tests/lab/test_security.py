@@ -11,7 +11,7 @@ import urllib.request
 import pytest
 
 from lab import settings
-from lab.cluster import cluster, credentials
+from lab.cluster import cluster, credentials, secrets
 from tests.conftest import run
 from tests.lab.conftest import LAB, lab_exec
 
@@ -148,12 +148,12 @@ def test_patronis_unsafe_endpoints_refuse_requests_without_credentials(lab, meth
 
 
 def test_no_secret_in_process_lists_or_logs(lab):
-    secrets = [v for v in credentials().values() if v]
+    every = secrets()
     for host in C.hosts:
         processes = lab_exec(host, "ps", "-eo", "args").stdout
         logs = lab_exec(host, "journalctl", "--no-pager", "-q", "-o", "cat", timeout=120).stdout
         logs += lab_exec(host, "sh", "-c", "cat /var/log/postgresql/*.log 2>/dev/null",
                          check=False).stdout
-        for secret in secrets:
+        for secret in every:
             assert secret not in processes, host
             assert secret not in logs, host
