@@ -74,6 +74,16 @@ def timeline() -> int:
     return max(m["timeline"] or 0 for m in listing()["members"])
 
 
+def lose_every_member() -> None:
+    """Every member's PostgreSQL killed, then its data directory removed: the disks go at
+    once, with no clean shutdown (which would archive the last segment)."""
+    for member in MEMBERS:
+        lab_exec(member, "systemctl", "kill", "--signal=SIGKILL", PATRONI)
+        lab_exec(member, "systemctl", "stop", PATRONI)
+    for member in MEMBERS:
+        lab_exec(member, "sh", "-c", f"rm -rf {C.model['postgresql']['data_dir']}")
+
+
 def assert_restored_cluster(before_timeline: int) -> None:
     rows = wait_healthy()["members"]
     roles = sorted(m["role"] for m in rows)
@@ -126,12 +136,7 @@ def test_the_cluster_comes_back_after_every_members_data_is_lost(healthy_cluster
         time.sleep(0.2)
     loss = time.time()
     before_timeline = timeline()
-    # The disks go at once: no clean shutdown (which would archive the last segment).
-    for member in MEMBERS:
-        lab_exec(member, "systemctl", "kill", "--signal=SIGKILL", PATRONI)
-        lab_exec(member, "systemctl", "stop", PATRONI)
-    for member in MEMBERS:
-        lab_exec(member, "sh", "-c", f"rm -rf {C.model['postgresql']['data_dir']}")
+    lose_every_member()
 
     restore("latest", repo=OFF_HOST_REPO)
 
@@ -160,11 +165,7 @@ def test_a_time_after_the_last_archived_commit_restores_the_archives_end(healthy
     # archive_timeout closes the segment that holds them, and it is archived after the target.
     time.sleep(ARCHIVE_TIMEOUT + 10)
     before_timeline = timeline()
-    for member in MEMBERS:
-        lab_exec(member, "systemctl", "kill", "--signal=SIGKILL", PATRONI)
-        lab_exec(member, "systemctl", "stop", PATRONI)
-    for member in MEMBERS:
-        lab_exec(member, "sh", "-c", f"rm -rf {C.model['postgresql']['data_dir']}")
+    lose_every_member()
 
     out = restore(target)
 
