@@ -17,10 +17,12 @@ lab-down:
 	bin/lab down
 
 # The Yandex path on the emulated Yandex Cloud (lab/yandex/cloud.py): the user's commands, as
-# the README gives them, against the fake API on loopback whose VMs are lab hosts.
+# the README gives them, against the fake API on loopback whose VMs are lab hosts. `bin/lab
+# cloud storage` stands in for the user's `yc` commands that make the bucket and access key.
 YANDEX_MAP := cloud.maps.d/yandex.map
 yandex-lab: deps
 	$(VENV)/bin/python bin/lab cloud up
+	$(VENV)/bin/python bin/lab cloud storage
 	$(VENV)/bin/salt-cloud -f ensure_network yandex
 	$(VENV)/bin/salt-cloud -m $(YANDEX_MAP) -P -y
 	bin/deploy

@@ -128,6 +128,7 @@ def yandex() -> int:
     try:
         runs["cloud_up_s"], _ = timed("bin/lab cloud up: the emulation and the salt-master", _yandex_command,
                                       venv / "python", REPO / "bin/lab", "cloud", "up")
+        _yandex_command(venv / "python", REPO / "bin/lab", "cloud", "storage")  # the user's yc steps
         runs["network_s"], _ = timed("salt-cloud -f ensure_network yandex", _yandex_command,
                                      venv / "salt-cloud", "-f", "ensure_network", "yandex")
         powered: dict[str, float] = {}

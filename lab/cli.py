@@ -11,10 +11,12 @@
     bin/lab partition|heal HOST     cut the host off the lab network / plug it back
     bin/lab create NAME ADDRESS [--seed DIR] [--disk NAME:GIB]...   (used by the salt-cloud lab driver)
     bin/lab destroy NAME                       (used by the salt-cloud lab driver)
-    bin/lab cloud up|down|status|use   the emulated Yandex Cloud (lab/yandex/cloud.py): its API
-                                    on loopback, whose VMs are lab hosts; `up` also starts the
-                                    salt-master for the Yandex site in the master's subnet;
-                                    `use` points salt-cloud at it (fails when it is down)
+    bin/lab cloud up|down|status|use|storage   the emulated Yandex Cloud (lab/yandex/cloud.py):
+                                    its API on loopback, whose VMs are lab hosts; `up` also
+                                    starts the salt-master for the Yandex site in the master's
+                                    subnet; `use` points salt-cloud at it (fails when it is
+                                    down); `storage` makes what a user makes with yc for backups
+                                    in Object Storage: the pillar's bucket and access key file
 """
 
 from __future__ import annotations
@@ -180,7 +182,7 @@ def cloud_pid() -> int | None:
 # environment's packages (cryptography, PyYAML): `bin/lab down` runs with the machine's python3.
 def cmd_cloud(args: argparse.Namespace) -> int | None:
     actions = {"up": cloud_up, "down": cloud_down, "status": cloud_status, "serve": cloud_serve,
-               "use": cloud_use}
+               "use": cloud_use, "storage": cloud_storage}
     return actions[args.action]()
 
 
@@ -193,6 +195,17 @@ def cloud_use() -> None:
         raise LabError("the emulated cloud is not up: nothing to delete through salt-cloud "
                        "(bin/lab down removes any leftovers)")
     master.write_paths(cloud.master_address(), "yandex", cloud.providers_dir())
+
+
+def cloud_storage() -> None:
+    """The user's part before a deployment with backups in Object Storage (the README does it
+    with `yc`): the Yandex pillar's bucket in the emulated Object Storage, and its access key."""
+    from .yandex import cloud
+
+    if cloud_pid() is None:
+        raise LabError("the emulated cloud is not up (bin/lab cloud up)")
+    for made in cloud.users_object_storage():
+        log(f"emulated Object Storage: {made}")
 
 
 def cloud_serve() -> None:
@@ -213,6 +226,7 @@ def cloud_up() -> None:
     with machine_lock(settings.STATE / "build.lock"):
         image.build_cloud_image()
         image.build_salt_wheelhouse()
+        object_storage.ensure_venv()
     if cloud_pid() is None:
         settings.CLOUD_STATE.mkdir(mode=0o700, parents=True, exist_ok=True)
         settings.RUN.mkdir(parents=True, exist_ok=True)
@@ -246,6 +260,7 @@ def stop_cloud() -> None:
             os.kill(pid, signal.SIGKILL)
             wait_for(lambda: not pid_alive(pid), 10, "the emulated cloud to end")
     settings.CLOUD_PIDFILE.unlink(missing_ok=True)
+    object_storage.stop(object_storage.INTERNET)  # the emulation stops it, unless it was killed
     for h in hosts.all_hosts():
         if h.is_cloud:
             log(f"removing the emulated cloud's VM {h.name}")
@@ -367,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="a data disk, seen in the host as /dev/disk/by-id/virtio-NAME (repeatable)")
     p.set_defaults(func=cmd_create)
     p = sub.add_parser("cloud", help="the emulated Yandex Cloud")
-    p.add_argument("action", choices=("up", "down", "status", "use", "serve"))
+    p.add_argument("action", choices=("up", "down", "status", "use", "storage", "serve"))
     p.set_defaults(func=cmd_cloud)
     args = parser.parse_args(argv)
     try:

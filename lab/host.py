@@ -392,15 +392,23 @@ class Host:
         root = self.root
         (root / "etc/machine-id").write_text(uuid.uuid4().hex + "\n")
         (root / "etc/hostname").write_text(self.name + "\n")
+        # A cloud VM resolves the emulated internet's servers by name (settings.INTERNET_HOSTS).
+        internet = settings.INTERNET_HOSTS if self.is_cloud else {}
         (root / "etc/hosts").write_text(
             "127.0.0.1\tlocalhost\n"
             f"{self.address}\t{self.name}\n"
             "::1\tlocalhost ip6-localhost ip6-loopback\n"
+            + "".join(f"{address}\t{name}\n" for name, address in internet.items())
         )
         (root / "etc/resolv.conf").unlink(missing_ok=True)
         (root / "etc/resolv.conf").write_text("# the lab has no DNS: hosts are reached by address\n")
         self._provision_disks()
         if self.is_cloud:
+            # The emulated internet's CA is one of the public ones to its VMs.
+            ca = settings.INTERNET_PKI / "ca.crt"
+            if ca.exists():
+                shutil.copyfile(ca, root / "usr/local/share/ca-certificates/pglab-internet.crt")
+                run("chroot", root, "update-ca-certificates", quiet=True)
             # The rest is cloud-init's, from the metadata service; package sources are the image's.
             if seed is not None:
                 _overlay_files(seed, root)

@@ -99,6 +99,14 @@ INTERNET_ROUTER_END = "10.0.250.1"
 INTERNET_MIRROR = "10.0.250.2"
 INTERNET_PREFIXLEN = 30
 METADATA_ADDRESS = "169.254.169.254"
+# Yandex Object Storage, served beside the mirror (lab/object_storage.py: INTERNET) with a
+# certificate of the emulated internet's own CA. DNS is not emulated: a cloud VM's /etc/hosts
+# names the internet's servers and its trust store has that CA, as a real VM resolves the name
+# and trusts the public CAs.
+OBJECT_STORAGE_ENDPOINT = "storage.yandexcloud.net"
+OBJECT_STORAGE_PORT = 443
+INTERNET_HOSTS = {OBJECT_STORAGE_ENDPOINT: INTERNET_MIRROR}
+INTERNET_PKI = CLOUD_STATE / "internet-pki"
 # The emulated cloud's VPC may use these private blocks only (the lab's own range).
 CLOUD_ALLOWED_BLOCK = "10.0.0.0/16"
 CLOUD_IMAGE_PACKAGES = ("cloud-init", "openssh-server", "sudo")

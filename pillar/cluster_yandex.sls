@@ -18,19 +18,23 @@ pgcluster:
     # PostgreSQL's own disk (the profile's secondary disk pgdata), mounted on its home.
     data_disk:
       device: /dev/disk/by-id/virtio-pgdata
-  # Backups go to the posix repository on web (the default). To keep them in Object Storage
-  # as well, which outlives every VM of the cluster: make a bucket and a service account
-  # with the storage.editor role and a static access key for it, put the key in a file on the
-  # salt-master (access_key_id: ..., secret_access_key: ..., mode 0600, out of git), and add:
-  # pgbackrest:
-  #   repositories:
-  #     - type: posix
-  #       path: /var/lib/pgbackrest
-  #     - type: s3
-  #       path: /pgbackrest
-  #       s3:
-  #         endpoint: storage.yandexcloud.net
-  #         region: ru-central1
-  #         bucket: pg-cluster-skynet-backups
-  #         credentials_file: /srv/secrets/object-storage.yaml
-  # The VMs reach storage.yandexcloud.net through the NAT gateway (ensure_network makes it).
+  # Backups in two repositories: the posix one on web, and Yandex Object Storage, which
+  # outlives every VM of the cluster. Before the deployment (README, "The Yandex path"): make
+  # the bucket (its name is global to Object Storage: choose your own) and a service account
+  # with the storage.editor role and a static access key, and write the key to the file named
+  # below (access_key_id: ..., secret_access_key: ...; mode 0600; pillar/generated/ is out of
+  # git). The VMs reach storage.yandexcloud.net through the NAT gateway (ensure_network).
+  # Without Object Storage, drop the s3 repository: the posix one stays.
+  pgbackrest:
+    repositories:
+      - type: posix
+        path: /var/lib/pgbackrest
+      - type: s3
+        path: /pgbackrest
+        s3:
+          endpoint: storage.yandexcloud.net
+          region: ru-central1
+          bucket: pg-cluster-skynet-backups
+          # Object Storage serves both styles; path style needs no name per bucket.
+          uri_style: path
+          credentials_file: generated/object-storage.yaml

@@ -9,7 +9,8 @@ One process (`bin/lab cloud up` starts it in the background, `bin/lab cloud down
 - the VMs' metadata service at 169.254.169.254 in the router namespace (EC2 format, which
   cloud-init reads: user-data, ssh-keys), answering each VM by its source address;
 - "the internet": the lab's apt repository and wheelhouses over HTTP in the internet namespace,
-  as a Debian mirror (flat) and a PyPI simple index.
+  as a Debian mirror (flat) and a PyPI simple index, and Yandex Object Storage beside them
+  (lab/object_storage.py: INTERNET, a process of its own that lives as long as this one).
 
 What the user runs is unchanged: salt-cloud with the yandex driver and a provider config
 (written here, CLOUD_STATE/cloud.providers.d/yandex.conf, from cloud.providers.d/
@@ -20,8 +21,6 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import contextlib
-import ctypes
 import html
 import ipaddress
 import json
@@ -39,39 +38,20 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from lab import host as hosts
-from lab import image, settings, vpc
-from lab.system import LabError, log, pid_alive
+from lab import image, object_storage, settings, vpc
+from lab.system import LabError, in_netns, log, pid_alive
 from lab.yandex.fake_api import FOLDER, FakeYandex
 from lab.yandex.fake_api import _handler as api_handler
 
 KEY_ID = "ajeemulatedcloudkey0"
 SERVICE_ACCOUNT = "ajeemulatedsa0000001"
 PROVIDER_EXAMPLE = settings.REPO / "cloud.providers.d/yandex.conf.example"
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
+YANDEX_PILLAR = settings.REPO / "pillar/cluster_yandex.sls"
 
 
 def providers_dir() -> Path:
     """The provider configs salt-cloud reads while the emulation runs (bin/master paths)."""
     return settings.CLOUD_STATE / "cloud.providers.d"
-
-
-@contextlib.contextmanager
-def in_netns(name: str):
-    """Run the block (this thread) in a named network namespace; sockets made there stay there."""
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    try:
-        if _libc.setns(target, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns into {name}")
-        try:
-            yield
-        finally:
-            if _libc.setns(own, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns back")
-    finally:
-        os.close(own)
-        os.close(target)
 
 
 # --- instances as lab hosts ---------------------------------------------------------------------
@@ -425,6 +405,8 @@ def serve() -> None:
         mirror = ThreadingHTTPServer(
             (settings.INTERNET_MIRROR, 80),
             _mirror_handler(image.apt_repo_dir(), [image.wheelhouse_dir(), image.salt_wheelhouse_dir()]))
+    object_storage.serve(object_storage.INTERNET, settings.OBJECT_STORAGE_PORT,
+                         [settings.OBJECT_STORAGE_ENDPOINT])
     servers = [fake.server, metadata, mirror]
     for server in servers:
         server.daemon_threads = True
@@ -440,9 +422,35 @@ def serve() -> None:
     for server in servers:
         server.shutdown()
         server.server_close()
+    object_storage.stop(object_storage.INTERNET)
     # Boots not yet begun are dropped; `bin/lab cloud down` removes what the others made.
     fake.machines.pool.shutdown(wait=True, cancel_futures=True)
     (folder / "ready").unlink(missing_ok=True)
+
+
+def users_object_storage() -> list[str]:
+    """What the README has a user make with `yc` before deploying with backups in Object
+    Storage: the bucket each S3 repository of the Yandex pillar names, and a static access key
+    in the file it names (made once; relative to the pillar's directory). What it made."""
+    cluster = yaml.safe_load(YANDEX_PILLAR.read_text())["pgcluster"]
+    made = []
+    for repo in (cluster.get("pgbackrest") or {}).get("repositories") or []:
+        if repo.get("type") != "s3":
+            continue
+        s3 = repo["s3"]
+        where = (s3["endpoint"], s3.get("port", settings.OBJECT_STORAGE_PORT))
+        if where != (settings.OBJECT_STORAGE_ENDPOINT, settings.OBJECT_STORAGE_PORT):
+            raise LabError(f"{YANDEX_PILLAR.name}: the emulated internet serves Object Storage at "
+                           f"{settings.OBJECT_STORAGE_ENDPOINT}:{settings.OBJECT_STORAGE_PORT}, "
+                           f"not at {where[0]}:{where[1]}")
+        object_storage.make_bucket(object_storage.INTERNET, settings.OBJECT_STORAGE_PORT, s3["bucket"])
+        made.append(f"bucket {s3['bucket']}")
+        key_file = YANDEX_PILLAR.parent / s3["credentials_file"]  # an absolute path stays one
+        if not key_file.exists():
+            key_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            object_storage.write_access_key(key_file)
+            made.append(f"access key {key_file}")
+    return made
 
 
 def wait_ready(pid: int, timeout: float = 60) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lab import settings
+from lab import object_storage, settings
 from lab.cluster import Cluster, salt
 from tests.conftest import REPO, run
 
@@ -108,6 +108,31 @@ def test_the_cluster_spans_three_subnets_and_the_web_app_works(yandex_cluster):
     assert len(subnets) == 3
     message_id = _post_message(yandex_cluster, "hello from the emulated cloud")
     assert "hello from the emulated cloud" in _get_message(yandex_cluster, message_id)
+
+
+def test_backups_reach_object_storage_through_the_nat_gateway(yandex_cluster):
+    """The Yandex pillar's S3 repository: the deployment's first backup and the WAL archive are
+    in (the emulated) Object Storage, by its public name and its certificate from a public CA."""
+    backup = yandex_cluster.backup
+    stanza = backup["stanza"]
+    numbers = [n for n, r in enumerate(backup["repositories"], 1) if r["type"] == "s3"]
+    assert numbers, "the Yandex pillar keeps its backups in Object Storage"
+    info = salt(yandex_cluster.web, "pgbackrest.info", timeout=120, check=True)[yandex_cluster.web]
+    for number in numbers:
+        s3 = backup["repositories"][number - 1]["s3"]
+        public = (settings.OBJECT_STORAGE_ENDPOINT, None, None)  # no hosts entry, no own CA
+        assert (s3["endpoint"], s3["address"], s3["ca_file"]) == public
+        assert info["repositories"][str(number)]["status"] == "ok", info["repositories"]
+        labels = [b["label"] for b in info["backups"] if b["repo"] == number and b["type"] == "full"]
+        assert labels, info["backups"]
+        # What the store itself holds: the backup's files and archived WAL.
+        prefix = backup["repositories"][number - 1]["path"].strip("/")
+        files = object_storage.list_keys(object_storage.INTERNET, s3["port"], s3["bucket"],
+                                         f"{prefix}/backup/{stanza}/{labels[0]}/pg_data/")
+        assert any(k.endswith("/PG_VERSION.zst") for k in files), files[:20]
+        archived = object_storage.list_keys(object_storage.INTERNET, s3["port"], s3["bucket"],
+                                            f"{prefix}/archive/{stanza}/")
+        assert any(k.endswith(".zst") for k in archived), archived[:20]
 
 
 def test_a_vm_without_egress_fails_its_bootstrap_saying_why_and_is_deleted(yandex_cluster, tmp_path):

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lab import object_storage
 from tests.conftest import REPO, VENV_BIN
 from tests.render import validators
 
@@ -47,6 +48,15 @@ CASES = [(pillar, host) for pillar, hosts in HOSTS.items() for host in hosts]
 
 
 def _pillar_root(tmp: Path, name: str) -> str | None:
+    if name == "yandex":
+        # The repo's own pillar, beside the Object Storage key a user writes before deploying.
+        root = tmp / name
+        root.mkdir()
+        for sls in (REPO / "pillar").glob("*.sls"):
+            shutil.copy(sls, root)
+        (root / "generated").mkdir(mode=0o700)
+        object_storage.write_access_key(root / "generated" / "object-storage.yaml")
+        return str(root)
     if PILLARS[name] is None:
         return None  # the repo's own pillar/
     root = tmp / name
@@ -311,3 +321,10 @@ def test_the_yandex_site_gets_the_yandex_pillar(rendered):
     assert {"name": address} in check and {"failhard": True} in check
     lab = yaml.safe_load((REPO / "pillar/cluster.sls").read_text())["pgcluster"]
     assert lab["members"]["postgres-srv3"]["address"] != address
+    # Backups go to Object Storage too, by its public name: no hosts entry, the public CAs.
+    conf = member["pgbackrest-config"]["text"]
+    for line in ("repo2-type=s3", "repo2-s3-endpoint=storage.yandexcloud.net",
+                 "repo2-s3-region=ru-central1", "repo2-s3-uri-style=path"):
+        assert line in conf.splitlines(), conf
+    assert "repo2-storage-ca-file" not in conf
+    assert not [k for k in states if k.startswith("pgbackrest-repo2-storage-")]
