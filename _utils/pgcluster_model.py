@@ -416,6 +416,11 @@ SCHEMA = Record({
         "user": Str(),
         "group": Str(),
     }),
+    "tls": Record({
+        "dir": Path(),
+        "days": Int(2, 3650, "(days a host certificate is valid)"),
+        "renew_days": Int(1, 3649, "(days before its end that a host certificate is renewed)"),
+    }),
     "webapp": Record({
         "port": Port(),
         "bind": HostPort(),
@@ -504,6 +509,10 @@ def _check_cluster(cfg: dict) -> None:
         ("haproxy", "primary_port"), ("haproxy", "replica_port"), ("haproxy", "stats_port"),
         ("webapp", "port"), ("webapp", "bind"), *backup])
     _check_backup(cfg)
+    tls = cfg["tls"]
+    if tls["renew_days"] >= tls["days"]:
+        raise PillarError(("tls", "renew_days"), f"{tls['renew_days']} is not less than days "
+                          f"({tls['days']}): every state.apply would renew the certificates")
 
 
 # PostgreSQL parameters the backups own while they are on.

@@ -5,6 +5,7 @@ base:
     - common.address
     - common
     - firewall
+    - tls
 {%- if cluster.get('members') %}
   '{{ cluster.members | join(",") }}':
     - match: list

@@ -34,6 +34,7 @@ common:
     - sls:
       - common
       - firewall
+      - tls
 {{- override() }}
     - require:
       - salt: addresses

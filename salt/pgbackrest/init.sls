@@ -3,6 +3,9 @@
 {%- from "pgbackrest/map.jinja" import pgbackrest, cluster with context %}
 {%- if pgbackrest.enabled and (grains.id in cluster.members or grains.id == pgbackrest.host) %}
 
+include:
+  - tls
+
 pgbackrest-package:
   pkg.installed:
     - pkgs: {{ pgbackrest.packages | json }}
@@ -17,25 +20,21 @@ pgbackrest-tls-dir:
     - require:
       - pkg: pgbackrest-package
 
-{#- The cluster CA's certificate, this host's certificate and its key (ext_pillar pgcluster_pki). #}
-{%- for name, key, mode in [('ca.crt', 'pgcluster_tls:ca', '0644'),
-                            ('host.crt', 'pgcluster_tls:cert', '0644'),
-                            ('host.key', 'pgcluster_tls:key', '0600')] %}
+{#- The cluster CA's certificate, this host's certificate and its key (salt/tls), in copies
+    pgBackRest's user owns. #}
+{%- for name, mode in [('ca.crt', '0644'), ('host.crt', '0644'), ('host.key', '0600')] %}
 
 pgbackrest-tls-{{ name }}:
   file.managed:
     - name: {{ pgbackrest.tls_dir }}/{{ name }}
-    - source: salt://pgbackrest/files/pillar_value.jinja
-    - template: jinja
-    - context:
-        key: {{ key }}
-        source: pgcluster_pki
+    - source: file://{{ cluster.tls.dir }}/{{ name }}
     - user: {{ pgbackrest.user }}
     - group: {{ pgbackrest.group }}
     - mode: '{{ mode }}'
     - show_changes: false
     - require:
       - file: pgbackrest-tls-dir
+      - pgcluster_tls: tls-certificate
 {%- endfor %}
 
 {#- Object storage with a CA of its own, or reached by an address the hosts cannot resolve. #}

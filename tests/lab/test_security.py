@@ -157,3 +157,55 @@ def test_no_secret_in_process_lists_or_logs(lab):
         for secret in every:
             assert secret not in processes, host
             assert secret not in logs, host
+
+
+# --- The cluster's CA (_runners/pgcluster_ca.py) and each host's key (salt/tls) ----------------
+
+TLS = C.model["tls"]
+CA_STORE = settings.REPO / "pillar" / "generated" / "pki"
+
+
+def _salt_json(*args: str) -> dict:
+    out = run(settings.VENV / "bin/salt", *args, "--out=json", "--static", timeout=300).stdout
+    return json.loads(out)
+
+
+def test_each_host_made_its_own_key_and_holds_a_certificate_for_its_names_from_the_ca(lab):
+    ca = CA_STORE / "ca.crt"
+    for host, address in C.hosts.items():
+        owner = lab_exec(host, "stat", "-c", "%a %U", f"{TLS['dir']}/host.key").stdout.split()
+        assert owner == ["600", "root"], host
+        assert lab_exec(host, "cat", f"{TLS['dir']}/ca.crt").stdout == ca.read_text(), host
+        verified = lab_exec(host, "openssl", "verify", "-CAfile", f"{TLS['dir']}/ca.crt",
+                            f"{TLS['dir']}/host.crt").stdout
+        assert verified.strip().endswith(": OK"), host
+        names = lab_exec(host, "openssl", "x509", "-noout", "-ext", "subjectAltName",
+                         "-in", f"{TLS['dir']}/host.crt").stdout
+        assert f"DNS:{host}, IP Address:{address}" in names, (host, names)
+    # No host's key travels: the pillars carry none (the CA's key is on the master only).
+    assert "PRIVATE KEY" not in json.dumps(_salt_json("*", "pillar.items"))
+
+
+def test_a_certificate_near_its_end_is_renewed_by_state_apply_and_test_mode_says_so(lab):
+    host = C.model["member_names"][-1]
+    before = lab_exec(host, "openssl", "x509", "-noout", "-serial", "-in",
+                      f"{TLS['dir']}/host.crt").stdout
+    # With a renewal window longer than what is left, the certificate is near its end.
+    near = json.dumps({"pgcluster": {"tls": {"days": 500, "renew_days": 499}}})
+    dry = _salt_json(host, "state.sls", "tls", f"pillar={near}", "test=True")[host]
+    [state] = [s for k, s in dry.items() if "tls-certificate" in k]
+    assert state["result"] is None and "within 499 days" in state["comment"], state
+    assert lab_exec(host, "openssl", "x509", "-noout", "-serial", "-in",
+                    f"{TLS['dir']}/host.crt").stdout == before
+    done = _salt_json(host, "state.sls", "tls,pgbackrest", f"pillar={near}")[host]
+    [state] = [s for k, s in done.items() if "tls-certificate" in k]
+    assert state["result"] is True and state["changes"]["not_after"], state
+    after = lab_exec(host, "openssl", "x509", "-noout", "-serial", "-in",
+                     f"{TLS['dir']}/host.crt").stdout
+    assert after != before
+    # The services' copies follow (pgBackRest's TLS server restarts on them).
+    assert lab_exec(host, "cat", f"{C.backup['tls_dir']}/host.crt").stdout == \
+        lab_exec(host, "cat", f"{TLS['dir']}/host.crt").stdout
+    # Renewed, it is current again: the next apply changes nothing.
+    again = _salt_json(host, "state.sls", "tls,pgbackrest", f"pillar={near}")[host]
+    assert not [s for s in again.values() if s["changes"]], again

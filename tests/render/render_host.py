@@ -47,11 +47,6 @@ def _render(host: str, pillar_root: str | None, pillar: dict | None, root: str,
     for key in ("cachedir", "pki_dir", "sock_dir", "extension_modules", "pidfile", "log_file"):
         opts[key] = str(Path(root) / key)
     opts["log_level"] = "quiet"
-    # The cluster's CA and certificates of this render stay in its own root: the repo's store
-    # (pillar/generated/pki) belongs to the deployed cluster, whose hosts have other addresses.
-    opts["ext_pillar"] = [
-        {"pgcluster_pki": {"store": str(Path(root) / "pki")}} if "pgcluster_pki" in entry else entry
-        for entry in opts["ext_pillar"]]
     if pillar_root:
         opts["pillar_roots"] = {"base": [pillar_root]}
     if pillar:

@@ -89,9 +89,9 @@ def rendered(tmp_path_factory) -> dict:
         return {case: future.result() for case, future in futures.items()}
 
 
-MEMBER_STATES = {"common.address", "common", "firewall", "etcd", "postgresql", "pgbackrest", "patroni",
-                 "postgresql.app", "pgbouncer"}
-WEB_STATES = {"common.address", "common", "firewall", "haproxy", "webapp", "pgbackrest",
+MEMBER_STATES = {"common.address", "common", "firewall", "tls", "etcd", "postgresql", "pgbackrest",
+                 "patroni", "postgresql.app", "pgbouncer"}
+WEB_STATES = {"common.address", "common", "firewall", "tls", "haproxy", "webapp", "pgbackrest",
               "pgbackrest.repository"}
 
 

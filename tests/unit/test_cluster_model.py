@@ -217,6 +217,8 @@ def test_a_key_left_empty_is_an_error_not_the_default():
          "pillar pgcluster:haproxy:replica_max_lag: 'ten' is not allowed: a whole number"),
         ({"firewall": {"admin_sources": ["192.168.1.0/24", "office"]}},
          "pillar pgcluster:firewall:admin_sources:1: 'office' is not allowed: an IPv4 network"),
+        ({"tls": {"days": 90}},
+         "pillar pgcluster:tls:renew_days: 132 is not less than days (90): every state.apply"),
     ],
 )
 def test_what_no_single_key_can_tell_is_checked_across_keys(override, message):

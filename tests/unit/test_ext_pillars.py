@@ -1,7 +1,6 @@
 """The master's ext_pillars, through Salt's own pillar compiler (salt-call --local):
 pgcluster_credentials gives each minion its share, from wherever the pillar names the members;
-pgcluster_pki a certificate of the cluster's CA to each cluster host; pgcluster_defaults
-brings every component's defaults.yaml."""
+pgcluster_defaults brings every component's defaults.yaml."""
 
 from __future__ import annotations
 
@@ -11,8 +10,6 @@ import subprocess
 
 import pytest
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from tests.conftest import REPO, VENV_BIN
 
@@ -37,8 +34,7 @@ def salt_dir(tmp_path):
         "pillar_roots": {"base": [str(pillar)]}, "file_roots": {"base": [str(REPO / "salt")]},
         "pillar_dirs": [str(REPO / "_pillar")],
         "ext_pillar": [{"pgcluster_defaults": {}},
-                       {"pgcluster_credentials": {"store": str(tmp_path / "secret" / "creds.yaml")}},
-                       {"pgcluster_pki": {"store": str(tmp_path / "secret" / "pki")}}],
+                       {"pgcluster_credentials": {"store": str(tmp_path / "secret" / "creds.yaml")}}],
     }))
     return tmp_path
 
@@ -118,38 +114,3 @@ def test_a_missing_keys_file_is_an_error_naming_the_key(salt_dir):
     assert errors and any(
         "pgcluster:pgbackrest:repositories:1:s3:credentials_file: cannot read "
         f"{salt_dir / 'nowhere.yaml'} on the salt-master" in e for e in errors), errors
-
-
-def test_each_cluster_host_gets_a_certificate_of_the_cluster_ca(salt_dir):
-    tls = pillar_of(salt_dir, "db1")["pgcluster_tls"]
-    ca = x509.load_pem_x509_certificate(tls["ca"].encode())
-    cert = x509.load_pem_x509_certificate(tls["cert"].encode())
-    cert.verify_directly_issued_by(ca)
-    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert san.get_values_for_type(x509.DNSName) == ["db1"]
-    assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["192.168.7.1"]
-    key = serialization.load_pem_private_key(tls["key"].encode(), None)
-    assert key.public_key() == cert.public_key()
-    assert "pgcluster_tls" not in pillar_of(salt_dir, "monitoring")
-    # Kept: the same certificate on the next render; the CA's key stays on the master.
-    assert pillar_of(salt_dir, "db1")["pgcluster_tls"] == tls
-    store = salt_dir / "secret" / "pki"
-    assert stat.S_IMODE((store / "ca.key").stat().st_mode) == 0o600
-    assert "PRIVATE KEY" not in tls["ca"] + tls["cert"]
-    front = pillar_of(salt_dir, "front")["pgcluster_tls"]
-    assert front["ca"] == tls["ca"] and front["key"] != tls["key"]
-
-
-def test_a_certificate_is_issued_again_when_the_address_changes_and_kept_per_address(salt_dir):
-    before = pillar_of(salt_dir, "db1")["pgcluster_tls"]
-    members = salt_dir / "pillar" / "hosts" / "members.sls"
-    members.write_text(members.read_text().replace("192.168.7.1}", "192.168.7.101}"))
-    after = pillar_of(salt_dir, "db1")["pgcluster_tls"]
-    assert after["ca"] == before["ca"] and after["cert"] != before["cert"]
-    cert = x509.load_pem_x509_certificate(after["cert"].encode())
-    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["192.168.7.101"]
-    # An address given for one run only (a refused `bin/deploy --pillar`) leaves the host's
-    # certificate for its own address as it was.
-    members.write_text(members.read_text().replace("192.168.7.101}", "192.168.7.1}"))
-    assert pillar_of(salt_dir, "db1")["pgcluster_tls"] == before

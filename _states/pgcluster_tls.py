@@ -1,0 +1,164 @@
+"""
+This host's certificate from the cluster's CA on the salt-master (``_runners/pgcluster_ca.py``).
+
+The host's key is made here and stays here (Salt's ``x509.private_key_managed``); these states
+fetch the CA's certificate and have the master sign the host's key when the certificate is
+missing, for another key, from another CA, for other names, or near its end. Under
+``test=True`` they say what they would do; the CA is asked, nothing is signed.
+
+.. code-block:: yaml
+
+    tls-ca:
+      pgcluster_tls.ca_managed:
+        - name: /etc/pgcluster/tls/ca.crt
+
+    tls-certificate:
+      pgcluster_tls.certificate_managed:
+        - name: /etc/pgcluster/tls/host.crt
+        - private_key: /etc/pgcluster/tls/host.key
+        - ca: /etc/pgcluster/tls/ca.crt
+        - address: 10.0.0.11
+        - renew_days: 132
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import ipaddress
+import os
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+
+__virtualname__ = "pgcluster_tls"
+
+RUNNER_TIMEOUT = 60
+
+
+def __virtual__():
+    if "x509.create_csr" not in __salt__:
+        return False, "pgcluster_tls needs Salt's x509_v2 module"
+    return __virtualname__
+
+
+def _ask(fun, *args):
+    """A function of the master's pgcluster_ca runner; its answer, or raise with its error."""
+    answer = __salt__["publish.runner"](f"pgcluster_ca.{fun}", arg=list(args),
+                                        timeout=RUNNER_TIMEOUT)
+    if isinstance(answer, dict) and "error" not in answer:
+        return answer
+    why = answer.get("error") if isinstance(answer, dict) else (answer or "no answer")
+    raise RuntimeError(f"the salt-master's CA (runner pgcluster_ca.{fun}) answered: {why}")
+
+
+def _read(path):
+    try:
+        with open(path) as fh:
+            return fh.read()
+    except FileNotFoundError:
+        return None
+
+
+def _write(path, text, mode=0o644):
+    tmp = f"{path}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def _ret(name):
+    return {"name": name, "changes": {}, "result": True, "comment": ""}
+
+
+def ca_managed(name):
+    """The CA's certificate at ``name`` (0644), as the master has it."""
+    ret = _ret(name)
+    try:
+        pem = _ask("ca")["ca"]
+    except RuntimeError as exc:
+        return {**ret, "result": False, "comment": str(exc)}
+    if _read(name) == pem:
+        ret["comment"] = "the cluster's CA certificate is in place"
+        return ret
+    subject = x509.load_pem_x509_certificate(pem.encode()).subject.rfc4514_string()
+    ret["changes"] = {"ca": subject}
+    if __opts__["test"]:
+        return {**ret, "result": None, "comment": f"{name} would be written: the CA {subject}"}
+    os.makedirs(os.path.dirname(name), exist_ok=True)
+    _write(name, pem)
+    ret["comment"] = f"wrote the CA {subject}"
+    return ret
+
+
+def _why_new(name, *, private_key, ca, names, renew_days):
+    """Why the certificate at ``name`` must be issued again, or None. names: (host, address)."""
+    text, ca_pem = _read(name), _read(ca)
+    if text is None:
+        return "there is none"
+    if ca_pem is None:
+        return "the CA's certificate is missing"
+    cert = x509.load_pem_x509_certificate(text.encode())
+    why = _mismatch(cert, ca_pem, private_key, names)
+    if why is None:
+        left = cert.not_valid_after_utc - datetime.datetime.now(datetime.UTC)
+        if left < datetime.timedelta(days=renew_days):
+            why = f"it ends {cert.not_valid_after_utc:%Y-%m-%d}, within {renew_days} days"
+    return why
+
+
+def _mismatch(cert, ca_pem, private_key, names):
+    """What makes the certificate wrong for this host, its key and the CA, or None."""
+    try:
+        cert.verify_directly_issued_by(x509.load_pem_x509_certificate(ca_pem.encode()))
+    except (ValueError, TypeError, InvalidSignature):
+        return "it is not from the cluster's CA"
+    with open(private_key, "rb") as fh:
+        key = serialization.load_pem_private_key(fh.read(), None)
+    der = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    if cert.public_key().public_bytes(*der) != key.public_key().public_bytes(*der):
+        return "it is for another key"
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return "it names no host"
+    host, address = names
+    has = (san.get_values_for_type(x509.DNSName),
+           [str(ip) for ip in san.get_values_for_type(x509.IPAddress)])
+    if has != ([host], [str(ipaddress.ip_address(address))]):
+        return f"it names {', '.join(has[0] + has[1])}, not {host}, {address}"
+    return None
+
+
+def certificate_managed(name, private_key, ca, address, renew_days=30):
+    """
+    This host's certificate at ``name`` (0644), for its key at ``private_key``, from the CA
+    whose certificate is at ``ca``, naming this minion and ``address``; issued again
+    ``renew_days`` before its end.
+    """
+    ret = _ret(name)
+    host = __opts__["id"]
+    why = _why_new(name, private_key=private_key, ca=ca, names=(host, address),
+                   renew_days=int(renew_days))
+    if why is None:
+        ret["comment"] = "the host's certificate is current"
+        return ret
+    if __opts__["test"]:
+        return {**ret, "result": None, "changes": {"certificate": why},
+                "comment": f"the master would sign a new certificate: {why}"}
+    csr = __salt__["x509.create_csr"](private_key=private_key, CN=host)
+    der = x509.load_pem_x509_csr(csr.encode()).public_bytes(serialization.Encoding.DER)
+    try:
+        answer = _ask("sign", base64.urlsafe_b64encode(der).decode().rstrip("="))
+    except RuntimeError as exc:
+        return {**ret, "result": False, "comment": str(exc)}
+    os.makedirs(os.path.dirname(name), exist_ok=True)
+    _write(name, answer["certificate"])
+    cert = x509.load_pem_x509_certificate(answer["certificate"].encode())
+    ret["changes"] = {"certificate": why, "serial": format(cert.serial_number, "x"),
+                      "not_after": cert.not_valid_after_utc.isoformat()}
+    ret["comment"] = f"the master signed a new certificate: {why}"
+    return ret
