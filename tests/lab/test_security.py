@@ -3,12 +3,15 @@ pg_hba, Patroni's REST API, and secrets kept out of process lists and logs."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import socket
 import urllib.error
 import urllib.request
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 
 from lab import settings
 from lab.cluster import cluster, credentials, secrets
@@ -186,26 +189,42 @@ def test_each_host_made_its_own_key_and_holds_a_certificate_for_its_names_from_t
     assert "PRIVATE KEY" not in json.dumps(_salt_json("*", "pillar.items"))
 
 
+def _near_its_end(host: str, days: int) -> str:
+    """The host's certificate made again by the cluster's CA with ``days`` to live, as one
+    issued long ago would be: its PEM (written on the host)."""
+    ca_key = serialization.load_pem_private_key((CA_STORE / "ca.key").read_bytes(), None)
+    ca = x509.load_pem_x509_certificate((CA_STORE / "ca.crt").read_bytes())
+    path = settings.HOSTS_DIR / host / "root" / TLS["dir"].lstrip("/") / "host.crt"
+    current = x509.load_pem_x509_certificate(path.read_bytes())
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (x509.CertificateBuilder().subject_name(current.subject).issuer_name(ca.subject)
+               .public_key(current.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(days=300))
+               .not_valid_after(now + datetime.timedelta(days=days)))
+    for extension in current.extensions:
+        builder = builder.add_extension(extension.value, extension.critical)
+    pem = builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode()
+    path.write_text(pem)
+    return pem
+
+
 def test_a_certificate_near_its_end_is_renewed_by_state_apply_and_test_mode_says_so(lab):
     host = C.model["member_names"][-1]
-    before = lab_exec(host, "openssl", "x509", "-noout", "-serial", "-in",
-                      f"{TLS['dir']}/host.crt").stdout
-    # With a renewal window longer than what is left, the certificate is near its end.
-    near = json.dumps({"pgcluster": {"tls": {"days": 500, "renew_days": 499}}})
-    dry = _salt_json(host, "state.sls", "tls", f"pillar={near}", "test=True")[host]
+    old = _near_its_end(host, TLS["renew_days"] - 1)
+    dry = _salt_json(host, "state.sls", "tls", "test=True")[host]
     [state] = [s for k, s in dry.items() if "tls-certificate" in k]
-    assert state["result"] is None and "within 499 days" in state["comment"], state
-    assert lab_exec(host, "openssl", "x509", "-noout", "-serial", "-in",
-                    f"{TLS['dir']}/host.crt").stdout == before
-    done = _salt_json(host, "state.sls", "tls,pgbackrest", f"pillar={near}")[host]
+    assert state["result"] is None and f"within {TLS['renew_days']} days" in state["comment"], state
+    assert lab_exec(host, "cat", f"{TLS['dir']}/host.crt").stdout == old  # test mode signs nothing
+    done = _salt_json(host, "state.sls", "tls,pgbackrest")[host]
     [state] = [s for k, s in done.items() if "tls-certificate" in k]
     assert state["result"] is True and state["changes"]["not_after"], state
-    after = lab_exec(host, "openssl", "x509", "-noout", "-serial", "-in",
-                     f"{TLS['dir']}/host.crt").stdout
-    assert after != before
+    renewed = x509.load_pem_x509_certificate(
+        lab_exec(host, "cat", f"{TLS['dir']}/host.crt").stdout.encode())
+    life = renewed.not_valid_after_utc - datetime.datetime.now(datetime.UTC)
+    assert life > datetime.timedelta(days=TLS["days"] - 1)
     # The services' copies follow (pgBackRest's TLS server restarts on them).
     assert lab_exec(host, "cat", f"{C.backup['tls_dir']}/host.crt").stdout == \
         lab_exec(host, "cat", f"{TLS['dir']}/host.crt").stdout
     # Renewed, it is current again: the next apply changes nothing.
-    again = _salt_json(host, "state.sls", "tls,pgbackrest", f"pillar={near}")[host]
+    again = _salt_json(host, "state.sls", "tls,pgbackrest")[host]
     assert not [s for s in again.values() if s["changes"]], again
