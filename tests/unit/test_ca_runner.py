@@ -100,3 +100,13 @@ def test_a_minion_that_is_no_cluster_host_is_refused(master_dir):
 def test_a_request_that_is_no_csr_is_refused(master_dir):
     answer = salt_run(master_dir, "db1", "pgcluster_ca.sign", "bm90LWEtY3Ny")
     assert answer == {"error": "csr: not a certificate signing request (DER in URL-safe base64)"}
+
+
+def test_a_request_not_signed_by_its_key_is_refused(master_dir):
+    """Proof of possession: a request must be signed by the key it names."""
+    csr, _ = csr_for("db1")
+    der = bytearray(base64.urlsafe_b64decode(csr + "=" * (-len(csr) % 4)))
+    der[-3] ^= 0x01  # inside the signature
+    forged = base64.urlsafe_b64encode(bytes(der)).decode().rstrip("=")
+    answer = salt_run(master_dir, "db1", "pgcluster_ca.sign", forged)
+    assert answer == {"error": "csr: its signature does not match its key"}
