@@ -332,6 +332,7 @@ SCHEMA = Record({
     "postgresql": Record({
         "version": Enum(15),
         "port": Port(),
+        "tls": Bool(),
         "parameters": Map(Str(r"[a-z_][a-z0-9_.]*", "a PostgreSQL parameter name"), Scalar()),
         "packages": PACKAGES,
         "createcluster_conf": Path(),
@@ -345,6 +346,7 @@ SCHEMA = Record({
         }),
         # Debian's postgres user has this home; it is stated, not chosen.
         "home": Enum("/var/lib/postgresql"),
+        "tls_dir": Path(),
     }),
     "patroni": Record({
         "version": Str(r"4\.[0-9]+\.[0-9]+", "a Patroni 4.x version such as 4.1.5"),
@@ -371,6 +373,7 @@ SCHEMA = Record({
     "pgbouncer": Record({
         "enabled": Bool(),
         "port": Port(),
+        "tls": Bool(),
         "pool_mode": Enum("session", "transaction", "statement"),
         "default_pool_size": Int(1, 10000),
         "max_client_conn": Int(1, 100000),
@@ -379,6 +382,7 @@ SCHEMA = Record({
         "service": Str(),
         "config_file": Path(),
         "userlist_file": Path(),
+        "tls_dir": Path(),
         "user": Str(),
         "group": Str(),
     }),
@@ -567,6 +571,9 @@ def derive(cfg: dict) -> dict:
     etcd["endpoints"] = [f"{members[n]['address']}:{etcd['client_port']}" for n in names]
     cfg["backend_port"] = (
         cfg["pgbouncer"]["port"] if cfg["pgbouncer"]["enabled"] else cfg["postgresql"]["port"])
+    # Whether what HAProxy's ports lead to (PgBouncer, or PostgreSQL without it) speaks TLS.
+    cfg["backend_tls"] = (
+        cfg["pgbouncer"]["tls"] if cfg["pgbouncer"]["enabled"] else cfg["postgresql"]["tls"])
     pg = cfg["postgresql"]
     pg["mount_unit"] = mount_unit_name(pg["home"])
     pg["data_dir"] = f"{pg['home']}/{pg['version']}/main"

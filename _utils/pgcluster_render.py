@@ -21,30 +21,53 @@ def admin_networks(cfg: dict, masters: list[str]) -> list[str]:
 
 def pg_hba(cfg: dict, member: str, admins: list[str]) -> list[str]:
     """Least privilege: replication and rewind only between members, the application only from
-    where its connections come from, scram-sha-256 everywhere, nothing else."""
+    where its connections come from, scram-sha-256 everywhere, nothing else. With TLS every
+    remote rule takes only TLS connections, and members (and PgBouncer on them) must also show
+    a certificate from the cluster's CA."""
     app, db = cfg["app"]["user"], cfg["app"]["database"]
+    tls = cfg["postgresql"]["tls"]
+    remote = "hostssl" if tls else "host"
+    peer = " clientcert=verify-ca" if tls else ""
     rules = [
         "local all postgres peer",
         "host all postgres 127.0.0.1/32 scram-sha-256",
-        # Patroni reads a stopped replica's timeline over a replication connection to itself;
-        # without this rule an old leader cannot decide on pg_rewind and never rejoins.
-        "host replication replicator 127.0.0.1/32 scram-sha-256",
+        # Patroni reads a stopped replica's timeline over a replication connection to itself
+        # (use_unix_socket_repl); without this rule an old leader cannot decide on pg_rewind
+        # and never rejoins.
+        "local replication replicator scram-sha-256",
     ]
     for name in cfg["member_names"]:
         address = cfg["members"][name]["address"]
-        rules.append(f"host replication replicator {address}/32 scram-sha-256")
-        rules.append(f"host postgres rewind {address}/32 scram-sha-256")
+        rules.append(f"{remote} replication replicator {address}/32 scram-sha-256{peer}")
+        rules.append(f"{remote} postgres rewind {address}/32 scram-sha-256{peer}")
     if cfg["pgbouncer"]["enabled"]:
         # PgBouncer on this member (connecting to the member's own address) is the only way in.
-        rules.append(f"host {db} {app} {cfg['members'][member]['address']}/32 scram-sha-256")
+        rules.append(f"{remote} {db} {app} {cfg['members'][member]['address']}/32 "
+                     f"scram-sha-256{peer}")
     else:
         for name in cfg["web_names"]:
-            rules.append(f"host {db} {app} {cfg['web'][name]['address']}/32 scram-sha-256")
+            rules.append(f"{remote} {db} {app} {cfg['web'][name]['address']}/32 scram-sha-256")
     # The admin sources (the salt-master, root on every host anyway, and the operators'
     # networks) may reach the app's database directly: to look at it, and to measure it
     # without the routing in between (bench/routing.py).
-    rules.extend(f"host {db} {app} {network} scram-sha-256" for network in admins)
+    rules.extend(f"{remote} {db} {app} {network} scram-sha-256" for network in admins)
     return rules
+
+
+def postgresql_tls(cfg: dict) -> tuple[dict, dict]:
+    """PostgreSQL's TLS parameters (this host's certificate, the cluster's CA for clients'
+    certificates) and what a member's replication and pg_rewind connections add: the server
+    is verified by the CA and its address (verify-full), and the member shows its own
+    certificate. Both empty without TLS."""
+    pg = cfg["postgresql"]
+    if not pg["tls"]:
+        return {}, {}
+    files = {name: f"{pg['tls_dir']}/{name}" for name in ("ca.crt", "host.crt", "host.key")}
+    server = {"ssl": "on", "ssl_cert_file": files["host.crt"], "ssl_key_file": files["host.key"],
+              "ssl_ca_file": files["ca.crt"]}
+    client = {"sslmode": "verify-full", "sslrootcert": files["ca.crt"],
+              "sslcert": files["host.crt"], "sslkey": files["host.key"]}
+    return server, client
 
 
 def dcs_config(cfg: dict) -> dict:
@@ -138,6 +161,7 @@ def patroni_config(cfg: dict, member: str, credentials: dict, admins: list[str],
     patroni, pg = cfg["patroni"], cfg["postgresql"]
     version = pg["version"]
     restapi_auth = {"username": "patroni", "password": credentials["restapi"]}
+    tls_server, tls_client = postgresql_tls(cfg)
     return {
         "scope": cfg["name"],
         "namespace": "/service/",
@@ -162,12 +186,15 @@ def patroni_config(cfg: dict, member: str, credentials: dict, admins: list[str],
             "bin_dir": f"/usr/lib/postgresql/{version}/bin",
             "pgpass": f"{pg['home']}/.pgpass_patroni",
             "use_unix_socket": True,
+            # Its replication connection to itself too: no certificate names 127.0.0.1.
+            "use_unix_socket_repl": True,
             "authentication": {
                 "superuser": {"username": "postgres", "password": credentials["superuser"]},
-                "replication": {"username": "replicator", "password": credentials["replication"]},
-                "rewind": {"username": "rewind", "password": credentials["rewind"]},
+                "replication": {"username": "replicator", "password": credentials["replication"],
+                                **tls_client},
+                "rewind": {"username": "rewind", "password": credentials["rewind"], **tls_client},
             },
-            "parameters": {"unix_socket_directories": "/var/run/postgresql"},
+            "parameters": {"unix_socket_directories": "/var/run/postgresql", **tls_server},
             "pg_hba": pg_hba(cfg, member, admins),
             **replica_methods(cfg),
         },

@@ -101,6 +101,11 @@ patroni-service:
     - require:
       - file: patroni-unit
       - service: postgresql-debian-service-off
+{%- if cluster.postgresql.tls %}
+      - file: postgresql-tls-host.key
+      - file: postgresql-tls-host.crt
+      - file: postgresql-tls-ca.crt
+{%- endif %}
     - watch:
       - file: patroni-config
 

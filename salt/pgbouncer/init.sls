@@ -2,10 +2,47 @@
 {%- from "pgbouncer/map.jinja" import pgbouncer, cluster with context %}
 {%- if cluster.pgbouncer.enabled %}
 {%-   set me = cluster.members[grains.id] %}
+{#-   Its certificate serves clients (pgbouncer:tls) and PostgreSQL (postgresql:tls). #}
+{%-   set tls = cluster.pgbouncer.tls or cluster.postgresql.tls %}
+{%-   if tls %}
+
+include:
+  - tls
+{%-   endif %}
 
 pgbouncer-package:
   pkg.installed:
     - name: {{ pgbouncer.package }}
+{%-   if tls %}
+
+pgbouncer-tls-dir:
+  file.directory:
+    - name: {{ pgbouncer.tls_dir }}
+    - user: {{ pgbouncer.user }}
+    - group: {{ pgbouncer.group }}
+    - mode: '0750'
+    - require:
+      - pkg: pgbouncer-package
+
+{#- The cluster CA's certificate, this host's certificate and its key (salt/tls), in copies
+    PgBouncer's user owns. #}
+{%-     for name, mode in [('ca.crt', '0644'), ('host.crt', '0644'), ('host.key', '0600')] %}
+
+pgbouncer-tls-{{ name }}:
+  file.managed:
+    - name: {{ pgbouncer.tls_dir }}/{{ name }}
+    - source: file://{{ cluster.tls.dir }}/{{ name }}
+    - user: {{ pgbouncer.user }}
+    - group: {{ pgbouncer.group }}
+    - mode: '{{ mode }}'
+    - show_changes: false
+    - require:
+      - file: pgbouncer-tls-dir
+      - pgcluster_tls: tls-certificate
+    - require_in:
+      - service: pgbouncer-service
+{%-     endfor %}
+{%-   endif %}
 
 # The application's credentials, in sync with its role (postgresql.app). Never shown.
 pgbouncer-userlist:
@@ -32,6 +69,7 @@ pgbouncer-config:
         address: {{ me.address }}
         cluster: {{ cluster | json }}
         userlist_file: {{ pgbouncer.userlist_file }}
+        tls_dir: {{ pgbouncer.tls_dir }}
     - require:
       - pkg: pgbouncer-package
 
@@ -45,6 +83,20 @@ pgbouncer-service:
     - watch:
       - file: pgbouncer-config
       - file: pgbouncer-userlist
+{%-   if tls %}
+
+# A renewed certificate is taken by a reload (SIGHUP): clients stay connected.
+pgbouncer-tls-reload:
+  cmd.run:
+    - name: systemctl reload {{ pgbouncer.service }}
+    - onlyif: systemctl is-active --quiet {{ pgbouncer.service }}
+    - onchanges:
+      - file: pgbouncer-tls-ca.crt
+      - file: pgbouncer-tls-host.crt
+      - file: pgbouncer-tls-host.key
+    - require:
+      - service: pgbouncer-service
+{%-   endif %}
 {%- else %}
 
 pgbouncer-service:

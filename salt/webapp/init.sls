@@ -1,6 +1,11 @@
 {#- The web app on the web host: gunicorn behind nginx, writing through HAProxy 5000 and reading
     through 5001. #}
 {%- from "webapp/map.jinja" import webapp, cluster with context %}
+{%- if cluster.backend_tls %}
+
+include:
+  - tls
+{%- endif %}
 
 webapp-packages:
   pkg.installed:
@@ -26,6 +31,9 @@ webapp-config:
     - show_changes: false
     - require:
       - pkg: webapp-packages
+{%- if cluster.backend_tls %}
+      - pgcluster_tls: tls-ca
+{%- endif %}
 
 webapp-unit:
   file.managed:

@@ -12,9 +12,11 @@ import urllib.request
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from lab import settings
-from lab.cluster import cluster, credentials, secrets
+from lab.cluster import cluster, credentials, leader, secrets
 from tests.conftest import run
 from tests.lab.conftest import LAB, lab_exec
 
@@ -208,14 +210,37 @@ def _near_its_end(host: str, days: int) -> str:
     return pem
 
 
+def served_certificate(address: str, port: int) -> str:
+    """The certificate PostgreSQL or PgBouncer shows at address:port (their TLS starts after
+    the protocol's SSLRequest, which openssl speaks)."""
+    shown = run("openssl", "s_client", "-starttls", "postgres", "-connect", f"{address}:{port}",
+                input="", timeout=30, check=False).stdout
+    return shown[shown.index("-----BEGIN CERTIFICATE-----"):
+                 shown.index("-----END CERTIFICATE-----") + len("-----END CERTIFICATE-----")]
+
+
+def _main_pids(host: str) -> dict[str, str]:
+    """What changes when PostgreSQL or PgBouncer restart, and not when they reload."""
+    service = C.model["pgbouncer"]["service"]
+    return {
+        "postgresql": lab_exec(host, "runuser", "-u", "postgres", "--", "psql", "-XAtc",
+                               "select pg_postmaster_start_time()").stdout.strip(),
+        service: lab_exec(host, "systemctl", "show", "-p", "MainPID", "--value",
+                          service).stdout.strip(),
+    }
+
+
 def test_a_certificate_near_its_end_is_renewed_by_state_apply_and_test_mode_says_so(lab):
     host = C.model["member_names"][-1]
+    address = MEMBERS[host]
+    pids = _main_pids(host)
     old = _near_its_end(host, TLS["renew_days"] - 1)
     dry = _salt_json(host, "state.sls", "tls", "test=True")[host]
     [state] = [s for k, s in dry.items() if "tls-certificate" in k]
     assert state["result"] is None and f"within {TLS['renew_days']} days" in state["comment"], state
     assert lab_exec(host, "cat", f"{TLS['dir']}/host.crt").stdout == old  # test mode signs nothing
-    done = _salt_json(host, "state.sls", "tls,pgbackrest")[host]
+    states = "tls,pgbackrest,postgresql,pgbouncer"
+    done = _salt_json(host, "state.sls", states)[host]
     [state] = [s for k, s in done.items() if "tls-certificate" in k]
     assert state["result"] is True and state["changes"]["not_after"], state
     renewed = x509.load_pem_x509_certificate(
@@ -223,8 +248,121 @@ def test_a_certificate_near_its_end_is_renewed_by_state_apply_and_test_mode_says
     life = renewed.not_valid_after_utc - datetime.datetime.now(datetime.UTC)
     assert life > datetime.timedelta(days=TLS["days"] - 1)
     # The services' copies follow (pgBackRest's TLS server restarts on them).
-    assert lab_exec(host, "cat", f"{C.backup['tls_dir']}/host.crt").stdout == \
-        lab_exec(host, "cat", f"{TLS['dir']}/host.crt").stdout
+    current = lab_exec(host, "cat", f"{TLS['dir']}/host.crt").stdout
+    for tls_dir in (C.backup["tls_dir"], C.model["postgresql"]["tls_dir"],
+                    C.model["pgbouncer"]["tls_dir"]):
+        assert lab_exec(host, "cat", f"{tls_dir}/host.crt").stdout == current, tls_dir
+    # PostgreSQL and PgBouncer show it, reloaded, not restarted.
+    for port in (C.model["postgresql"]["port"], C.model["pgbouncer"]["port"]):
+        assert served_certificate(address, port).strip() == current.strip(), port
+    assert _main_pids(host) == pids
     # Renewed, it is current again: the next apply changes nothing.
-    again = _salt_json(host, "state.sls", "tls,pgbackrest")[host]
+    again = _salt_json(host, "state.sls", states)[host]
     assert not [s for s in again.values() if s["changes"]], again
+
+
+# --- TLS inside the cluster: PostgreSQL and PgBouncer (pgcluster:postgresql:tls, pgbouncer:tls) --
+
+PG_PORT = C.model["postgresql"]["port"]
+BOUNCER_PORT = C.model["pgbouncer"]["port"]
+
+
+def psql(dsn: str, password: str, sql: str = "select 1", *, host: str | None = None):
+    """psql on this machine (the salt-master, an admin source) or on a lab host; the password
+    goes in on stdin."""
+    argv = ["sh", "-c", 'PGPASSWORD="$(cat)" exec psql "$0" -XAtc "$1"', dsn, sql]
+    if host:
+        argv = [LAB, "exec", host, "--", *argv]
+    return run(*argv, input=password, check=False)
+
+
+def test_plain_text_is_refused_by_postgresql_and_pgbouncer_from_the_admin_a_member_and_web(lab):
+    creds = credentials()
+    user, db = C.app["user"], C.app["database"]
+    app = f"host={DB} user={user} dbname={db} connect_timeout=5"
+    # The same connections with TLS get in: what is refused is the plain text.
+    assert psql(f"{app} port={PG_PORT} sslmode=require", creds["app"]).returncode == 0
+    assert psql(f"{app} port={BOUNCER_PORT} sslmode=require", creds["app"],
+                host=C.web).returncode == 0
+    plain = {
+        "the admin to PostgreSQL": psql(f"{app} port={PG_PORT} sslmode=disable", creds["app"]),
+        "a member's replication": psql(
+            f"host={DB} port={PG_PORT} user=replicator dbname=postgres replication=database "
+            "sslmode=disable connect_timeout=5", creds["replication"], "IDENTIFY_SYSTEM",
+            host=FIRST),
+        "a member's pg_rewind user": psql(
+            f"host={DB} port={PG_PORT} user=rewind dbname=postgres sslmode=disable "
+            "connect_timeout=5", creds["rewind"], host=FIRST),
+    }
+    for what, result in plain.items():
+        assert result.returncode != 0 and "no encryption" in result.stderr, (what, result.stderr)
+    bouncer = psql(f"{app} port={BOUNCER_PORT} sslmode=disable", creds["app"], host=C.web)
+    assert bouncer.returncode != 0 and "SSL required" in bouncer.stderr, bouncer.stderr
+
+
+def test_replication_and_pgbouncers_server_connections_run_over_tls(lab):
+    first = leader()
+    sql = ("select count(*) filter (where s.ssl), count(*) from pg_stat_replication r "
+           "join pg_stat_ssl s using (pid)")
+    out = lab_exec(first, "runuser", "-u", "postgres", "--", "psql", "-XAtc", sql).stdout
+    encrypted, replicas = map(int, out.strip().split("|"))
+    assert replicas == len(MEMBERS) - 1 and encrypted == replicas, out
+    # PgBouncer's own connection to PostgreSQL, as a query through it sees it.
+    creds = credentials()
+    through = psql(f"host={MEMBERS[first]} port={BOUNCER_PORT} user={C.app['user']} "
+                   f"dbname={C.app['database']} connect_timeout=5", creds["app"],
+                   "select ssl from pg_stat_ssl where pid = pg_backend_pid()", host=C.web)
+    assert through.stdout.strip() == "t", through.stderr
+
+
+def _another_ca(tmp_path) -> dict[str, str]:
+    """A CA that is not the cluster's and a client certificate from it, as files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "not the cluster's CA")])
+    now = datetime.datetime.now(datetime.UTC)
+    ca = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+          .public_key(key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - datetime.timedelta(minutes=5))
+          .not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(key, hashes.SHA256()))
+    client_key = ec.generate_private_key(ec.SECP256R1())
+    client = (x509.CertificateBuilder()
+              .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, FIRST)]))
+              .issuer_name(name).public_key(client_key.public_key())
+              .serial_number(x509.random_serial_number())
+              .not_valid_before(now - datetime.timedelta(minutes=5))
+              .not_valid_after(now + datetime.timedelta(days=1))
+              .sign(key, hashes.SHA256()))
+    files = {"ca": ca.public_bytes(serialization.Encoding.PEM),
+             "cert": client.public_bytes(serialization.Encoding.PEM),
+             "key": client_key.private_bytes(serialization.Encoding.PEM,
+                                             serialization.PrivateFormat.PKCS8,
+                                             serialization.NoEncryption())}
+    paths = {}
+    for kind, data in files.items():
+        path = tmp_path / f"other-{kind}.pem"
+        path.write_bytes(data)
+        path.chmod(0o600)
+        paths[kind] = str(path)
+    return paths
+
+
+def test_a_certificate_from_another_ca_is_refused_both_ways(lab, tmp_path):
+    creds = credentials()
+    other = _another_ca(tmp_path)
+    ours = str(CA_STORE / "ca.crt")
+    app = f"host={DB} user={C.app['user']} dbname={C.app['database']} connect_timeout=5"
+    for port in (PG_PORT, BOUNCER_PORT):
+        # The servers' certificates verify with the cluster's CA, by the address they serve...
+        good = psql(f"{app} port={port} sslmode=verify-full sslrootcert={ours}", creds["app"])
+        assert good.returncode == 0, (port, good.stderr)
+        # ...and not with another.
+        bad = psql(f"{app} port={port} sslmode=verify-ca sslrootcert={other['ca']}", creds["app"])
+        assert bad.returncode != 0 and "certificate verify failed" in bad.stderr, (port, bad.stderr)
+    # A client certificate from another CA is refused in the handshake, before pg_hba is read.
+    forged = psql(f"host={DB} port={PG_PORT} user=replicator dbname=postgres "
+                  f"replication=database sslmode=verify-full sslrootcert={ours} "
+                  f"sslcert={other['cert']} sslkey={other['key']} connect_timeout=5",
+                  creds["replication"], "IDENTIFY_SYSTEM")
+    assert forged.returncode != 0 and "unknown ca" in forged.stderr, forged.stderr

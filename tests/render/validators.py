@@ -368,7 +368,37 @@ def patroni_config(text: str) -> None:
 
 # Settings that name files or folders: pointed into the check's own folder in the copy it runs.
 _PGBOUNCER_PATHS = {"logfile": "pgbouncer.log", "pidfile": "pgbouncer.pid", "unix_socket_dir": "sock",
-                    "auth_file": "userlist.txt"}
+                    "auth_file": "userlist.txt",
+                    # TLS: a throw-away certificate, key and CA of the check's own (_tls_files).
+                    **{f"{side}_tls_{kind}_file": f"tls-{kind}.pem"
+                       for side in ("client", "server") for kind in ("cert", "key", "ca")}}
+
+
+def _tls_files(tmp: Path, owner: int | None) -> None:
+    """A self-signed certificate and its key in tmp, standing in for a host's and its CA's: the
+    check is of the settings, not of the files the host will have."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pgcluster-render-check")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+    _write(tmp / "tls-cert.pem", pem, owner)
+    _write(tmp / "tls-ca.pem", pem, owner)
+    _write(tmp / "tls-key.pem", key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()).decode(), owner).chmod(0o600)
 
 
 def _pgbouncer_copy(text: str, tmp: Path) -> tuple[str, list[str]]:
@@ -405,6 +435,7 @@ def pgbouncer_ini(text: str, userlist_text: str) -> None:
         if owner is not None:
             os.chown(tmp / "sock", owner, owner)
         ini, listen = _pgbouncer_copy(text, tmp)
+        _tls_files(tmp, owner)
         path = _write(tmp / "pgbouncer.ini", ini, owner)
         _write(tmp / "userlist.txt", userlist_text, owner)
         came_up, output = _run_until_ready(
@@ -449,7 +480,10 @@ class _HbaChecker:
         with self.lock:
             hba = _write(self.dir / "pg_hba.conf", text)
             result = _run([*self.prefix, PG_BIN / "postgres", "--single", "-D", self.data,
-                           "-c", f"hba_file={hba}", "-c", "log_min_messages=fatal", "postgres"],
+                           "-c", f"hba_file={hba}", "-c", "log_min_messages=fatal",
+                           # hostssl lines are refused unless ssl is on (the single-user
+                           # backend loads no certificate).
+                           "-c", "ssl=on", "postgres"],
                           stdin=self.QUERY, timeout=60)
         values = re.findall(r'= "(hba-(?:error|rules) .*)"\t\(typeid', result.stdout)
         if result.returncode != 0 or not any(v.startswith("hba-rules ") for v in values):

@@ -33,28 +33,61 @@ def test_a_members_patroni_tags_come_from_the_pillar():
 def test_pg_hba_is_least_privilege(cfg):
     hba = render.pg_hba(cfg, "postgres-srv1", [])
     assert not any("trust" in rule for rule in hba)
-    assert all(r.endswith("scram-sha-256") for r in hba if r.startswith("host"))
+    assert all(r.split()[-1] == "scram-sha-256" or r.endswith("scram-sha-256 clientcert=verify-ca")
+               for r in hba if r.startswith("host"))
     replication = [r for r in hba if " replication " in r]
-    assert sorted(r.split()[3] for r in replication) == [
-        "10.0.0.11/32", "10.0.0.12/32", "10.0.0.13/32", "127.0.0.1/32"]
-    # Through PgBouncer on the member itself; the web host and others are refused.
-    assert [r for r in hba if " webapp " in r] == ["host webapp webapp 10.0.0.11/32 scram-sha-256"]
+    assert sorted(r.split()[3] for r in replication if r.startswith("host")) == [
+        "10.0.0.11/32", "10.0.0.12/32", "10.0.0.13/32"]
+    # Patroni's replication connection to itself goes over the socket: no certificate names
+    # 127.0.0.1.
+    assert "local replication replicator scram-sha-256" in hba
+    # Through PgBouncer on the member itself, showing the member's certificate; the web host
+    # and others are refused.
+    assert [r for r in hba if " webapp " in r] == [
+        "hostssl webapp webapp 10.0.0.11/32 scram-sha-256 clientcert=verify-ca"]
+
+
+def test_with_tls_every_remote_rule_is_hostssl_and_members_show_a_certificate(cfg):
+    hba = render.pg_hba(cfg, "postgres-srv1", ["10.0.0.1/32"])
+    remote = [r for r in hba if r.startswith("host") and "127.0.0.1/32" not in r]
+    assert remote and all(r.startswith("hostssl ") for r in remote)
+    assert all(r.endswith("clientcert=verify-ca") for r in remote
+               if " replication " in r or " rewind " in r)
+    conf = render.patroni_config(cfg, "postgres-srv1", CREDENTIALS, [])
+    pg = conf["postgresql"]
+    assert pg["parameters"]["ssl"] == "on"
+    assert pg["parameters"]["ssl_key_file"] == "/var/lib/postgresql/tls/host.key"
+    for user in ("replication", "rewind"):
+        auth = pg["authentication"][user]
+        assert auth["sslmode"] == "verify-full"
+        assert auth["sslrootcert"] == "/var/lib/postgresql/tls/ca.crt"
+        assert auth["sslcert"] == "/var/lib/postgresql/tls/host.crt"
+    assert pg["use_unix_socket_repl"] is True
+
+
+def test_without_tls_the_rules_are_plain_host_and_nothing_asks_for_ssl():
+    cfg = build({"postgresql": {"tls": False}})
+    hba = render.pg_hba(cfg, "postgres-srv1", [])
+    assert not any("hostssl" in r or "clientcert" in r for r in hba)
+    pg = render.patroni_config(cfg, "postgres-srv1", CREDENTIALS, [])["postgresql"]
+    assert "ssl" not in pg["parameters"]
+    assert "sslmode" not in pg["authentication"]["replication"]
 
 
 def test_the_admin_sources_reach_the_apps_database_directly():
     cfg = build({"firewall": {"admin_sources": ["192.168.5.0/24"]}})
     hba = render.pg_hba(cfg, "postgres-srv1", render.admin_networks(cfg, [MASTER]))
     assert [r for r in hba if " webapp " in r] == [
-        "host webapp webapp 10.0.0.11/32 scram-sha-256",
-        "host webapp webapp 10.0.0.1/32 scram-sha-256",
-        "host webapp webapp 192.168.5.0/24 scram-sha-256"]
+        "hostssl webapp webapp 10.0.0.11/32 scram-sha-256 clientcert=verify-ca",
+        "hostssl webapp webapp 10.0.0.1/32 scram-sha-256",
+        "hostssl webapp webapp 192.168.5.0/24 scram-sha-256"]
     assert not any("10.0.0.1/32" in r for r in hba if "webapp" not in r)
 
 
 def test_without_pgbouncer_the_web_host_reaches_postgresql_directly():
     cfg = build({"pgbouncer": {"enabled": False}})
     hba = render.pg_hba(cfg, "postgres-srv1", [])
-    assert [r for r in hba if " webapp " in r] == ["host webapp webapp 10.0.0.10/32 scram-sha-256"]
+    assert [r for r in hba if " webapp " in r] == ["hostssl webapp webapp 10.0.0.10/32 scram-sha-256"]
 
 
 def test_the_firewall_opens_each_port_to_the_hosts_that_use_it(cfg):

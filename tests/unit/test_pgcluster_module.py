@@ -79,7 +79,7 @@ def test_patroni_config_hides_passwords_unless_asked():
 
 def test_the_salt_master_may_reach_the_apps_database_and_is_let_through_the_firewall():
     hba = pgcluster.patroni_config()["postgresql"]["pg_hba"]
-    assert "host webapp webapp 10.0.0.1/32 scram-sha-256" in hba
+    assert "hostssl webapp webapp 10.0.0.1/32 scram-sha-256" in hba
     assert pgcluster.firewall()["salt_master"] == {"sources": ["10.0.0.1"], "ports": [4505, 4506]}
 
 
