@@ -12,11 +12,10 @@ import urllib.request
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from lab import settings
 from lab.cluster import cluster, credentials, leader, secrets
+from tests.certificates import issue
 from tests.conftest import run
 from tests.lab.conftest import LAB, lab_exec
 
@@ -317,30 +316,10 @@ def test_replication_and_pgbouncers_server_connections_run_over_tls(lab):
 
 def _another_ca(tmp_path) -> dict[str, str]:
     """A CA that is not the cluster's and a client certificate from it, as files."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "not the cluster's CA")])
-    now = datetime.datetime.now(datetime.UTC)
-    ca = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-          .public_key(key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - datetime.timedelta(minutes=5))
-          .not_valid_after(now + datetime.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .sign(key, hashes.SHA256()))
-    client_key = ec.generate_private_key(ec.SECP256R1())
-    client = (x509.CertificateBuilder()
-              .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, FIRST)]))
-              .issuer_name(name).public_key(client_key.public_key())
-              .serial_number(x509.random_serial_number())
-              .not_valid_before(now - datetime.timedelta(minutes=5))
-              .not_valid_after(now + datetime.timedelta(days=1))
-              .sign(key, hashes.SHA256()))
-    files = {"ca": ca.public_bytes(serialization.Encoding.PEM),
-             "cert": client.public_bytes(serialization.Encoding.PEM),
-             "key": client_key.private_bytes(serialization.Encoding.PEM,
-                                             serialization.PrivateFormat.PKCS8,
-                                             serialization.NoEncryption())}
+    ca = issue("not the cluster's CA")
+    cert, key = issue(FIRST, issuer=ca)
     paths = {}
-    for kind, data in files.items():
+    for kind, data in {"ca": ca[0], "cert": cert, "key": key}.items():
         path = tmp_path / f"other-{kind}.pem"
         path.write_bytes(data)
         path.chmod(0o600)

@@ -377,28 +377,12 @@ _PGBOUNCER_PATHS = {"logfile": "pgbouncer.log", "pidfile": "pgbouncer.pid", "uni
 def _tls_files(tmp: Path, owner: int | None) -> None:
     """A self-signed certificate and its key in tmp, standing in for a host's and its CA's: the
     check is of the settings, not of the files the host will have."""
-    import datetime
+    from tests.certificates import issue
 
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pgcluster-render-check")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    pem = cert.public_bytes(serialization.Encoding.PEM).decode()
-    _write(tmp / "tls-cert.pem", pem, owner)
-    _write(tmp / "tls-ca.pem", pem, owner)
-    _write(tmp / "tls-key.pem", key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()).decode(), owner).chmod(0o600)
+    cert, key = issue("pgcluster-render-check")
+    _write(tmp / "tls-cert.pem", cert.decode(), owner)
+    _write(tmp / "tls-ca.pem", cert.decode(), owner)
+    _write(tmp / "tls-key.pem", key.decode(), owner).chmod(0o600)
 
 
 def _pgbouncer_copy(text: str, tmp: Path) -> tuple[str, list[str]]:
