@@ -288,7 +288,8 @@ def test_secret_files_are_private_and_out_of_git(lab):
         # Not in any tracked file as it stands, nor in any commit of the history.
         in_tree = run("git", "grep", "-q", "-F", "-e", secret, check=False)
         assert in_tree.returncode == 1, "a password is in a tracked file"
-        assert run("git", "log", "--all", "--oneline", "-S", secret).stdout == "", \
+        # One argument: a secret may begin with "-", which git would read as an option.
+        assert run("git", "log", "--all", "--oneline", f"-S{secret}").stdout == "", \
             "a password is in a commit"
 
 

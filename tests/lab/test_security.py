@@ -14,7 +14,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
 from lab import settings
-from lab.cluster import cluster, credentials, leader, secrets
+from lab.cluster import cluster, credentials, leader, salt, secrets
 from tests.certificates import issue
 from tests.conftest import run
 from tests.lab.conftest import LAB, lab_exec
@@ -170,8 +170,9 @@ CA_STORE = settings.REPO / "pillar" / "generated" / "pki"
 
 
 def _salt_json(*args: str) -> dict:
-    out = run(settings.VENV / "bin/salt", *args, "--out=json", "--static", timeout=300).stdout
-    return json.loads(out)
+    # lab.cluster.salt gives the CLI -t: without it the CLI gives up on a busy minion after
+    # its default 5 s + gather_job_timeout ("No return received") while the job still runs.
+    return salt(*args, timeout=300, check=True)
 
 
 def test_each_host_made_its_own_key_and_holds_a_certificate_for_its_names_from_the_ca(lab):
