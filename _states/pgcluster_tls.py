@@ -19,14 +19,27 @@ missing, for another key, from another CA, for other names, or near its end. Und
         - ca: /etc/pgcluster/tls/ca.crt
         - address: 10.0.0.11
         - renew_days: 132
+
+    postgresql-tls-copies:
+      pgcluster_tls.copies_managed:
+        - name: /var/lib/postgresql/tls
+        - source: /etc/pgcluster/tls
+        - user: postgres
+        - group: postgres
+
+A service watches its copies through that one ID (``onchanges: - pgcluster_tls:
+postgresql-tls-copies``) to reload when a renewed certificate arrives.
 """
 
 from __future__ import annotations
 
 import base64
 import datetime
+import grp
 import ipaddress
 import os
+import pwd
+import stat
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -61,11 +74,15 @@ def _read(path):
         return None
 
 
-def _write(path, text, mode=0o644):
+def _write(path, text, mode=0o644, owner=None):
+    """Write ``path`` whole (a reader never sees half a key), owned (uid, gid) and with its
+    mode before it appears."""
     tmp = f"{path}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(text)
+    if owner is not None:
+        os.chown(tmp, *owner)
     os.chmod(tmp, mode)
     os.replace(tmp, path)
 
@@ -162,3 +179,77 @@ def certificate_managed(name, private_key, ca, address, renew_days=30):
                       "not_after": cert.not_valid_after_utc.isoformat()}
     ret["comment"] = f"the master signed a new certificate: {why}"
     return ret
+
+
+# What a service needs from salt/tls, and the mode of its copy: the key for its owner only.
+COPIES = {"ca.crt": 0o644, "host.crt": 0o644, "host.key": 0o600}
+COPIES_DIR_MODE = 0o750
+
+
+def _owned_as(path, uid, gid, mode):
+    """Whether ``path`` has that owner, group and mode (False when it is missing)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (uid, gid, mode)
+
+
+def _copy_plan(name, source, uid, gid):
+    """{what: why} for the directory and each copy that differs; raises naming a missing
+    source."""
+    plan = {}
+    if not os.path.isdir(name):
+        plan[name] = "missing"
+    elif not _owned_as(name, uid, gid, COPIES_DIR_MODE):
+        plan[name] = "owner or mode"
+    for file, mode in COPIES.items():
+        wanted = _read(os.path.join(source, file))
+        if wanted is None:
+            raise FileNotFoundError(f"{os.path.join(source, file)} is missing (salt/tls makes it)")
+        path = os.path.join(name, file)
+        have = _read(path)
+        if have is None:
+            plan[path] = "missing"
+        elif have != wanted:
+            plan[path] = "changed"
+        elif not _owned_as(path, uid, gid, mode):
+            plan[path] = "owner or mode"
+    return plan
+
+
+def copies_managed(name, source, user, group):
+    """
+    Copies of the CA's certificate, this host's certificate and its key from ``source`` (the
+    folder salt/tls keeps them in) in the directory ``name``, owned by ``user`` and ``group``
+    (0750; the key 0600, the certificates 0644), for a service that reads them as its own user
+    and refuses a key others can read. Contents are never shown; the changes name the files
+    that changed, so one ``onchanges`` on this state reloads the service.
+    """
+    ret = _ret(name)
+    try:
+        uid, gid = pwd.getpwnam(user).pw_uid, grp.getgrnam(group).gr_gid
+        plan = _copy_plan(name, source, uid, gid)
+    except (KeyError, FileNotFoundError) as exc:
+        why = f"no such user or group: {exc}" if isinstance(exc, KeyError) else str(exc)
+        if __opts__["test"]:
+            # On a new host the package that makes the user, or salt/tls, has not run yet.
+            return {**ret, "result": None, "changes": {name: "missing"},
+                    "comment": f"would make the copies in {name} once it can: {why}"}
+        return {**ret, "result": False, "comment": why}
+    if not plan:
+        ret["comment"] = f"the copies in {name} are current"
+        return ret
+    ret["changes"] = plan
+    if __opts__["test"]:
+        return {**ret, "result": None, "comment": f"would update in {name}: {', '.join(plan)}"}
+    os.makedirs(name, exist_ok=True)
+    os.chown(name, uid, gid)
+    os.chmod(name, COPIES_DIR_MODE)
+    for file, mode in COPIES.items():
+        path = os.path.join(name, file)
+        if path in plan:
+            _write(path, _read(os.path.join(source, file)), mode, owner=(uid, gid))
+    ret["comment"] = f"updated in {name}: {', '.join(plan)}"
+    return ret
+

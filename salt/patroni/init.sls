@@ -102,9 +102,7 @@ patroni-service:
       - file: patroni-unit
       - service: postgresql-debian-service-off
 {%- if cluster.postgresql.tls %}
-      - file: postgresql-tls-host.key
-      - file: postgresql-tls-host.crt
-      - file: postgresql-tls-ca.crt
+      - pgcluster_tls: postgresql-tls-copies
 {%- endif %}
     - watch:
       - file: patroni-config

@@ -10,32 +10,17 @@ pgbackrest-package:
   pkg.installed:
     - pkgs: {{ pgbackrest.packages | json }}
 
-pgbackrest-tls-dir:
-  file.directory:
-    - name: {{ pgbackrest.tls_dir }}
-    - user: {{ pgbackrest.user }}
-    - group: {{ pgbackrest.group }}
-    - mode: '0750'
-    - makedirs: true
-    - require:
-      - pkg: pgbackrest-package
-
 {#- The cluster CA's certificate, this host's certificate and its key (salt/tls), in copies
     pgBackRest's user owns. #}
-{%- for name, mode in [('ca.crt', '0644'), ('host.crt', '0644'), ('host.key', '0600')] %}
-
-pgbackrest-tls-{{ name }}:
-  file.managed:
-    - name: {{ pgbackrest.tls_dir }}/{{ name }}
-    - source: file://{{ cluster.tls.dir }}/{{ name }}
+pgbackrest-tls-copies:
+  pgcluster_tls.copies_managed:
+    - name: {{ pgbackrest.tls_dir }}
+    - source: {{ cluster.tls.dir }}
     - user: {{ pgbackrest.user }}
     - group: {{ pgbackrest.group }}
-    - mode: '{{ mode }}'
-    - show_changes: false
     - require:
-      - file: pgbackrest-tls-dir
+      - pkg: pgbackrest-package
       - pgcluster_tls: tls-certificate
-{%- endfor %}
 
 {#- Object storage with a CA of its own, or reached by an address the hosts cannot resolve. #}
 {%- for repo in pgbackrest.repositories %}
@@ -52,7 +37,7 @@ pgbackrest-repo{{ number }}-storage-ca:
         source: pgcluster_credentials
     - mode: '0644'
     - require:
-      - file: pgbackrest-tls-dir
+      - pgcluster_tls: pgbackrest-tls-copies
     - require_in:
       - file: pgbackrest-config
 {%-   endif %}
@@ -107,9 +92,7 @@ pgbackrest-server:
     - enable: true
     - watch:
       - file: pgbackrest-config
-      - file: pgbackrest-tls-ca.crt
-      - file: pgbackrest-tls-host.crt
-      - file: pgbackrest-tls-host.key
+      - pgcluster_tls: pgbackrest-tls-copies
 {%- elif grains.id in cluster.members or grains.id in cluster.web %}
 
 pgbackrest-server:

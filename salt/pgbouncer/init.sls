@@ -15,33 +15,19 @@ pgbouncer-package:
     - name: {{ pgbouncer.package }}
 {%-   if tls %}
 
-pgbouncer-tls-dir:
-  file.directory:
-    - name: {{ pgbouncer.tls_dir }}
-    - user: {{ pgbouncer.user }}
-    - group: {{ pgbouncer.group }}
-    - mode: '0750'
-    - require:
-      - pkg: pgbouncer-package
-
 {#- The cluster CA's certificate, this host's certificate and its key (salt/tls), in copies
     PgBouncer's user owns. #}
-{%-     for name, mode in [('ca.crt', '0644'), ('host.crt', '0644'), ('host.key', '0600')] %}
-
-pgbouncer-tls-{{ name }}:
-  file.managed:
-    - name: {{ pgbouncer.tls_dir }}/{{ name }}
-    - source: file://{{ cluster.tls.dir }}/{{ name }}
+pgbouncer-tls-copies:
+  pgcluster_tls.copies_managed:
+    - name: {{ pgbouncer.tls_dir }}
+    - source: {{ cluster.tls.dir }}
     - user: {{ pgbouncer.user }}
     - group: {{ pgbouncer.group }}
-    - mode: '{{ mode }}'
-    - show_changes: false
     - require:
-      - file: pgbouncer-tls-dir
+      - pkg: pgbouncer-package
       - pgcluster_tls: tls-certificate
     - require_in:
       - service: pgbouncer-service
-{%-     endfor %}
 {%-   endif %}
 
 # The application's credentials, in sync with its role (postgresql.app). Never shown.
@@ -73,7 +59,6 @@ pgbouncer-config:
     - require:
       - pkg: pgbouncer-package
 
-# listen_addr only changes on a restart, so a changed config restarts PgBouncer.
 # A changed config restarts PgBouncer: a reload would not move it off the listen address
 # Debian's package first started it with (localhost).
 pgbouncer-service:
@@ -91,9 +76,7 @@ pgbouncer-tls-reload:
     - name: systemctl reload {{ pgbouncer.service }}
     - onlyif: systemctl is-active --quiet {{ pgbouncer.service }}
     - onchanges:
-      - file: pgbouncer-tls-ca.crt
-      - file: pgbouncer-tls-host.crt
-      - file: pgbouncer-tls-host.key
+      - pgcluster_tls: pgbouncer-tls-copies
     - require:
       - service: pgbouncer-service
 {%-   endif %}

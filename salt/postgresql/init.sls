@@ -53,32 +53,18 @@ postgresql-debian-service-off:
       - cmd: postgresql-drop-debian-cluster
 {%- if postgresql.tls %}
 
-postgresql-tls-dir:
-  file.directory:
+{#- The cluster CA's certificate, this host's certificate and its key (salt/tls), in copies
+    postgres owns (PostgreSQL refuses a key others can read). #}
+postgresql-tls-copies:
+  pgcluster_tls.copies_managed:
     - name: {{ postgresql.tls_dir }}
+    - source: {{ cluster.tls.dir }}
     - user: postgres
     - group: postgres
-    - mode: '0750'
     - require:
       - pkg: postgresql-packages
       - file: postgresql-home
-
-{#- The cluster CA's certificate, this host's certificate and its key (salt/tls), in copies
-    postgres owns (PostgreSQL refuses a key others can read). #}
-{%- for name, mode in [('ca.crt', '0644'), ('host.crt', '0644'), ('host.key', '0600')] %}
-
-postgresql-tls-{{ name }}:
-  file.managed:
-    - name: {{ postgresql.tls_dir }}/{{ name }}
-    - source: file://{{ cluster.tls.dir }}/{{ name }}
-    - user: postgres
-    - group: postgres
-    - mode: '{{ mode }}'
-    - show_changes: false
-    - require:
-      - file: postgresql-tls-dir
       - pgcluster_tls: tls-certificate
-{%- endfor %}
 
 # A renewed certificate is taken by a reload: connections open stay open. New ones, and a
 # replica's next replication connection, use it.
@@ -88,7 +74,5 @@ postgresql-tls-reload:
     - runas: postgres
     - onlyif: /usr/lib/postgresql/{{ version }}/bin/pg_ctl status -D {{ cluster.postgresql.data_dir }}
     - onchanges:
-      - file: postgresql-tls-ca.crt
-      - file: postgresql-tls-host.crt
-      - file: postgresql-tls-host.key
+      - pgcluster_tls: postgresql-tls-copies
 {%- endif %}
