@@ -5,6 +5,9 @@ The members and the REST API credentials come from pillar (``pgcluster``,
 ``pgcluster_credentials:restapi``), so ``salt web patroni.list`` works from the web host:
 no ssh to a database host.
 
+With ``pgcluster:patroni:tls`` the REST API is HTTPS: each member's certificate must be from
+the cluster's CA (``pgcluster:tls``, its certificate on every host) and name its address.
+
 Every member is asked at once (one thread each), so a member that does not answer costs one
 ``timeout`` (default 2 s) per call, not one per member; it then shows as such, with the error,
 which names the member and the URL. Every wait is bounded: each function's docstring says how.
@@ -24,6 +27,7 @@ import functools
 import http.client
 import json
 import logging
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -85,9 +89,30 @@ def _cluster_config():
 
 
 def _members():
+    """{member: its REST API's URL}; also prepares the TLS context the requests use (_tls)."""
     cfg = _cluster_config()
-    port = cfg["patroni"]["restapi_port"]
-    return {name: f"http://{cfg['members'][name]['address']}:{port}" for name in cfg["member_names"]}
+    __context__["patroni.tls"] = _tls_context(cfg)
+    return dict(cfg["patroni"]["urls"])
+
+
+def _tls():
+    # Read here, in the caller's thread, and handed to _request: Salt's dunders are not
+    # set in the threads of a round.
+    return __context__.get("patroni.tls")
+
+
+def _tls_context(cfg):
+    """An SSL context that trusts only the cluster's CA (and checks the member's address in
+    its certificate), or None for plain HTTP."""
+    if not cfg["patroni"]["tls"]:
+        return None
+    ca_file = cfg["tls"]["ca_file"]
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise CommandExecutionError(
+            f"the cluster's CA certificate {ca_file}, which verifies Patroni's REST API, "
+            f"cannot be loaded: {_why(exc)} (salt/tls puts it there)") from exc
 
 
 def _auth_header():
@@ -106,11 +131,13 @@ def _why(exc):
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _request(name, url, method="GET", *, body=None, headers=None, timeout=DEFAULT_TIMEOUT):
+def _request(name, url, method="GET", *, body=None, headers=None, timeout=DEFAULT_TIMEOUT,
+             tls=None):
     """
     One HTTP exchange with member ``name``. Any HTTP status comes back as an answer; anything
-    else (refused, timed out, closed without an answer, not HTTP) raises ``_NoAnswer`` naming the
-    member and the URL. ``timeout`` bounds each blocking socket operation.
+    else (refused, timed out, closed without an answer, not HTTP, a certificate ``tls`` does
+    not trust) raises ``_NoAnswer`` naming the member and the URL. ``timeout`` bounds each
+    blocking socket operation.
     """
     headers = {"Accept": "application/json", **(headers or {})}
     data = None
@@ -120,7 +147,7 @@ def _request(name, url, method="GET", *, body=None, headers=None, timeout=DEFAUL
     try:
         request = urllib.request.Request(url, data=data, method=method, headers=headers)
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as answer:
+            with urllib.request.urlopen(request, timeout=timeout, context=tls) as answer:
                 return _Answer(answer.status, answer.read().decode(errors="replace"))
         except urllib.error.HTTPError as exc:
             return _Answer(exc.code, exc.read().decode(errors="replace"))
@@ -155,7 +182,7 @@ class _Round:
         # requests: {key: (member name, url)}, all GET.
         self.requests = requests
         self.round = __utils__["pgcluster_rounds.at_once"](
-            {key: functools.partial(_request, name, url, timeout=float(timeout))
+            {key: functools.partial(_request, name, url, timeout=float(timeout), tls=_tls())
              for key, (name, url) in requests.items()}, timeout, "patroni-api")
 
     def result(self, key):
@@ -364,7 +391,8 @@ def is_leader(member=None, timeout=DEFAULT_TIMEOUT):
     if member not in urls:
         return False
     try:
-        return _request(member, urls[member] + "/primary", timeout=timeout).status == 200
+        return _request(member, urls[member] + "/primary", timeout=timeout,
+                        tls=_tls()).status == 200
     except _NoAnswer:
         return False
 
@@ -480,7 +508,7 @@ def _post(name, url, body, timeout, method="POST"):
     Raises ``_NoAnswer`` (naming the member and the URL) when it does not answer.
     """
     call = functools.partial(_request, name, url, method, body=body, headers=_auth_header(),
-                             timeout=float(timeout))
+                             timeout=float(timeout), tls=_tls())
     round_ = __utils__["pgcluster_rounds.at_once"]({name: call}, timeout, "patroni-api")
     answer = _outcome(round_, name, name, url, method)
     if isinstance(answer, _NoAnswer):

@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -515,13 +516,13 @@ def wait_restored(since, timeout=3600, target=None, repo=None):
     """
     cfg = _config()
     service = cfg["patroni"]["service"]
-    me = cfg["members"][__opts__["id"]]["address"]
-    url = f"http://{me}:{cfg['patroni']['restapi_port']}/primary"
+    url = f"{cfg['patroni']['urls'][__opts__['id']]}/primary"
+    tls = ssl.create_default_context(cafile=cfg["tls"]["ca_file"]) if cfg["patroni"]["tls"] else None
     started = time.monotonic()
     to = "latest" if str(target or "latest") == "latest" else "target"
     while True:
         try:
-            with urllib.request.urlopen(url, timeout=5) as reply:
+            with urllib.request.urlopen(url, timeout=5, context=tls) as reply:
                 if reply.status == 200:
                     return {"restored": True, "to": to,
                             "seconds": round(time.monotonic() - started, 1)}

@@ -360,6 +360,7 @@ SCHEMA = Record({
         "failsafe_mode": Bool(),
         "use_pg_rewind": Bool(),
         "restapi_port": Port(),
+        "tls": Bool(),
         "tags": Map(MINION_ID, PATRONI_TAGS),
         "packages": PACKAGES,
         "venv": Path(),
@@ -569,6 +570,13 @@ def derive(cfg: dict) -> dict:
     etcd["initial_cluster"] = ",".join(
         f"{n}=http://{members[n]['address']}:{etcd['peer_port']}" for n in names)
     etcd["endpoints"] = [f"{members[n]['address']}:{etcd['client_port']}" for n in names]
+    # Patroni's REST API of each member, as Patroni itself advertises it (api_url in etcd).
+    patroni = cfg["patroni"]
+    patroni["scheme"] = "https" if patroni["tls"] else "http"
+    patroni["urls"] = {n: f"{patroni['scheme']}://{members[n]['address']}:{patroni['restapi_port']}"
+                       for n in names}
+    # The cluster CA's certificate on every host (salt/tls), which verifies the others.
+    cfg["tls"]["ca_file"] = f"{cfg['tls']['dir']}/ca.crt"
     cfg["backend_port"] = (
         cfg["pgbouncer"]["port"] if cfg["pgbouncer"]["enabled"] else cfg["postgresql"]["port"])
     # Whether what HAProxy's ports lead to (PgBouncer, or PostgreSQL without it) speaks TLS.

@@ -54,6 +54,21 @@ def pg_hba(cfg: dict, member: str, admins: list[str]) -> list[str]:
     return rules
 
 
+def postgres_tls_files(cfg: dict) -> dict:
+    """postgres's copies of the CA's certificate and the host's certificate and key (salt/tls),
+    which PostgreSQL and Patroni (both run as postgres) read."""
+    return {name: f"{cfg['postgresql']['tls_dir']}/{name}" for name in ("ca.crt", "host.crt", "host.key")}
+
+
+def patroni_restapi_tls(cfg: dict) -> dict:
+    """Patroni's REST API over HTTPS with the host's certificate; the CA also verifies the
+    other members' APIs (Patroni's own calls, patronictl). Empty without TLS."""
+    if not cfg["patroni"]["tls"]:
+        return {}
+    files = postgres_tls_files(cfg)
+    return {"certfile": files["host.crt"], "keyfile": files["host.key"], "cafile": files["ca.crt"]}
+
+
 def postgresql_tls(cfg: dict) -> tuple[dict, dict]:
     """PostgreSQL's TLS parameters (this host's certificate, the cluster's CA for clients'
     certificates) and what a member's replication and pg_rewind connections add: the server
@@ -62,7 +77,7 @@ def postgresql_tls(cfg: dict) -> tuple[dict, dict]:
     pg = cfg["postgresql"]
     if not pg["tls"]:
         return {}, {}
-    files = {name: f"{pg['tls_dir']}/{name}" for name in ("ca.crt", "host.crt", "host.key")}
+    files = postgres_tls_files(cfg)
     server = {"ssl": "on", "ssl_cert_file": files["host.crt"], "ssl_key_file": files["host.key"],
               "ssl_ca_file": files["ca.crt"]}
     client = {"sslmode": "verify-full", "sslrootcert": files["ca.crt"],
@@ -170,6 +185,7 @@ def patroni_config(cfg: dict, member: str, credentials: dict, admins: list[str],
             "listen": f"{me}:{patroni['restapi_port']}",
             "connect_address": f"{me}:{patroni['restapi_port']}",
             "authentication": restapi_auth,
+            **patroni_restapi_tls(cfg),
         },
         "ctl": {"authentication": restapi_auth},
         "etcd3": {"hosts": cfg["etcd"]["endpoints"]},

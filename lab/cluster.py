@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import functools
 import json
+import ssl
 import subprocess
+import urllib.request
 from dataclasses import dataclass
 
 from . import settings
@@ -103,10 +105,21 @@ class Cluster:
         return self.model["pgbackrest"]
 
     def patroni_url(self, member: str, path: str = "") -> str:
-        return f"http://{self.members[member]}:{self.patroni_port}{path}"
+        """A member's REST API as Patroni advertises it (https with pgcluster:patroni:tls)."""
+        return self.model["patroni"]["urls"][member] + path
+
+    def open_patroni(self, request: str | urllib.request.Request, timeout: float):
+        """urlopen for Patroni's REST API: over HTTPS it trusts only the cluster's CA."""
+        context = _cluster_ca_context() if self.model["patroni"]["tls"] else None
+        return urllib.request.urlopen(request, timeout=timeout, context=context)
 
     def etcd_url(self, member: str) -> str:
         return f"http://{self.members[member]}:{self.etcd_port}"
+
+
+def _cluster_ca_context() -> ssl.SSLContext:
+    """Trusts the cluster's CA only, as the master keeps it (_runners/pgcluster_ca.py)."""
+    return ssl.create_default_context(cafile=settings.REPO / "pillar" / "generated" / "pki" / "ca.crt")
 
 
 def _local(*args: str) -> object:

@@ -184,10 +184,11 @@ class Timeline:
             thread.join()
 
     def _poll_primary(self, name: str) -> None:
-        url = cluster().patroni_url(name, "/primary")
+        c = cluster()
+        url = c.patroni_url(name, "/primary")
         while not self.stop.is_set():
             try:
-                with urllib.request.urlopen(url, timeout=0.5) as answer:
+                with c.open_patroni(url, timeout=0.5) as answer:
                     is_primary = answer.status == 200
             except (urllib.error.URLError, OSError):
                 is_primary = False

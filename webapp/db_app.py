@@ -7,7 +7,8 @@ Connections are kept per worker and reopened after a failover. Every answer to b
 liveness (no database); /readyz answers 200 only when a primary takes writes and a reader answers.
 
 Configuration: a JSON file named by WEBAPP_CONFIG (default /etc/webapp/config.json):
-{"writer": {dsn parts}, "reader": {dsn parts}, "patroni": ["http://10.0.0.11:8008", ...],
+{"writer": {dsn parts}, "reader": {dsn parts}, "patroni": ["https://10.0.0.11:8008", ...],
+ "patroni_ca": "/etc/pgcluster/tls/ca.crt" (the CA that verifies the https URLs),
  "csrf_secret": "..." (optional: without it the form's key is derived from the DB password)}.
 """
 
@@ -19,6 +20,7 @@ import html
 import json
 import os
 import re
+import ssl
 import sys
 import threading
 import time
@@ -205,6 +207,7 @@ class App:
     def __init__(self, config: dict):
         self.db = Database(config["writer"], config["reader"])
         self.patroni = config.get("patroni", [])
+        self.patroni_ca = config.get("patroni_ca")
         self.csrf = Csrf(csrf_secret(config))
 
     # -- data ------------------------------------------------------------------------------
@@ -262,9 +265,16 @@ class App:
                                  "seconds.", [("Retry-After", RETRY_AFTER)]) from None
 
     def cluster(self) -> dict:
+        try:
+            # Patroni's REST API over HTTPS: only the cluster's CA is trusted (read each time,
+            # as libpq reads sslrootcert: a renewed CA needs no restart).
+            tls = ssl.create_default_context(cafile=self.patroni_ca) if self.patroni_ca else None
+        except (OSError, ssl.SSLError) as exc:
+            return {"scope": None, "members": [],
+                    "error": f"the cluster's CA {self.patroni_ca} cannot be loaded: {exc}"}
         for url in self.patroni:
             try:
-                with urllib.request.urlopen(url + "/cluster", timeout=1) as answer:
+                with urllib.request.urlopen(url + "/cluster", timeout=1, context=tls) as answer:
                     data = json.loads(answer.read())
             except (OSError, ValueError):
                 continue

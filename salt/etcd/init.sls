@@ -1,6 +1,11 @@
 {#- One etcd cluster (v3 API) over the database members, on their private address and loopback. #}
 {%- from "etcd/map.jinja" import etcd, cluster with context %}
 {%- set me = cluster.members[grains.id] %}
+{%- if cluster.patroni.tls %}
+
+include:
+  - tls
+{%- endif %}
 
 # Written before the package is installed: Debian's package starts etcd at once, and must start
 # it as a member of this cluster, not as a throw-away single node.
@@ -75,7 +80,10 @@ etcd-leader-off-primary-unit:
         [Service]
         ExecStart={{ etcd.leader_off_primary_script }} \
             --etcd http://127.0.0.1:{{ cluster.etcd.client_port }} \
-            --patroni http://{{ me.address }}:{{ cluster.patroni.restapi_port }} \
+            --patroni {{ cluster.patroni.urls[grains.id] }} \
+{%- if cluster.patroni.tls %}
+            --patroni-ca {{ cluster.tls.ca_file }} \
+{%- endif %}
             --interval {{ etcd.leader_off_primary_interval }}
         DynamicUser=true
         Restart=always
@@ -90,6 +98,9 @@ etcd-leader-off-primary-service:
     - enable: true
     - require:
       - service: etcd-service
+{%- if cluster.patroni.tls %}
+      - pgcluster_tls: tls-ca  # verifies Patroni's REST API
+{%- endif %}
     - watch:
       - file: etcd-leader-off-primary-script
       - file: etcd-leader-off-primary-unit

@@ -1,5 +1,10 @@
 {#- HAProxy on the web host: 5000 to the leader, 5001 to the replicas (the leader as fallback). #}
 {%- from "haproxy/map.jinja" import haproxy, cluster with context %}
+{%- if cluster.patroni.tls %}
+
+include:
+  - tls
+{%- endif %}
 
 haproxy-packages:
   pkg.installed:
@@ -18,6 +23,10 @@ haproxy-config:
         address: {{ cluster.web[grains.id].address }}
     - require:
       - pkg: haproxy-packages
+{%- if cluster.patroni.tls %}
+      # The CA that verifies Patroni's certificates in the health checks (and haproxy -c).
+      - pgcluster_tls: tls-ca
+{%- endif %}
 
 haproxy-service:
   service.running:
@@ -26,3 +35,6 @@ haproxy-service:
     - reload: true
     - watch:
       - file: haproxy-config
+{%- if cluster.patroni.tls %}
+      - pgcluster_tls: tls-ca
+{%- endif %}

@@ -1,6 +1,8 @@
 {#- Patroni 4.1 from PyPI in its own virtual environment, its config and its service. #}
 {%- from "patroni/map.jinja" import patroni, cluster with context %}
 {%- set me = cluster.members[grains.id] %}
+{#- postgres's copies of the certificates (salt/postgresql) serve PostgreSQL and the REST API. #}
+{%- set tls_copies = cluster.postgresql.tls or cluster.patroni.tls %}
 
 include:
   - postgresql
@@ -101,11 +103,13 @@ patroni-service:
     - require:
       - file: patroni-unit
       - service: postgresql-debian-service-off
-{%- if cluster.postgresql.tls %}
-      - pgcluster_tls: postgresql-tls-copies
-{%- endif %}
     - watch:
       - file: patroni-config
+{%- if tls_copies %}
+      # A renewed certificate: the reload makes the REST API take it (Patroni compares its
+      # serial number); PostgreSQL's own reload is salt/postgresql's.
+      - pgcluster_tls: postgresql-tls-copies
+{%- endif %}
 
 {#- A wait changes nothing; in test mode http.query never succeeds, so it is skipped. A
     restore's bootstrap (orch.restore) is waited for by pgbackrest.wait_restored, which also
@@ -115,8 +119,11 @@ patroni-service:
 
 patroni-healthy:
   http.wait_for_successful_query:
-    - name: http://{{ me.address }}:{{ cluster.patroni.restapi_port }}/health
+    - name: {{ cluster.patroni.urls[grains.id] }}/health
     - status: 200
+{%-   if cluster.patroni.tls %}
+    - ca_bundle: {{ cluster.tls.ca_file }}
+{%-   endif %}
     - wait_for: {{ patroni.healthy_wait }}
     - request_interval: 1
     - require:

@@ -2,9 +2,12 @@
 {%- from "postgresql/map.jinja" import postgresql, cluster with context %}
 {%- set version = cluster.postgresql.version %}
 
+{#- postgres's copies of the certificates serve PostgreSQL and Patroni's REST API. #}
+{%- set tls_copies = postgresql.tls or cluster.patroni.tls %}
+
 include:
   - postgresql.data_disk
-{%- if postgresql.tls %}
+{%- if tls_copies %}
   - tls
 {%- endif %}
 
@@ -51,7 +54,7 @@ postgresql-debian-service-off:
     - name: {{ postgresql.debian_service }}
     - require:
       - cmd: postgresql-drop-debian-cluster
-{%- if postgresql.tls %}
+{%- if tls_copies %}
 
 {#- The cluster CA's certificate, this host's certificate and its key (salt/tls), in copies
     postgres owns (PostgreSQL refuses a key others can read). #}

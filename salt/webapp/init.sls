@@ -1,7 +1,8 @@
 {#- The web app on the web host: gunicorn behind nginx, writing through HAProxy 5000 and reading
     through 5001. #}
 {%- from "webapp/map.jinja" import webapp, cluster with context %}
-{%- if cluster.backend_tls %}
+{%- set tls = cluster.backend_tls or cluster.patroni.tls %}
+{%- if tls %}
 
 include:
   - tls
@@ -31,7 +32,7 @@ webapp-config:
     - show_changes: false
     - require:
       - pkg: webapp-packages
-{%- if cluster.backend_tls %}
+{%- if tls %}
       - pgcluster_tls: tls-ca
 {%- endif %}
 

@@ -106,7 +106,7 @@ def test_a_mistake_is_undone_by_a_restore_to_the_second_before_it(healthy_cluste
     tag = f"drill {uuid.uuid4().hex[:8]}"
     first = write(5, tag)
     made = salt(leader(), "pgbackrest.backup", "type=incr", timeout=600, check=True)
-    assert made and all(v.get("label") for v in made.values()), made
+    assert made and all(isinstance(v, dict) and v.get("label") for v in made.values()), made
     second = write(5, tag)
     time.sleep(1)
     target = now().isoformat()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import json
 import socket
+import ssl
 import urllib.error
 import urllib.request
 
@@ -147,7 +148,7 @@ def test_patronis_unsafe_endpoints_refuse_requests_without_credentials(lab, meth
     request = urllib.request.Request(C.patroni_url(SECOND, path), data=json.dumps(body).encode(),
                                      method=method, headers={"Content-Type": "application/json"})
     with pytest.raises(urllib.error.HTTPError) as refused:
-        urllib.request.urlopen(request, timeout=10)
+        C.open_patroni(request, timeout=10)
     assert refused.value.code == 401
 
 
@@ -346,3 +347,42 @@ def test_a_certificate_from_another_ca_is_refused_both_ways(lab, tmp_path):
                   f"sslcert={other['cert']} sslkey={other['key']} connect_timeout=5",
                   creds["replication"], "IDENTIFY_SYSTEM")
     assert forged.returncode != 0 and "unknown ca" in forged.stderr, forged.stderr
+
+
+# --- Patroni's REST API over HTTPS (pgcluster:patroni:tls) --------------------------------------
+
+FETCH = """\
+import ssl, sys, urllib.error, urllib.request
+url, ca = sys.argv[1:]
+context = ssl.create_default_context(cafile=ca) if ca else None
+try:
+    print(urllib.request.urlopen(url, timeout=5, context=context).status)
+except urllib.error.HTTPError as exc:
+    print(exc.code)
+except Exception as exc:
+    print(type(exc).__name__, exc)
+"""
+
+
+def _fetch_on(host: str, url: str, ca: str = "") -> str:
+    """A GET from a lab host with its own python3: the HTTP status, or why there was none."""
+    return lab_exec(host, "python3", "-c", FETCH, url, ca).stdout.strip()
+
+
+def test_patronis_rest_api_takes_only_https_verified_by_the_clusters_ca(lab, tmp_path):
+    ca = C.model["tls"]["ca_file"]
+    for host, member in ((FIRST, SECOND), (C.web, FIRST)):
+        url = C.patroni_url(member, "/health")
+        assert url.startswith("https://"), url
+        assert _fetch_on(host, url, ca) == "200", (host, member)
+        # The same request in plain text gets no HTTP answer at all.
+        plain = _fetch_on(host, "http://" + url.removeprefix("https://"))
+        assert not plain.isdigit(), (host, member, plain)
+    # A client that trusts another CA refuses the member's certificate.
+    other = ssl.create_default_context(cafile=_another_ca(tmp_path)["ca"])
+    with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
+        urllib.request.urlopen(C.patroni_url(SECOND, "/health"), timeout=5, context=other)
+    # patronictl on a member reaches another's REST API (a reload changes nothing here),
+    # verifying its certificate by the same CA (Patroni's restapi.cafile).
+    reload = lab_exec(FIRST, "patronictl", "reload", C.name, SECOND, "--force").stdout
+    assert f"Reload request received for member {SECOND}" in reload, reload

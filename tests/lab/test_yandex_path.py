@@ -199,11 +199,11 @@ def test_yandex_lab_down_deletes_everything_through_salt_cloud(yandex_cluster):
 
 def _leader(cluster: Cluster, exclude: str | None = None) -> str | None:
     """The leader as a live member's Patroni REST API reports it."""
-    for member, address in cluster.members.items():
+    for member in cluster.members:
         if member == exclude:
             continue
         try:
-            with urllib.request.urlopen(f"http://{address}:{cluster.patroni_port}/cluster", timeout=3) as r:
+            with cluster.open_patroni(cluster.patroni_url(member, "/cluster"), timeout=3) as r:
                 body = json.load(r)
         except OSError:
             continue
@@ -217,9 +217,8 @@ def _members(cluster: Cluster) -> dict[str, tuple[str, str]]:
     leader = _leader(cluster)
     if not leader:
         return {}
-    url = f"http://{cluster.members[leader]}:{cluster.patroni_port}/cluster"
     try:
-        with urllib.request.urlopen(url, timeout=3) as answer:
+        with cluster.open_patroni(cluster.patroni_url(leader, "/cluster"), timeout=3) as answer:
             return {m["name"]: (m["role"], m["state"]) for m in json.load(answer)["members"]}
     except OSError:
         return {}

@@ -43,7 +43,7 @@ def call(url, method="GET", body=None, auth=False, timeout=5):
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as answer:
+        with C.open_patroni(request, timeout=timeout) as answer:
             return {"status": answer.status, "body": answer.read().decode()}
     except urllib.error.HTTPError as exc:
         return {"status": exc.code, "body": exc.read().decode()}

@@ -21,14 +21,15 @@ from tests.render import validators
 
 # The pillars: the repo's, as the lab's master and as the Yandex master serve it, the
 # example of every key, and one that takes the other branches (five members, no PgBouncer,
-# other ports, admin networks, Patroni tags, the firewall off).
+# other ports, admin networks, Patroni tags, Patroni's REST API without TLS).
 VARIANT = {
     "name": "variant",
     "members": {f"db{i}": {"address": f"192.168.40.{10 + i}"} for i in range(1, 6)},
     "web": {"front": {"address": "192.168.40.5"}},
     "app": {"database": "shop", "user": "shop"},
     "postgresql": {"port": 5433, "parameters": {"work_mem": "8MB"}},
-    "patroni": {"restapi_port": 8009, "tags": {"db5": {"nofailover": True, "nosync": True}}},
+    "patroni": {"restapi_port": 8009, "tls": False,
+                "tags": {"db5": {"nofailover": True, "nosync": True}}},
     "etcd": {"client_port": 2479, "peer_port": 2480, "keep_leader_off_primary": False},
     "pgbouncer": {"enabled": False},
     "haproxy": {"primary_port": 6000, "replica_port": 6001, "check": {"inter": "1s"}},
@@ -195,10 +196,26 @@ def test_the_variant_pillar_reaches_the_files(rendered):
     assert patroni["restapi"]["listen"] == "192.168.40.15:8009"
     assert patroni["tags"]["nofailover"] is True
     assert len(patroni["etcd3"]["hosts"]) == 5
-    # Without PgBouncer, HAProxy sends clients to PostgreSQL itself.
-    assert "192.168.40.11:5433 check port 8009" in web["haproxy-config"]["text"]
+    # Without PgBouncer, HAProxy sends clients to PostgreSQL itself; without TLS on Patroni's
+    # REST API its checks are plain HTTP, and so is every client's URL.
+    assert "192.168.40.11:5433 check port 8009\n" in web["haproxy-config"]["text"]
+    assert "certfile" not in patroni["restapi"]
+    config = json.loads(web["webapp-config"]["text"])
+    assert config["patroni"][0] == "http://192.168.40.11:8009" and "patroni_ca" not in config
     assert "listen 8080 default_server" in web["webapp-nginx-site"]["text"]
     assert "10.20.0.0/16" in member["firewall-config"]["text"]
+
+
+def test_every_client_of_patronis_rest_api_uses_https_and_the_clusters_ca(rendered):
+    member, web = _member(rendered, "lab"), _web(rendered, "lab")
+    ca = "/etc/pgcluster/tls/ca.crt"
+    for name, address in (("postgres-srv1", "10.0.0.11"), ("postgres-srv3", "10.0.0.13")):
+        assert (f"{address}:6432 check port 8008 check-ssl verify required ca-file {ca} "
+                f"verifyhost {name}\n") in web["haproxy-config"]["text"]
+    config = json.loads(web["webapp-config"]["text"])
+    assert config["patroni"][0] == "https://10.0.0.11:8008" and config["patroni_ca"] == ca
+    unit = member["etcd-leader-off-primary-unit"]["text"]
+    assert f"--patroni https://10.0.0.11:8008 \\\n    --patroni-ca {ca} \\\n" in unit
 
 
 def test_a_typo_in_the_pillar_fails_the_render_naming_the_key():

@@ -207,9 +207,12 @@ def _run_until_ready(cmd: Sequence[str], ready: str, *, env: dict | None = None,
 
 def haproxy_cfg(text: str) -> None:
     """``haproxy -c`` in zero-warning mode (-dW): a warning fails too. HAProxy parses and
-    resolves everything but binds nothing, so the hosts' addresses need not exist here."""
+    resolves everything but binds nothing, so the hosts' addresses need not exist here. It does
+    load each ``ca-file``: the cluster CA's path is given a throw-away CA (_tls_files)."""
     haproxy = _tool("haproxy")
     with _workdir() as tmp:
+        _tls_files(tmp, None)
+        text = re.sub(r"(?<=\bca-file )\S+", str(tmp / "tls-ca.pem"), text)
         path = _write(tmp / "haproxy.cfg", text)
         result = _run([haproxy, "-dW", "-c", "-f", path])
     if result.returncode != 0:

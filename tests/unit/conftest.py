@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import functools
 import importlib.util
+import threading
 from pathlib import Path
 from types import ModuleType
 
@@ -58,3 +59,29 @@ def salt_utils():
 @pytest.fixture
 def cfg() -> dict:
     return build()
+
+
+class LoaderContext(dict):
+    """``__context__`` as Salt's loader gives it to a module: usable in the thread that runs
+    the function, and not in a thread it starts (there the loader's context is unset, and
+    Salt raises this AttributeError)."""
+
+    def _check(self):
+        if threading.current_thread() is not threading.main_thread():
+            raise AttributeError("'NoneType' object has no attribute 'get'")
+
+    def get(self, *args):
+        self._check()
+        return super().get(*args)
+
+    def __getitem__(self, key):
+        self._check()
+        return super().__getitem__(key)
+
+    def __setitem__(self, key, value):
+        self._check()
+        super().__setitem__(key, value)
+
+    def __contains__(self, key):
+        self._check()
+        return super().__contains__(key)

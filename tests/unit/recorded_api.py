@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -116,7 +117,10 @@ class RecordedCluster:
     """Start with the answers of a scenario; members listed in `down` get no server at all, and
     members in `raw` ({name: "silent" | "close" | "garbage"}) a RawServer on both ports."""
 
-    def __init__(self, scenario: str, down: tuple[str, ...] = (), raw: dict[str, str] | None = None):
+    def __init__(self, scenario: str, down: tuple[str, ...] = (), raw: dict[str, str] | None = None,
+                 tls: dict[str, tuple[bytes, bytes]] | None = None, tmp: Path | None = None):
+        """tls: {member: (certificate PEM, key PEM)} serves that member's Patroni REST API over
+        HTTPS with it (files written in tmp)."""
         self.servers = []
         self.raw_servers = []
         self.answers = {}
@@ -133,6 +137,9 @@ class RecordedCluster:
             self.answers[name] = answers
             for kind, port in (("patroni", PATRONI_PORT), ("etcd", ETCD_PORT)):
                 server = ThreadingHTTPServer((address, port), _Handler)
+                if kind == "patroni" and tls and name in tls:
+                    server.socket = _tls_context(tls[name], tmp / name).wrap_socket(
+                        server.socket, server_side=True)
                 server.kind, server.answers, server.requests = kind, answers, []
                 server.member, server.misbehaving = name, {}
                 threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
@@ -164,14 +171,28 @@ class RecordedCluster:
             server.close()
 
 
-def cluster_config(fresh=False):
-    """What pgcluster.config gives, with the members on the loopback addresses above."""
+def _tls_context(pems: tuple[bytes, bytes], folder: Path) -> ssl.SSLContext:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "host.crt").write_bytes(pems[0])
+    (folder / "host.key").write_bytes(pems[1])
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(folder / "host.crt", folder / "host.key")
+    return context
+
+
+def cluster_config(fresh=False, ca_file=None):
+    """What pgcluster.config gives, with the members on the loopback addresses above; with
+    ca_file, Patroni's REST API over HTTPS verified by that CA (pgcluster:patroni:tls)."""
     names = sorted(MEMBERS)
+    scheme = "https" if ca_file else "http"
     return {
         "name": "pg-cluster-skynet",
         "member_names": names,
         "members": {n: {"address": MEMBERS[n]} for n in names},
-        "patroni": {"restapi_port": PATRONI_PORT, "maximum_lag_on_failover": 1048576},
+        "patroni": {"restapi_port": PATRONI_PORT, "maximum_lag_on_failover": 1048576,
+                    "tls": bool(ca_file),
+                    "urls": {n: f"{scheme}://{MEMBERS[n]}:{PATRONI_PORT}" for n in names}},
+        "tls": {"ca_file": ca_file},
         "pgbackrest": {"enabled": True},
         "etcd": {"endpoints": [f"{MEMBERS[n]}:{ETCD_PORT}" for n in names]},
     }

@@ -74,6 +74,23 @@ def test_without_tls_the_rules_are_plain_host_and_nothing_asks_for_ssl():
     assert "sslmode" not in pg["authentication"]["replication"]
 
 
+def test_patronis_rest_api_serves_https_with_postgres_copies_and_advertises_https(cfg):
+    restapi = render.patroni_config(cfg, "postgres-srv2", CREDENTIALS, [])["restapi"]
+    assert (restapi["certfile"], restapi["keyfile"], restapi["cafile"]) == (
+        "/var/lib/postgresql/tls/host.crt", "/var/lib/postgresql/tls/host.key",
+        "/var/lib/postgresql/tls/ca.crt")
+    # What every client of the REST API is given (the patroni module, the web app, HAProxy).
+    assert cfg["patroni"]["urls"]["postgres-srv2"] == "https://10.0.0.12:8008"
+    assert cfg["tls"]["ca_file"] == "/etc/pgcluster/tls/ca.crt"
+
+
+def test_patronis_rest_api_without_tls_is_plain_http():
+    cfg = build({"patroni": {"tls": False}})
+    restapi = render.patroni_config(cfg, "postgres-srv2", CREDENTIALS, [])["restapi"]
+    assert not {"certfile", "keyfile", "cafile"} & set(restapi)
+    assert cfg["patroni"]["urls"]["postgres-srv2"] == "http://10.0.0.12:8008"
+
+
 def test_the_admin_sources_reach_the_apps_database_directly():
     cfg = build({"firewall": {"admin_sources": ["192.168.5.0/24"]}})
     hba = render.pg_hba(cfg, "postgres-srv1", render.admin_networks(cfg, [MASTER]))

@@ -3,6 +3,7 @@ Patroni 4.1 and etcd 3.4 (tests/recordings/record.py), served over real HTTP on 
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from datetime import datetime
@@ -10,7 +11,8 @@ from datetime import datetime
 import pytest
 from salt.exceptions import CommandExecutionError
 
-from tests.unit.conftest import load_module, salt_utils
+from tests.certificates import issue
+from tests.unit.conftest import LoaderContext, load_module, salt_utils
 from tests.unit.recorded_api import MEMBERS, RecordedCluster, cluster_config
 
 patroni = load_module("_modules/patroni.py")
@@ -22,7 +24,7 @@ PILLAR = {"pgcluster_credentials:restapi": "recorded-secret"}
 def configure_loader_modules():
     funcs = {"pgcluster.config": cluster_config,
              "pillar.get": lambda key, default=None, unmask=False: PILLAR.get(key, default)}
-    return {patroni: {"__salt__": funcs, "__utils__": salt_utils()},
+    return {patroni: {"__salt__": funcs, "__utils__": salt_utils(), "__context__": LoaderContext()},
             etcd_cluster: {"__salt__": funcs, "__utils__": salt_utils()}}
 
 
@@ -471,3 +473,51 @@ def test_health_reports_the_archive_against_the_leaders_wal_position(recorded):
     leader = report["leader"]
     assert asked == [json.loads(recorded.answers[leader]["GET /patroni"]["body"])["xlog"]["location"]]
     assert report["archive"]["ok"] is False and report["healthy"] is True
+
+
+# --- Patroni's REST API over HTTPS (pgcluster:patroni:tls) ----------------------------------
+
+@pytest.fixture
+def https_cluster(tmp_path):
+    """The healthy recording served over HTTPS, each member with a certificate from a CA of
+    the test's own naming its address; yields (start, ca) where start(tls) serves it with
+    {member: (cert, key)} overriding some members' certificates."""
+    ca = issue("cluster-ca")
+    (tmp_path / "ca.crt").write_bytes(ca[0])
+    patroni.__salt__["pgcluster.config"] = functools.partial(cluster_config,
+                                                             ca_file=str(tmp_path / "ca.crt"))
+    servers = []
+
+    def start(overrides=None):
+        tls = {n: issue(n, ca, address=a) for n, a in MEMBERS.items()}
+        servers.append(RecordedCluster("healthy", tls={**tls, **(overrides or {})}, tmp=tmp_path))
+        return servers[-1]
+
+    yield start, ca
+    for server in servers:
+        server.close()
+
+
+def test_the_rest_api_over_https_is_verified_by_the_clusters_ca(https_cluster):
+    start, _ = https_cluster
+    start()
+    listing = patroni.list_()
+    assert all(m["state"] in ("running", "streaming") for m in listing["members"])
+    assert patroni.health()["healthy"] is True
+
+
+def test_a_certificate_from_another_ca_or_for_another_address_is_refused(https_cluster):
+    start, ca = https_cluster
+    start({"postgres-srv2": issue("postgres-srv2", issue("another-ca"), address=MEMBERS["postgres-srv2"]),
+           "postgres-srv3": issue("postgres-srv3", ca, address="127.0.0.99")})
+    members = patroni.health()["members"]
+    assert members["postgres-srv1"]["rest_api"] is True
+    for name, why in (("postgres-srv2", "CERTIFICATE_VERIFY_FAILED"), ("postgres-srv3", "mismatch")):
+        assert members[name]["rest_api"] is False
+        assert f"https://{MEMBERS[name]}:18008/" in members[name]["error"] and why in members[name]["error"]
+
+
+def test_a_missing_ca_certificate_is_named(https_cluster, tmp_path):
+    (tmp_path / "ca.crt").unlink()
+    with pytest.raises(CommandExecutionError, match=f"{tmp_path / 'ca.crt'}.*salt/tls puts it there"):
+        patroni.list_()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import ssl
 import sys
 import time
 import urllib.error
@@ -30,17 +31,20 @@ def etcd(endpoint: str, path: str, body: dict | None = None, timeout: float = 2)
         return json.load(answer)
 
 
-def is_primary(patroni: str) -> bool:
+def is_primary(patroni: str, ca: str | None) -> bool:
+    """Whether Patroni here says it runs the primary (/primary 200, 503 otherwise). No answer,
+    or a certificate the cluster's CA did not sign, raises: logged, not taken for a no."""
+    tls = ssl.create_default_context(cafile=ca) if ca else None
     try:
-        with urllib.request.urlopen(f"{patroni}/primary", timeout=2) as answer:
+        with urllib.request.urlopen(f"{patroni}/primary", timeout=2, context=tls) as answer:
             return answer.status == 200
-    except (urllib.error.URLError, OSError):  # 503 (not the primary) or no answer
+    except urllib.error.HTTPError:
         return False
 
 
-def check(local: str, patroni: str) -> str | None:
+def check(local: str, patroni: str, ca: str | None = None) -> str | None:
     """Move the leadership away if needed; what was done, for the journal."""
-    if not is_primary(patroni):
+    if not is_primary(patroni, ca):
         return None
     status = etcd(local, "maintenance/status")
     me = status["header"]["member_id"]
@@ -65,12 +69,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--etcd", required=True, help="this host's etcd client URL")
     parser.add_argument("--patroni", required=True, help="this host's Patroni REST API URL")
+    parser.add_argument("--patroni-ca", help="the CA certificate that verifies an https --patroni")
     parser.add_argument("--interval", type=float, default=5)
     args = parser.parse_args()
     last = None
     while True:
         try:
-            message = check(args.etcd, args.patroni)
+            message = check(args.etcd, args.patroni, args.patroni_ca)
         except (urllib.error.URLError, OSError, KeyError, ValueError) as error:
             message = f"<4>cannot check etcd's leader: {error}"
         if message and message != last:  # a lasting problem is logged once
