@@ -1,6 +1,5 @@
 {#- Patroni 4.1 from PyPI in its own virtual environment, its config and its service. #}
 {%- from "patroni/map.jinja" import patroni, cluster with context %}
-{%- set me = cluster.members[grains.id] %}
 {#- postgres's copies of the certificates (salt/postgresql) serve PostgreSQL and the REST API. #}
 {%- set tls_copies = cluster.postgresql.tls or cluster.patroni.tls %}
 
