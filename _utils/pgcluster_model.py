@@ -572,8 +572,8 @@ def derive(cfg: dict) -> dict:
     etcd["endpoints"] = [f"{members[n]['address']}:{etcd['client_port']}" for n in names]
     # Patroni's REST API of each member, as Patroni itself advertises it (api_url in etcd).
     patroni = cfg["patroni"]
-    patroni["scheme"] = "https" if patroni["tls"] else "http"
-    patroni["urls"] = {n: f"{patroni['scheme']}://{members[n]['address']}:{patroni['restapi_port']}"
+    scheme = "https" if patroni["tls"] else "http"
+    patroni["urls"] = {n: f"{scheme}://{members[n]['address']}:{patroni['restapi_port']}"
                        for n in names}
     # The cluster CA's certificate on every host (salt/tls), which verifies the others.
     cfg["tls"]["ca_file"] = f"{cfg['tls']['dir']}/ca.crt"

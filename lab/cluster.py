@@ -117,9 +117,13 @@ class Cluster:
         return f"http://{self.members[member]}:{self.etcd_port}"
 
 
+# The cluster's CA as the master keeps it (_runners/pgcluster_ca.py): ca.crt, ca.key.
+CA_STORE = settings.REPO / "pillar" / "generated" / "pki"
+
+
 def _cluster_ca_context() -> ssl.SSLContext:
-    """Trusts the cluster's CA only, as the master keeps it (_runners/pgcluster_ca.py)."""
-    return ssl.create_default_context(cafile=settings.REPO / "pillar" / "generated" / "pki" / "ca.crt")
+    """Trusts the cluster's CA only."""
+    return ssl.create_default_context(cafile=CA_STORE / "ca.crt")
 
 
 def _local(*args: str) -> object:

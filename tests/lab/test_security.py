@@ -15,7 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
 from lab import settings
-from lab.cluster import cluster, credentials, leader, salt, secrets
+from lab.cluster import CA_STORE, cluster, credentials, leader, salt, secrets
 from tests.certificates import issue
 from tests.conftest import run
 from tests.lab.conftest import LAB, lab_exec
@@ -167,7 +167,6 @@ def test_no_secret_in_process_lists_or_logs(lab):
 # --- The cluster's CA (_runners/pgcluster_ca.py) and each host's key (salt/tls) ----------------
 
 TLS = C.model["tls"]
-CA_STORE = settings.REPO / "pillar" / "generated" / "pki"
 
 
 def _salt_json(*args: str) -> dict:
