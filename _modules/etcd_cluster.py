@@ -5,6 +5,12 @@ HTTP, no client library). Named ``etcd_cluster``: Salt already has an ``etcd`` m
 The endpoints come from pillar (``pgcluster``), so any minion that can reach the members works.
 In the gateway's JSON, 64-bit numbers are strings and keys and values are base64.
 
+With ``pgcluster:etcd:tls`` every call is HTTPS verified by the cluster's CA. With
+``pgcluster:etcd:auth`` the calls that need a user take a token: reading Patroni's keys as
+``reader``, removing them as ``patroni``, managing users as ``root`` (passwords from
+``pgcluster_credentials:etcd_*``). Health, status and the member list need none in etcd 3.4, so
+they work without a quorum.
+
 Every endpoint is asked at once (one thread each), so an endpoint that does not answer costs one
 ``timeout`` (default 2 s) per call, not one per endpoint; its error names its URL. Every wait is
 bounded: each function's docstring says how.
@@ -23,6 +29,7 @@ import base64
 import functools
 import http.client
 import json
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -45,14 +52,49 @@ class _NoAnswer(CommandExecutionError):
     """An etcd endpoint did not answer, or not with what the gateway answers."""
 
 
-def _endpoints(endpoints=None):
+class _Refused(_NoAnswer):
+    """etcd answered with an error of its own (``error``: its message, e.g. permission denied).
+    A kind of _NoAnswer so that a round keeps it as that endpoint's result."""
+
+    def __init__(self, message, error):
+        super().__init__(message)
+        self.error = error
+
+
+def _config():
+    # The master's pillar as it is now, not the minion's copy (a fixed mistake must not linger).
+    return __salt__["pgcluster.config"](fresh=True)
+
+
+def _endpoints(endpoints=None, cfg=None):
+    cfg = cfg or _config()
     if endpoints:
         if isinstance(endpoints, str):
             endpoints = endpoints.split(",")
-        return [e if e.startswith("http") else f"http://{e}" for e in endpoints]
-    # The master's pillar as it is now, not the minion's copy (a fixed mistake must not linger).
-    cfg = __salt__["pgcluster.config"](fresh=True)
-    return [f"http://{e}" for e in cfg["etcd"]["endpoints"]]
+        scheme = "https" if cfg["etcd"].get("tls") else "http"
+        return [e if e.startswith("http") else f"{scheme}://{e}" for e in endpoints]
+    return [cfg["etcd"]["urls"][n] for n in cfg["member_names"]]
+
+
+def _tls(cfg):
+    """The TLS context for etcd (trusting the cluster's CA), made in the caller's thread and
+    handed to the round's; None without ``pgcluster:etcd:tls``."""
+    if not cfg["etcd"].get("tls"):
+        return None
+    ca_file = cfg["tls"]["ca_file"]
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise CommandExecutionError(f"etcd's TLS: cannot load the cluster's CA {ca_file} "
+                                    f"(salt/tls puts it on every cluster host): {_why(exc)}") from None
+
+
+def _password(user):
+    password = __salt__["pillar.get"](f"pgcluster_credentials:etcd_{user}", None, unmask=True)
+    if not password:
+        raise CommandExecutionError(f"etcd's {user} password: pillar pgcluster_credentials:"
+                                    f"etcd_{user} is not given to this minion")
+    return password
 
 
 def _why(exc):
@@ -66,22 +108,36 @@ def _method(path):
     return "POST" if path.startswith("/v3/") else "GET"
 
 
-def _call(endpoint, path, body=None, timeout=DEFAULT_TIMEOUT):
+def _etcd_error(text):
+    """etcd's own message in a gateway error ({"error": ..., "code": ...}), else None."""
+    try:
+        error = json.loads(text).get("error")
+    except (ValueError, AttributeError):
+        return None
+    return error if isinstance(error, str) else None
+
+
+def _call(endpoint, path, body=None, timeout=DEFAULT_TIMEOUT, *, tls=None, token=None):
     """
-    One request to the endpoint; its JSON. Anything else (refused, timed out, closed without an
-    answer, not HTTP, an HTTP error, not JSON) raises ``_NoAnswer`` naming the URL.
+    One request to the endpoint; its JSON. etcd's own error raises ``_Refused``; anything else
+    (refused, timed out, closed without an answer, not HTTP, another HTTP error, not JSON)
+    ``_NoAnswer``; both name the URL. ``tls``: the context for https; ``token``: etcd's.
     """
     method = _method(path)
     data = json.dumps(body if body is not None else {}).encode() if method == "POST" else None
     url = endpoint + path
+    headers = {"Content-Type": "application/json", **({"Authorization": token} if token else {})}
     try:
-        request = urllib.request.Request(url, data=data, method=method,
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(url, data=data, method=method, headers=headers)
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as answer:
+            with urllib.request.urlopen(request, timeout=timeout, context=tls) as answer:
                 text = answer.read().decode(errors="replace")
         except urllib.error.HTTPError as exc:
-            reason = f"HTTP {exc.code}: {exc.read().decode(errors='replace').strip()}"
+            text = exc.read().decode(errors="replace").strip()
+            error = _etcd_error(text)
+            if error:
+                raise _Refused(f"etcd refused {method} {url}: {error}", error) from None
+            reason = f"HTTP {exc.code}: {text}"
         else:
             try:
                 return json.loads(text)
@@ -96,10 +152,10 @@ def _call(endpoint, path, body=None, timeout=DEFAULT_TIMEOUT):
     raise _NoAnswer(f"etcd did not answer {method} {url}: {reason}")
 
 
-def _timed_call(endpoint, path, body, timeout):
+def _timed_call(endpoint, path, body, timeout, *, tls=None, token=None):
     started = time.monotonic()
     try:
-        result = _call(endpoint, path, body, timeout)
+        result = _call(endpoint, path, body, timeout, tls=tls, token=token)
     except _NoAnswer as exc:
         result = exc
     return result, round((time.monotonic() - started) * 1000, 1)
@@ -112,11 +168,12 @@ class _Round:
     counts as no answer.
     """
 
-    def __init__(self, requests, timeout):
+    def __init__(self, requests, timeout, tls=None, token=None):
         # requests: {key: (endpoint, path, body)}; body None for {}.
         self.requests = requests
         self.round = __utils__["pgcluster_rounds.at_once"](
-            {key: functools.partial(_timed_call, endpoint, path, body, float(timeout))
+            {key: functools.partial(_timed_call, endpoint, path, body, float(timeout), tls=tls,
+                                   token=token)
              for key, (endpoint, path, body) in requests.items()}, timeout, "etcd-api")
 
     def result(self, key):
@@ -135,20 +192,45 @@ def _first_good(round_, keys):
     """
     (JSON, errors): the first of ``keys`` ((path, endpoint), in endpoint order) that answered.
     All were asked at once; this waits for each in turn, never after the round's deadline.
+    When none answered well, etcd's own refusal (the first) is raised before any "no answer".
     """
     errors = {}
+    refusals = []
     for key in keys:
         answer, _took = round_.result(key)
         if not isinstance(answer, Exception):
             return answer, errors
         errors[key[1]] = str(answer)
+        if isinstance(answer, _Refused):
+            refusals.append(answer)
+    if refusals:
+        raise refusals[0]
     raise CommandExecutionError("no etcd endpoint answered: " + "; ".join(errors.values()))
 
 
-def _ask_all(path, endpoints, timeout, body=None):
-    """Every endpoint at once: the first good answer in endpoint order."""
-    urls = _endpoints(endpoints)
-    round_ = _Round({(path, e): (e, path, body) for e in urls}, timeout)
+def _token(urls, tls, user, timeout):
+    """A token for ``user`` (every endpoint asked at once), or None while etcd's authentication
+    is off. A wrong password raises etcd's refusal, naming the user."""
+    path = "/v3/auth/authenticate"
+    body = {"name": user, "password": _password(user)}
+    round_ = _Round({(path, e): (e, path, body) for e in urls}, timeout, tls)
+    try:
+        return _first_good(round_, [(path, e) for e in urls])[0]["token"]
+    except _Refused as exc:
+        if "authentication is not enabled" in exc.error:
+            return None
+        raise _Refused(f"etcd refused the user {user} (pgcluster_credentials:etcd_{user}): "
+                       f"{exc.error}", exc.error) from None
+
+
+def _ask_all(path, endpoints, timeout, body=None, user=None):
+    """Every endpoint at once: the first good answer in endpoint order. ``user``: the etcd user
+    to ask as, with ``pgcluster:etcd:auth``."""
+    cfg = _config()
+    urls = _endpoints(endpoints, cfg)
+    tls = _tls(cfg)
+    token = _token(urls, tls, user, timeout) if user and cfg["etcd"].get("auth") else None
+    round_ = _Round({(path, e): (e, path, body) for e in urls}, timeout, tls, token)
     return _first_good(round_, [(path, e) for e in urls])[0]
 
 
@@ -167,8 +249,9 @@ def health(endpoints=None, timeout=DEFAULT_TIMEOUT):
 
         salt web etcd_cluster.health
     """
-    urls = _endpoints(endpoints)
-    round_ = _Round({e: (e, "/health", None) for e in urls}, timeout)
+    cfg = _config()
+    urls = _endpoints(endpoints, cfg)
+    round_ = _Round({e: (e, "/health", None) for e in urls}, timeout, _tls(cfg))
     report = {}
     for endpoint in urls:
         answer, took_ms = round_.result(endpoint)
@@ -246,12 +329,14 @@ def status(endpoints=None, timeout=DEFAULT_TIMEOUT):
 
         salt web etcd_cluster.status
     """
-    asked = _endpoints(endpoints)
+    cfg = _config()
+    asked = _endpoints(endpoints, cfg)
+    tls = _tls(cfg)
     requests = {}
     for endpoint in asked:
         for path in ("/v3/cluster/member/list", "/v3/maintenance/status"):
             requests[(path, endpoint)] = (endpoint, path, None)
-    round_ = _Round(requests, timeout)
+    round_ = _Round(requests, timeout, tls)
     try:
         answer = _first_good(round_, [("/v3/cluster/member/list", e) for e in asked])[0]
         urls = [u for m in _member_rows(answer) for u in m["client_urls"]]
@@ -261,7 +346,7 @@ def status(endpoints=None, timeout=DEFAULT_TIMEOUT):
     # A client URL that is not an endpoint asked (pillar names them otherwise): one more round.
     others = [u for u in urls if u not in asked]
     more = _Round({("/v3/maintenance/status", u): (u, "/v3/maintenance/status", None)
-                   for u in others}, timeout) if others else None
+                   for u in others}, timeout, tls) if others else None
     rows = []
     for url in urls:
         answer, _took = (round_ if url in asked else more).result(("/v3/maintenance/status", url))
@@ -297,7 +382,7 @@ def patroni_keys(scope=None, namespace="/service", endpoints=None, timeout=DEFAU
         scope = __salt__["pgcluster.config"](fresh=True)["name"]
     prefix = f"{namespace.rstrip('/')}/{scope}/"
     answer = _ask_all("/v3/kv/range", endpoints, timeout,
-                      {"key": _b64(prefix), "range_end": _prefix_end(prefix)})
+                      {"key": _b64(prefix), "range_end": _prefix_end(prefix)}, user="reader")
     keys = {}
     for kv in answer.get("kvs", []):
         key = base64.b64decode(kv["key"]).decode()[len(prefix):]
@@ -326,5 +411,100 @@ def remove_patroni_keys(scope=None, namespace="/service", endpoints=None, timeou
         scope = __salt__["pgcluster.config"](fresh=True)["name"]
     prefix = f"{namespace.rstrip('/')}/{scope}/"
     answer = _ask_all("/v3/kv/deleterange", endpoints, timeout,
-                      {"key": _b64(prefix), "range_end": _prefix_end(prefix)})
+                      {"key": _b64(prefix), "range_end": _prefix_end(prefix)}, user="patroni")
     return {"removed": int(answer.get("deleted", 0)), "prefix": prefix}
+
+
+# etcd's users besides root and what their role may do, on the cluster's prefix only.
+ROLES = {"patroni": "READWRITE", "reader": "READ"}
+
+
+def _rpc(urls, path, body, timeout, *, tls, token):
+    round_ = _Round({(path, e): (e, path, body) for e in urls}, timeout, tls, token)
+    return _first_good(round_, [(path, e) for e in urls])[0]
+
+
+def _refused_with(call, *needles):
+    """call()'s answer, or None when etcd refused it with a message holding one of needles."""
+    try:
+        return call()
+    except _Refused as exc:
+        if any(n in exc.error for n in needles):
+            return None
+        raise
+
+
+def _wanted_permissions(prefix, perm_type):
+    return [{"permType": perm_type, "key": _b64(prefix), "range_end": _prefix_end(prefix)}]
+
+
+def auth_plan(timeout=DEFAULT_TIMEOUT, apply=False):
+    """
+    What turning on etcd's authentication as ``pgcluster:etcd:auth`` wants takes from here: the
+    root user (role root), a ``patroni`` user whose role reads and writes the cluster's prefix
+    only, a ``reader`` user whose role only reads it, each with its password from pillar, then
+    authentication on. Returns the steps still to do (``[]``: nothing); with ``apply=True``
+    they are done, in that order (the state ``etcd_cluster.auth_managed`` does this). A root
+    password etcd refuses raises, naming the pillar key.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt postgres-srv1 etcd_cluster.auth_plan
+    """
+    cfg = _config()
+    urls, tls = _endpoints(None, cfg), _tls(cfg)
+    prefix = cfg["etcd"]["prefix"]
+    token = _token(urls, tls, "root", timeout)
+    enabled = token is not None
+    steps = []
+
+    def step(what, path, body):
+        steps.append(what)
+        if apply:
+            _rpc(urls, path, body, timeout, tls=tls, token=token)
+
+    def ask(path, body):
+        return _rpc(urls, path, body, timeout, tls=tls, token=token)
+
+    for role in ("root", *ROLES):
+        found = _refused_with(lambda role=role: ask("/v3/auth/role/get", {"role": role}),
+                              "role name not found")
+        if found is None:
+            step(f"add role {role}", "/v3/auth/role/add", {"name": role})
+            found = {}
+        if role == "root":
+            continue
+        wanted = _wanted_permissions(prefix, ROLES[role])
+        have = [{"permType": p.get("permType", "READ"), "key": p.get("key"),
+                 "range_end": p.get("range_end")} for p in found.get("perm", [])]
+        for perm in have:
+            if perm not in wanted:  # anything beyond the prefix, or another kind of access
+                step(f"revoke from role {role} its {perm['permType']} on "
+                     f"{base64.b64decode(perm['key'] or '').decode(errors='replace')}",
+                     "/v3/auth/role/revoke",
+                     {"role": role, "key": perm["key"], "range_end": perm["range_end"]})
+        for perm in wanted:
+            if perm not in have:
+                step(f"grant role {role} {perm['permType']} on {prefix}", "/v3/auth/role/grant",
+                     {"name": role, "perm": perm})
+    for user in ("root", *ROLES):
+        found = _refused_with(lambda user=user: ask("/v3/auth/user/get", {"name": user}),
+                              "user name not found")
+        if found is None:
+            step(f"add user {user}", "/v3/auth/user/add",
+                 {"name": user, "password": _password(user)})
+            found = {}
+        elif not enabled or (user != "root" and _refused_with(
+                lambda user=user: _token(urls, tls, user, timeout), "authentication failed") is None):
+            # Its password is not the pillar's (or cannot be checked before auth is on).
+            step(f"set user {user}'s password", "/v3/auth/user/changepw",
+                 {"name": user, "password": _password(user)})
+        role = user  # each user has the role of its name
+        if role not in found.get("roles", []):
+            step(f"grant user {user} role {role}", "/v3/auth/user/grant",
+                 {"user": user, "role": role})
+    if not enabled:
+        step("enable authentication", "/v3/auth/enable", {})
+    return steps

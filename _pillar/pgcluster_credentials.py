@@ -4,11 +4,12 @@ The cluster's passwords, made at random on first use and kept on the master, out
 An external pillar: it receives the pillar compiled from ``pillar/`` for the minion, so it
 knows the members and the web hosts from wherever ``pgcluster:members`` and ``pgcluster:web``
 are set, and gives each minion only its share as ``pgcluster_credentials``: the database
-members all of them, the web hosts the application's and the Patroni REST API's, the
-backup repository host the repositories' passphrase, any other minion none (``webapp_csrf``
-signs the web app's form tokens). The object storage keys the pillar names by file
-(``pgcluster:pgbackrest:repositories:N:s3:credentials_file``, a file on the master, relative
-to the pillar's directory unless absolute) come as
+members all of them, the web hosts the application's, the Patroni REST API's and etcd's
+reader's, the backup repository host the repositories' passphrase, any other minion none
+(``webapp_csrf`` signs the web app's form tokens; ``etcd_*`` are etcd's users). The object
+storage keys the pillar names by file (``pgcluster:pgbackrest:repositories:N:s3:
+credentials_file``, a file on the master, relative to the pillar's directory unless absolute)
+come as
 ``s3: {repository number: {access_key_id, secret_access_key}}`` to the members and the
 repository host, with the store's CA certificate (``ca``) when one is named. The store
 (``pillar/generated/credentials.yaml`` beside the pillar by default) is written 0600,
@@ -36,8 +37,9 @@ log = logging.getLogger(__name__)
 __virtualname__ = "pgcluster_credentials"
 
 NAMES = ("superuser", "replication", "rewind", "app", "restapi", "pgbouncer_admin", "webapp_csrf",
-         "pgbackrest_cipher")
-WEB_NEEDS = ("app", "restapi", "webapp_csrf")
+         "pgbackrest_cipher", "etcd_root", "etcd_patroni", "etcd_reader")
+# etcd_reader: the etcd_cluster module reads Patroni's keys from a web host too.
+WEB_NEEDS = ("app", "restapi", "webapp_csrf", "etcd_reader")
 # The repository host (a web host) encrypts the backups.
 BACKUP_HOST_NEEDS = ("pgbackrest_cipher",)
 

@@ -319,11 +319,18 @@ SCHEMA = Record({
     "etcd": Record({
         "client_port": Port(),
         "peer_port": Port(),
+        "tls": Bool(),
+        "auth": Bool(),
         "keep_leader_off_primary": Bool(),
         "packages": PACKAGES,
         "service": Str(),
         "env_file": Path(),
         "data_root": Path(),
+        "user": Str(),
+        "group": Str(),
+        "tls_dir": Path(),
+        "etcdctl": Path(),
+        "etcdctl_env": Path(),
         "start_timeout": Int(1, 3600, "(seconds)"),
         "leader_off_primary_script": Path(),
         "leader_off_primary_service": Str(),
@@ -567,9 +574,17 @@ def derive(cfg: dict) -> dict:
     cfg["member_names"] = names
     cfg["web_names"] = sorted(cfg["web"])
     cfg["bootstrap_member"] = names[0]
+    etcd_scheme = "https" if etcd["tls"] else "http"
     etcd["initial_cluster"] = ",".join(
-        f"{n}=http://{members[n]['address']}:{etcd['peer_port']}" for n in names)
+        f"{n}={etcd_scheme}://{members[n]['address']}:{etcd['peer_port']}" for n in names)
+    # Patroni's form (etcd3 hosts, with protocol) and every other client's (a URL per member).
     etcd["endpoints"] = [f"{members[n]['address']}:{etcd['client_port']}" for n in names]
+    etcd["urls"] = {n: f"{etcd_scheme}://{members[n]['address']}:{etcd['client_port']}"
+                    for n in names}
+    # Where Patroni keeps the cluster's keys (its namespace, then the cluster's name): etcd's
+    # roles for Patroni and the reader reach this prefix only.
+    etcd["namespace"] = "/service/"
+    etcd["prefix"] = f"{etcd['namespace']}{cfg['name']}/"
     # Patroni's REST API of each member, as Patroni itself advertises it (api_url in etcd).
     patroni = cfg["patroni"]
     scheme = "https" if patroni["tls"] else "http"
@@ -585,6 +600,9 @@ def derive(cfg: dict) -> dict:
     pg = cfg["postgresql"]
     pg["mount_unit"] = mount_unit_name(pg["home"])
     pg["data_dir"] = f"{pg['home']}/{pg['version']}/main"
+    # postgres's copies of the certificates (postgresql.tls_dir) serve PostgreSQL and Patroni's
+    # REST API.
+    pg["tls_copies"] = pg["tls"] or cfg["patroni"]["tls"]
     backup = cfg["pgbackrest"]
     backup["host"] = backup["host"] or cfg["web_names"][0]
     backup["stanza"] = backup["stanza"] or cfg["name"]

@@ -69,6 +69,19 @@ def patroni_restapi_tls(cfg: dict) -> dict:
     return {"certfile": files["host.crt"], "keyfile": files["host.key"], "cafile": files["ca.crt"]}
 
 
+def patroni_etcd(cfg: dict, credentials: dict) -> dict:
+    """Patroni's etcd3 section: the members' client endpoints; over HTTPS, verified by the
+    cluster's CA (pgcluster:etcd:tls); as etcd's ``patroni`` user, whose role reaches the
+    cluster's prefix only (pgcluster:etcd:auth)."""
+    etcd = cfg["etcd"]
+    section: dict = {"hosts": etcd["endpoints"]}
+    if etcd["tls"]:
+        section.update(protocol="https", cacert=cfg["tls"]["ca_file"])
+    if etcd["auth"]:
+        section.update(username="patroni", password=credentials["etcd_patroni"])
+    return section
+
+
 def postgresql_tls(cfg: dict) -> tuple[dict, dict]:
     """PostgreSQL's TLS parameters (this host's certificate, the cluster's CA for clients'
     certificates) and what a member's replication and pg_rewind connections add: the server
@@ -179,7 +192,7 @@ def patroni_config(cfg: dict, member: str, credentials: dict, admins: list[str],
     tls_server, tls_client = postgresql_tls(cfg)
     return {
         "scope": cfg["name"],
-        "namespace": "/service/",
+        "namespace": cfg["etcd"]["namespace"],
         "name": member,
         "restapi": {
             "listen": f"{me}:{patroni['restapi_port']}",
@@ -188,7 +201,7 @@ def patroni_config(cfg: dict, member: str, credentials: dict, admins: list[str],
             **patroni_restapi_tls(cfg),
         },
         "ctl": {"authentication": restapi_auth},
-        "etcd3": {"hosts": cfg["etcd"]["endpoints"]},
+        "etcd3": patroni_etcd(cfg, credentials),
         "bootstrap": {
             "dcs": dcs_config(cfg),
             "initdb": [{"encoding": "UTF8"}, {"locale": "C.UTF-8"}, "data-checksums"],

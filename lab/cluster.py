@@ -12,6 +12,7 @@ import functools
 import json
 import ssl
 import subprocess
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
@@ -114,7 +115,34 @@ class Cluster:
         return urllib.request.urlopen(request, timeout=timeout, context=context)
 
     def etcd_url(self, member: str) -> str:
-        return f"http://{self.members[member]}:{self.etcd_port}"
+        """A member's etcd client URL (https with pgcluster:etcd:tls)."""
+        return self.model["etcd"]["urls"][member]
+
+    def etcd(self, member: str, path: str, body: dict | None = None, timeout: float = 2,
+             user: str | None = "reader") -> dict:
+        """One call to a member's etcd (its v3 JSON gateway): with etcd's TLS, trusting the
+        cluster's CA only; with its authentication, as ``user`` (None: no token). etcd's
+        refusals raise urllib's HTTPError."""
+        etcd = self.model["etcd"]
+        tls = _cluster_ca_context() if etcd["tls"] else None
+        token = _etcd_token(self, member, user, tls) if user and etcd["auth"] else None
+        for attempt in (1, 2):
+            # The v3 gateway takes POSTs with a JSON body; /health is a GET.
+            data = json.dumps(body or {}).encode() if path.startswith("/v3/") else None
+            request = urllib.request.Request(
+                self.etcd_url(member) + path, data=data,
+                headers={"Content-Type": "application/json",
+                         **({"Authorization": token} if token else {})})
+            try:
+                with urllib.request.urlopen(request, timeout=timeout, context=tls) as answer:
+                    return json.load(answer)
+            except urllib.error.HTTPError as error:
+                if attempt == 2 or error.code != 401 or not token:
+                    raise
+                # etcd forgets an unused token after 5 minutes: ask for another, once.
+                _ETCD_TOKENS.pop((member, user), None)
+                token = _etcd_token(self, member, user, tls)
+        raise AssertionError("unreachable")
 
 
 # The cluster's CA as the master keeps it (_runners/pgcluster_ca.py): ca.crt, ca.key.
@@ -124,6 +152,21 @@ CA_STORE = settings.REPO / "pillar" / "generated" / "pki"
 def _cluster_ca_context() -> ssl.SSLContext:
     """Trusts the cluster's CA only."""
     return ssl.create_default_context(cafile=CA_STORE / "ca.crt")
+
+
+_ETCD_TOKENS: dict[tuple[str, str], str] = {}
+
+
+def _etcd_token(c: Cluster, member: str, user: str, tls: ssl.SSLContext | None) -> str:
+    """etcd's token for ``user`` (its generated password, pgcluster_credentials:etcd_USER)."""
+    if (member, user) not in _ETCD_TOKENS:
+        request = urllib.request.Request(
+            c.etcd_url(member) + "/v3/auth/authenticate",
+            data=json.dumps({"name": user, "password": credentials()[f"etcd_{user}"]}).encode(),
+            headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=5, context=tls) as answer:
+            _ETCD_TOKENS[(member, user)] = json.load(answer)["token"]
+    return _ETCD_TOKENS[(member, user)]
 
 
 def _local(*args: str) -> object:

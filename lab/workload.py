@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import itertools
-import json
 import subprocess
 import threading
 import time
@@ -196,16 +195,13 @@ class Timeline:
             self.stop.wait(self.POLL)
 
     def _poll_lock(self) -> None:
-        survivors = [a for n, a in self.members.items() if n not in self.hurt]
-        body = json.dumps({"key": self.key}).encode()
+        survivors = [n for n in self.members if n not in self.hurt]
+        c = cluster()
         while not self.stop.is_set():
             holder = "?"
-            for address in survivors:
-                request = urllib.request.Request(f"http://{address}:{cluster().etcd_port}/v3/kv/range",
-                                                 data=body)
+            for name in survivors:
                 try:
-                    with urllib.request.urlopen(request, timeout=0.5) as answer:
-                        kvs = json.load(answer).get("kvs") or []
+                    kvs = c.etcd(name, "/v3/kv/range", {"key": self.key}, timeout=0.5).get("kvs") or []
                 except (urllib.error.URLError, OSError, ValueError):
                     continue
                 holder = base64.b64decode(kvs[0]["value"]).decode() if kvs else None

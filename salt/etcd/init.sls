@@ -1,10 +1,53 @@
-{#- One etcd cluster (v3 API) over the database members, on their private address and loopback. #}
+{#- One etcd cluster (v3 API) over the database members, on their private address: TLS with
+    client certificates for peers and clients, and users (pgcluster:etcd:tls, auth). #}
 {%- from "etcd/map.jinja" import etcd, cluster with context %}
 {%- set me = cluster.members[grains.id] %}
-{%- if cluster.patroni.tls %}
+{%- set my_url = etcd.urls[grains.id] %}
+{%- if cluster.patroni.tls or etcd.tls %}
 
 include:
   - tls
+{%- endif %}
+{%- if etcd.tls %}
+
+# The package's user, made before the package (Debian's postinst keeps a user it finds), so
+# that etcd's copies of the certificates are its own when the package first starts etcd.
+etcd-user:
+  group.present:
+    - name: {{ etcd.group }}
+    - system: true
+  user.present:
+    - name: {{ etcd.user }}
+    - gid: {{ etcd.group }}
+    - system: true
+    - home: {{ etcd.data_root }}
+    - createhome: false
+    - shell: /usr/sbin/nologin
+    - require:
+      - group: etcd-user
+
+# The home the postinst's adduser would have made: Debian's postinst only mkdirs it (as root)
+# when the user is already there.
+etcd-data-root:
+  file.directory:
+    - name: {{ etcd.data_root }}
+    - user: {{ etcd.user }}
+    - group: {{ etcd.group }}
+    - mode: '0700'
+    - require:
+      - user: etcd-user
+
+{#- The CA's certificate, this host's certificate and key (salt/tls), owned by etcd. etcd reads
+    them at every handshake: a renewed certificate needs no restart. #}
+etcd-tls-copies:
+  pgcluster_tls.copies_managed:
+    - name: {{ etcd.tls_dir }}
+    - source: {{ cluster.tls.dir }}
+    - user: {{ etcd.user }}
+    - group: {{ etcd.group }}
+    - require:
+      - user: etcd-user
+      - pgcluster_tls: tls-certificate
 {%- endif %}
 
 # Written before the package is installed: Debian's package starts etcd at once, and must start
@@ -20,6 +63,11 @@ etcd-config:
         address: {{ me.address }}
         cluster: {{ cluster | json }}
         data_dir: {{ etcd.data_root }}/{{ cluster.name }}
+{%- if etcd.tls %}
+    - require:
+      - pgcluster_tls: etcd-tls-copies
+      - file: etcd-data-root
+{%- endif %}
 
 # etcd reports ready only once it has a quorum: the first member waits for the others.
 etcd-start-timeout:
@@ -51,13 +99,67 @@ etcd-service:
 
 etcd-healthy:
   http.wait_for_successful_query:
-    - name: http://127.0.0.1:{{ cluster.etcd.client_port }}/health
+    - name: {{ my_url }}/health
     - match: '"health":"true"'
     - wait_for: 180
     - request_interval: 1
+{%- if etcd.tls %}
+    - ca_bundle: {{ cluster.tls.ca_file }}
+{%- endif %}
     - require:
       - service: etcd-service
 {%- endif %}
+
+{#- Users, roles and authentication on (pgcluster:etcd:auth), from one member. #}
+{%- if etcd.auth and grains.id == cluster.bootstrap_member %}
+
+etcd-auth:
+  etcd_cluster.auth_managed:
+    - name: {{ cluster.name }}
+    - require:
+      - service: etcd-service
+{%- if not opts.test %}
+      - http: etcd-healthy
+{%- endif %}
+{%- endif %}
+
+{#- etcdctl for root on the members, with what it needs from a root-only environment file: the
+    endpoints, the CA and the root user (etcd_root). #}
+etcdctl-env:
+  file.managed:
+    - name: {{ etcd.etcdctl_env }}
+    - mode: '0600'
+    - user: root
+    - group: root
+    - makedirs: true
+    - show_changes: false
+    - contents: |
+        # Managed by Salt (etcd state). Read by {{ etcd.etcdctl }} and etcd-leader-off-primary.
+        ETCDCTL_API=3
+        ETCDCTL_ENDPOINTS={{ etcd.urls.values() | join(",") }}
+{%- if etcd.tls %}
+        ETCDCTL_CACERT={{ cluster.tls.ca_file }}
+{%- endif %}
+{%- if etcd.auth %}
+        ETCDCTL_USER=root:{{ pillar.pgcluster_credentials.etcd_root }}
+{%- endif %}
+
+etcdctl-wrapper:
+  file.managed:
+    - name: {{ etcd.etcdctl }}
+    - mode: '0755'
+    - contents: |
+        #!/bin/sh
+        # Managed by Salt (etcd state): etcdctl as root with this cluster's endpoints, CA
+        # and root user ({{ etcd.etcdctl_env }}). --endpoints given on the command
+        # line wins. The package's own etcdctl is /usr/bin/etcdctl.
+        set -a
+        . {{ etcd.etcdctl_env }}
+        set +a
+        case " $* " in *" --endpoints"*) unset ETCDCTL_ENDPOINTS ;; esac
+        exec /usr/bin/etcdctl "$@"
+    - require:
+      - file: etcdctl-env
 
 {#- etcd's leadership off the PostgreSQL primary's host (pillar pgcluster:etcd:keep_leader_off_primary). #}
 {%- if cluster.etcd.keep_leader_off_primary %}
@@ -79,12 +181,14 @@ etcd-leader-off-primary-unit:
 
         [Service]
         ExecStart={{ etcd.leader_off_primary_script }} \
-            --etcd http://127.0.0.1:{{ cluster.etcd.client_port }} \
+            --etcd {{ my_url }} \
             --patroni {{ cluster.patroni.urls[grains.id] }} \
 {%- if cluster.patroni.tls %}
             --patroni-ca {{ cluster.tls.ca_file }} \
 {%- endif %}
             --interval {{ etcd.leader_off_primary_interval }}
+        # The CA and root's etcd password (moving the leader is root's), read by systemd.
+        EnvironmentFile={{ etcd.etcdctl_env }}
         DynamicUser=true
         Restart=always
         RestartSec=5
@@ -98,12 +202,13 @@ etcd-leader-off-primary-service:
     - enable: true
     - require:
       - service: etcd-service
-{%- if cluster.patroni.tls %}
-      - pgcluster_tls: tls-ca  # verifies Patroni's REST API
+{%- if cluster.patroni.tls or etcd.tls %}
+      - pgcluster_tls: tls-ca  # verifies Patroni's REST API and etcd
 {%- endif %}
     - watch:
       - file: etcd-leader-off-primary-script
       - file: etcd-leader-off-primary-unit
+      - file: etcdctl-env
 {%- else %}
 
 etcd-leader-off-primary-service:

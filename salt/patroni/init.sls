@@ -1,7 +1,7 @@
 {#- Patroni 4.1 from PyPI in its own virtual environment, its config and its service. #}
 {%- from "patroni/map.jinja" import patroni, cluster with context %}
 {#- postgres's copies of the certificates (salt/postgresql) serve PostgreSQL and the REST API. #}
-{%- set tls_copies = cluster.postgresql.tls or cluster.patroni.tls %}
+{%- set tls_copies = cluster.postgresql.tls_copies %}
 
 include:
   - postgresql

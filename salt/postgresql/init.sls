@@ -2,8 +2,7 @@
 {%- from "postgresql/map.jinja" import postgresql, cluster with context %}
 {%- set version = cluster.postgresql.version %}
 
-{#- postgres's copies of the certificates serve PostgreSQL and Patroni's REST API. #}
-{%- set tls_copies = postgresql.tls or cluster.patroni.tls %}
+{%- set tls_copies = cluster.postgresql.tls_copies %}
 
 include:
   - postgresql.data_disk

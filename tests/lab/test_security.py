@@ -1,8 +1,10 @@
 """The cluster locked down, as an outsider and as each kind of host sees it: the firewall,
-pg_hba, Patroni's REST API, and secrets kept out of process lists and logs."""
+pg_hba, TLS and its certificates, Patroni's REST API, etcd's users, and secrets kept out of
+process lists and logs."""
 
 from __future__ import annotations
 
+import base64
 import datetime
 import json
 import socket
@@ -210,24 +212,24 @@ def _near_its_end(host: str, days: int) -> str:
     return pem
 
 
-def served_certificate(address: str, port: int) -> str:
-    """The certificate PostgreSQL or PgBouncer shows at address:port (their TLS starts after
-    the protocol's SSLRequest, which openssl speaks)."""
-    shown = run("openssl", "s_client", "-starttls", "postgres", "-connect", f"{address}:{port}",
+def served_certificate(address: str, port: int, starttls: str | None = "postgres") -> str:
+    """The certificate shown at address:port: by PostgreSQL or PgBouncer, whose TLS starts after
+    the protocol's SSLRequest (which openssl speaks), or with starttls None by a TLS server such
+    as etcd (which shows it before asking for the client's)."""
+    start = ["-starttls", starttls] if starttls else []
+    shown = run("openssl", "s_client", *start, "-connect", f"{address}:{port}",
                 input="", timeout=30, check=False).stdout
     return shown[shown.index("-----BEGIN CERTIFICATE-----"):
                  shown.index("-----END CERTIFICATE-----") + len("-----END CERTIFICATE-----")]
 
 
 def _main_pids(host: str) -> dict[str, str]:
-    """What changes when PostgreSQL or PgBouncer restart, and not when they reload."""
-    service = C.model["pgbouncer"]["service"]
-    return {
-        "postgresql": lab_exec(host, "runuser", "-u", "postgres", "--", "psql", "-XAtc",
-                               "select pg_postmaster_start_time()").stdout.strip(),
-        service: lab_exec(host, "systemctl", "show", "-p", "MainPID", "--value",
-                          service).stdout.strip(),
-    }
+    """What changes when PostgreSQL, PgBouncer or etcd restart, and not when they reload."""
+    pids = {service: lab_exec(host, "systemctl", "show", "-p", "MainPID", "--value",
+                              service).stdout.strip()
+            for service in (C.model["pgbouncer"]["service"], C.model["etcd"]["service"])}
+    return {"postgresql": lab_exec(host, "runuser", "-u", "postgres", "--", "psql", "-XAtc",
+                                   "select pg_postmaster_start_time()").stdout.strip(), **pids}
 
 
 def test_a_certificate_near_its_end_is_renewed_by_state_apply_and_test_mode_says_so(lab):
@@ -239,7 +241,7 @@ def test_a_certificate_near_its_end_is_renewed_by_state_apply_and_test_mode_says
     [state] = [s for k, s in dry.items() if "tls-certificate" in k]
     assert state["result"] is None and f"within {TLS['renew_days']} days" in state["comment"], state
     assert lab_exec(host, "cat", f"{TLS['dir']}/host.crt").stdout == old  # test mode signs nothing
-    states = "tls,pgbackrest,postgresql,pgbouncer"
+    states = "tls,pgbackrest,postgresql,pgbouncer,etcd"
     done = _salt_json(host, "state.sls", states)[host]
     [state] = [s for k, s in done.items() if "tls-certificate" in k]
     assert state["result"] is True and state["changes"]["not_after"], state
@@ -250,11 +252,14 @@ def test_a_certificate_near_its_end_is_renewed_by_state_apply_and_test_mode_says
     # The services' copies follow (pgBackRest's TLS server restarts on them).
     current = lab_exec(host, "cat", f"{TLS['dir']}/host.crt").stdout
     for tls_dir in (C.backup["tls_dir"], C.model["postgresql"]["tls_dir"],
-                    C.model["pgbouncer"]["tls_dir"]):
+                    C.model["pgbouncer"]["tls_dir"], C.model["etcd"]["tls_dir"]):
         assert lab_exec(host, "cat", f"{tls_dir}/host.crt").stdout == current, tls_dir
-    # PostgreSQL and PgBouncer show it, reloaded, not restarted.
+    # PostgreSQL and PgBouncer show it, reloaded, not restarted; etcd reads it at the next
+    # handshake, not restarted either.
     for port in (C.model["postgresql"]["port"], C.model["pgbouncer"]["port"]):
         assert served_certificate(address, port).strip() == current.strip(), port
+    etcd_shows = served_certificate(address, C.etcd_port, starttls=None)
+    assert etcd_shows.strip() == current.strip()
     assert _main_pids(host) == pids
     # Renewed, it is current again: the next apply changes nothing.
     again = _salt_json(host, "state.sls", states)[host]
@@ -385,3 +390,92 @@ def test_patronis_rest_api_takes_only_https_verified_by_the_clusters_ca(lab, tmp
     # verifying its certificate by the same CA (Patroni's restapi.cafile).
     reload = lab_exec(FIRST, "patronictl", "reload", C.name, SECOND, "--force").stdout
     assert f"Reload request received for member {SECOND}" in reload, reload
+
+
+# --- etcd: TLS for peers and clients, client certificates, users (pgcluster:etcd:tls, auth) ---
+
+ETCD = C.model["etcd"]
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def _etcd_refusal(call) -> str:
+    """etcd's own error message for a call it refuses (its gateway answers JSON)."""
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        call()
+    return json.loads(refused.value.read()).get("error", "")
+
+
+def test_etcd_takes_only_tls_and_its_peers_only_the_clusters_certificates(lab, tmp_path):
+    # Plain text, from another member and from web, to the client and to the peer port: no
+    # answer, or a bare 400 from Go's TLS server; nothing served.
+    peer = f"{MEMBERS[SECOND]}:{PEER_PORT}"
+    for host, url in ((FIRST, C.etcd_url(SECOND) + "/health"),
+                      (C.web, C.etcd_url(FIRST) + "/health"), (FIRST, f"https://{peer}/members")):
+        assert url.startswith("https://"), url
+        plain = _fetch_on(host, "http://" + url.removeprefix("https://"))
+        assert plain == "400" or not plain.isdigit(), (host, url, plain)
+    # A client that trusts another CA refuses the member's certificate.
+    other = _another_ca(tmp_path)
+    with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
+        urllib.request.urlopen(C.etcd_url(SECOND) + "/health", timeout=5,
+                               context=ssl.create_default_context(cafile=other["ca"]))
+    # The peer port takes only a peer's certificate: none, or one from another CA, fails the
+    # handshake (a client's, on the client port, is not asked for: etcd's users are).
+    for cert in (None, (other["cert"], other["key"])):
+        context = ssl.create_default_context(cafile=CA_STORE / "ca.crt")
+        if cert:
+            context.load_cert_chain(*cert)
+        with pytest.raises((urllib.error.URLError, ssl.SSLError, ConnectionResetError)):
+            with urllib.request.urlopen(f"https://{peer}/members", timeout=5,
+                                        context=context) as answer:
+                answer.read()
+    # Health is open to any TLS client (etcd 3.4 asks no user for it); keys are not (below).
+    assert C.etcd(SECOND, "/health", user=None)["health"] == "true"
+
+
+def test_etcd_users_reach_only_what_their_role_allows(lab):
+    ours = _b64(ETCD["prefix"] + "leader")
+    elsewhere = _b64("/service/another-cluster/leader")
+    # Without a user, no key.
+    assert "user name is empty" in _etcd_refusal(
+        lambda: C.etcd(SECOND, "/v3/kv/range", {"key": ours}, user=None))
+    # reader reads the cluster's keys, writes none, and reads nothing outside them.
+    assert C.etcd(SECOND, "/v3/kv/range", {"key": ours})["kvs"]
+    assert "permission denied" in _etcd_refusal(
+        lambda: C.etcd(SECOND, "/v3/kv/put", {"key": _b64(ETCD["prefix"] + "x"), "value": ""}))
+    assert "permission denied" in _etcd_refusal(
+        lambda: C.etcd(SECOND, "/v3/kv/range", {"key": elsewhere}))
+    # patroni reads the cluster's prefix, and nothing outside it.
+    assert C.etcd(SECOND, "/v3/kv/range", {"key": ours}, user="patroni")["kvs"]
+    for path, body in (("/v3/kv/range", {"key": elsewhere}),
+                       ("/v3/kv/put", {"key": elsewhere, "value": _b64("x")})):
+        assert "permission denied" in _etcd_refusal(
+            lambda path=path, body=body: C.etcd(SECOND, path, body, user="patroni"))
+    # A wrong password gets no token.
+    request = urllib.request.Request(
+        C.etcd_url(SECOND) + "/v3/auth/authenticate",
+        data=json.dumps({"name": "patroni", "password": "not-the-password"}).encode())
+    assert "authentication failed" in _etcd_refusal(lambda: urllib.request.urlopen(
+        request, timeout=5, context=ssl.create_default_context(cafile=CA_STORE / "ca.crt")))
+    # etcd's copy of the host's key is etcd's own and nobody else's.
+    for host in C.members:
+        assert lab_exec(host, "stat", "-c", "%a %U", f"{ETCD['tls_dir']}/host.key").stdout.split() \
+            == ["600", ETCD["user"]], host
+        assert lab_exec(host, "stat", "-c", "%a %U", ETCD["etcdctl_env"]).stdout.split() \
+            == ["600", "root"], host
+
+
+def test_a_role_widened_by_hand_is_narrowed_back_by_state_apply(lab):
+    boot = C.model["bootstrap_member"]
+    lab_exec(boot, "etcdctl", "role", "grant-permission", "reader", "readwrite", "--prefix=true", "/")
+    key = {"key": _b64(ETCD["prefix"] + "widened"), "value": _b64("x")}
+    C.etcd(SECOND, "/v3/kv/put", key)  # the reader writes now
+    C.etcd(SECOND, "/v3/kv/deleterange", {"key": key["key"]}, user="patroni")
+    done = _salt_json(boot, "state.sls", "etcd")[boot]
+    [auth] = [s for k, s in done.items() if "etcd-auth" in k]
+    assert auth["result"] is True and auth["changes"]["etcd"] == ["revoke from role reader its "
+                                                                  "READWRITE on /"], auth
+    assert "permission denied" in _etcd_refusal(lambda: C.etcd(SECOND, "/v3/kv/put", key))

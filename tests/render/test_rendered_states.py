@@ -21,7 +21,8 @@ from tests.render import validators
 
 # The pillars: the repo's, as the lab's master and as the Yandex master serve it, the
 # example of every key, and one that takes the other branches (five members, no PgBouncer,
-# other ports, admin networks, Patroni tags, Patroni's REST API without TLS).
+# other ports, admin networks, Patroni tags, Patroni's REST API and etcd without TLS, etcd
+# without authentication).
 VARIANT = {
     "name": "variant",
     "members": {f"db{i}": {"address": f"192.168.40.{10 + i}"} for i in range(1, 6)},
@@ -30,7 +31,8 @@ VARIANT = {
     "postgresql": {"port": 5433, "parameters": {"work_mem": "8MB"}},
     "patroni": {"restapi_port": 8009, "tls": False,
                 "tags": {"db5": {"nofailover": True, "nosync": True}}},
-    "etcd": {"client_port": 2479, "peer_port": 2480, "keep_leader_off_primary": False},
+    "etcd": {"client_port": 2479, "peer_port": 2480, "keep_leader_off_primary": False,
+             "tls": False, "auth": False},
     "pgbouncer": {"enabled": False},
     "haproxy": {"primary_port": 6000, "replica_port": 6001, "check": {"inter": "1s"}},
     "webapp": {"port": 8080, "bind": "127.0.0.1:8100", "workers": 2},
@@ -204,18 +206,28 @@ def test_the_variant_pillar_reaches_the_files(rendered):
     assert config["patroni"][0] == "http://192.168.40.11:8009" and "patroni_ca" not in config
     assert "listen 8080 default_server" in web["webapp-nginx-site"]["text"]
     assert "10.20.0.0/16" in member["firewall-config"]["text"]
+    # etcd in plain text and without users: Patroni neither shows a certificate nor logs in.
+    assert patroni["etcd3"] == {"hosts": [f"192.168.40.{10 + i}:2479" for i in range(1, 6)]}
+    env = member["etcd-config"]["text"]
+    assert 'ETCD_LISTEN_CLIENT_URLS="http://192.168.40.15:2479"' in env and "CERT" not in env
 
 
-def test_every_client_of_patronis_rest_api_uses_https_and_the_clusters_ca(rendered):
-    member, web = _member(rendered, "lab"), _web(rendered, "lab")
-    ca = "/etc/pgcluster/tls/ca.crt"
-    for name, address in (("postgres-srv1", "10.0.0.11"), ("postgres-srv3", "10.0.0.13")):
-        assert (f"{address}:6432 check port 8008 check-ssl verify required ca-file {ca} "
-                f"verifyhost {name}\n") in web["haproxy-config"]["text"]
-    config = json.loads(web["webapp-config"]["text"])
-    assert config["patroni"][0] == "https://10.0.0.11:8008" and config["patroni_ca"] == ca
+def test_etcd_speaks_tls_peers_show_certificates_and_patroni_logs_in(rendered):
+    member = _member(rendered, "lab")  # postgres-srv1, the bootstrap member
+    env = member["etcd-config"]["text"]
+    assert 'ETCD_LISTEN_CLIENT_URLS="https://10.0.0.11:2379"\n' in env
+    assert 'ETCD_PEER_CLIENT_CERT_AUTH="true"' in env and "postgres-srv2=https://10.0.0.12:2380" in env
+    # No client CA: etcd would ask clients for a certificate, which its gateway then refuses.
+    assert "ETCD_TRUSTED_CA_FILE" not in env and "ETCD_CLIENT_CERT_AUTH" not in env
+    etcd3 = yaml.safe_load(member["patroni-config"]["text"])["etcd3"]
+    assert etcd3["protocol"] == "https" and etcd3["cacert"] == "/etc/pgcluster/tls/ca.crt"
+    assert etcd3["username"] == "patroni" and etcd3["password"] and "cert" not in etcd3
+    # The bootstrap member sets up etcd's users; root's etcdctl and the leader mover use root.
+    assert "etcd_cluster" in rendered["lab", "postgres-srv1"]["states"]["etcd-auth"]
+    etcdctl = member["etcdctl-env"]["text"]
+    assert "ETCDCTL_USER=root:" in etcdctl and "ETCDCTL_CACERT=/etc/pgcluster/tls/ca.crt" in etcdctl
     unit = member["etcd-leader-off-primary-unit"]["text"]
-    assert f"--patroni https://10.0.0.11:8008 \\\n    --patroni-ca {ca} \\\n" in unit
+    assert "--etcd https://10.0.0.11:2379" in unit and "EnvironmentFile=/etc/etcd/etcdctl.env" in unit
 
 
 def test_a_typo_in_the_pillar_fails_the_render_naming_the_key():

@@ -525,8 +525,8 @@ def etcd_env(text: str) -> None:
     the addresses it listens on. Valid when it gets as far as listening for its peers, with no
     complaint from its flag parser (a misspelled ETCD_* variable is only a warning there: here
     it fails); etcd's own error otherwise (a bad value, a name missing from the initial
-    cluster, an advertise URL that does not match it...). It waits for its peers, which cannot
-    be reached from the namespace, and is stopped."""
+    cluster, an advertise URL that does not match it...). Its certificate files are stand-ins.
+    It waits for its peers, which cannot be reached from the namespace, and is stopped."""
     etcd = _tool("etcd")
     _need_namespaces()
     env = _env_file(text)
@@ -534,6 +534,14 @@ def etcd_env(text: str) -> None:
         for key in ("ETCD_DATA_DIR", "ETCD_WAL_DIR"):
             if key in env:
                 env[key] = str(tmp / key.lower())
+        # The certificate files the host will have: throw-away ones stand in for them.
+        _tls_files(tmp, None)
+        stand_ins = {"CERT_FILE": "tls-cert.pem", "KEY_FILE": "tls-key.pem",
+                     "TRUSTED_CA_FILE": "tls-ca.pem"}
+        for key in list(env):
+            for suffix, name in stand_ins.items():
+                if key in (f"ETCD_{suffix}", f"ETCD_PEER_{suffix}"):
+                    env[key] = str(tmp / name)
         urls = ",".join(env.get(k, "") for k in ("ETCD_LISTEN_PEER_URLS", "ETCD_LISTEN_CLIENT_URLS"))
         hosts = []
         for url in filter(None, (u.strip() for u in urls.split(","))):

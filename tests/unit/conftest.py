@@ -35,8 +35,7 @@ DEFAULTS_PILLAR = {path.parent.name: yaml.safe_load(path.read_text())
                    for path in sorted((REPO / "salt").glob("*/defaults.yaml"))}
 DEFAULTS = model.merge_defaults(DEFAULTS_PILLAR)
 # A member's share of the generated passwords, as the ext_pillar gives it.
-CREDENTIALS = {n: f"secret-{n}" for n in ("superuser", "replication", "rewind", "app", "restapi",
-                                          "pgbouncer_admin", "webapp_csrf")}
+CREDENTIALS = {n: f"secret-{n}" for n in load_module("_pillar/pgcluster_credentials.py").NAMES}
 CLUSTER_PILLAR = yaml.safe_load((REPO / "pillar" / "cluster.sls").read_text())["pgcluster"]
 
 

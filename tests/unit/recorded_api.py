@@ -4,6 +4,7 @@ members that misbehave at the socket level (hang, hang up, answer garbage), on r
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
 import ssl
@@ -30,6 +31,43 @@ def _to_loopback(body: str) -> str:
 GARBAGE = b"this is not HTTP\r\n\r\n"
 
 
+def _etcd_error(status: int, message: str) -> tuple[int, bytes]:
+    # etcd 3.4's gateway, as it answered in the lab (auth on, tokens "simple").
+    code = {400: 3, 401: 16, 403: 7, 412: 9}[status]
+    return status, json.dumps({"error": f"etcdserver: {message}", "message": f"etcdserver: "
+                                        f"{message}", "code": code}).encode()
+
+
+def _etcd_auth(server, path: str, body: bytes, headers) -> tuple[int, bytes] | None:
+    """etcd's authentication for the recorded answers, when the server has users
+    ({name: (password, prefix it may reach, may write)}): an answer, or None to go on."""
+    users = getattr(server, "etcd_users", None)
+    if not users or server.kind != "etcd":
+        return None
+    asked = json.loads(body or b"{}")
+    if path == "/v3/auth/authenticate":
+        password = users.get(asked.get("name"), (None,))[0]
+        if password is None or password != asked.get("password"):
+            return _etcd_error(400, "authentication failed, invalid user ID or password")
+        return 200, json.dumps({"header": {}, "token": f"token-of-{asked['name']}.1"}).encode()
+    if not path.startswith("/v3/kv/"):
+        return None  # health, status and the member list take no token in etcd 3.4
+    return _etcd_permission(users, path, asked, headers.get("Authorization"))
+
+
+def _etcd_permission(users: dict, path: str, asked: dict, token: str | None):
+    if not token:
+        return _etcd_error(400, "user name is empty")
+    user = token.removeprefix("token-of-").rpartition(".")[0]
+    if user not in users:
+        return _etcd_error(401, "invalid auth token")
+    _password, prefix, write = users[user]
+    key = base64.b64decode(asked.get("key", "")).decode()
+    if not key.startswith(prefix) or (path != "/v3/kv/range" and not write):
+        return _etcd_error(403, "permission denied")
+    return None
+
+
 class _Handler(BaseHTTPRequestHandler):
     def _answer(self):
         length = int(self.headers.get("Content-Length") or 0)
@@ -38,6 +76,15 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         suffix = "@etcd" if self.server.kind == "etcd" else ""
         key = f"{self.command} {path}{suffix}"
+        refused = _etcd_auth(self.server, path, body, self.headers)
+        if refused is not None:
+            status, payload = refused
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+            return
         how = self.server.misbehaving.get(key)
         if how is not None:
             # The request was read whole: "close" hangs up cleanly, without a status line.
@@ -50,7 +97,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_response(404)
             self.end_headers()
             return
-        payload = _to_loopback(recorded["body"]).encode()
+        payload = _to_loopback(recorded["body"])
+        if self.server.kind == "etcd" and self.server.https:  # recorded over http
+            payload = payload.replace("http://127.0.0.", "https://127.0.0.")
+        payload = payload.encode()
         self.send_response(recorded["status"])
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
@@ -118,9 +168,11 @@ class RecordedCluster:
     members in `raw` ({name: "silent" | "close" | "garbage"}) a RawServer on both ports."""
 
     def __init__(self, scenario: str, down: tuple[str, ...] = (), raw: dict[str, str] | None = None,
-                 tls: dict[str, tuple[bytes, bytes]] | None = None, tmp: Path | None = None):
+                 tls: dict[str, tuple[bytes, bytes]] | None = None, tmp: Path | None = None,
+                 etcd_tls: bool = False, etcd_users: dict | None = None):
         """tls: {member: (certificate PEM, key PEM)} serves that member's Patroni REST API over
-        HTTPS with it (files written in tmp)."""
+        HTTPS with it (files written in tmp), and with etcd_tls its etcd too. etcd_users:
+        etcd's authentication on, {user: (password, prefix it may reach, may write)}."""
         self.servers = []
         self.raw_servers = []
         self.answers = {}
@@ -137,9 +189,11 @@ class RecordedCluster:
             self.answers[name] = answers
             for kind, port in (("patroni", PATRONI_PORT), ("etcd", ETCD_PORT)):
                 server = ThreadingHTTPServer((address, port), _Handler)
-                if kind == "patroni" and tls and name in tls:
+                if tls and name in tls and (kind == "patroni" or etcd_tls):
                     server.socket = _tls_context(tls[name], tmp / name).wrap_socket(
                         server.socket, server_side=True)
+                server.etcd_users = etcd_users
+                server.https = etcd_tls
                 server.kind, server.answers, server.requests = kind, answers, []
                 server.member, server.misbehaving = name, {}
                 threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
@@ -180,11 +234,13 @@ def _tls_context(pems: tuple[bytes, bytes], folder: Path) -> ssl.SSLContext:
     return context
 
 
-def cluster_config(fresh=False, ca_file=None):
+def cluster_config(fresh=False, ca_file=None, etcd_tls=False, etcd_auth=False):
     """What pgcluster.config gives, with the members on the loopback addresses above; with
-    ca_file, Patroni's REST API over HTTPS verified by that CA (pgcluster:patroni:tls)."""
+    ca_file, Patroni's REST API over HTTPS verified by that CA (pgcluster:patroni:tls), and
+    with etcd_tls etcd too (pgcluster:etcd:tls); etcd_auth: pgcluster:etcd:auth."""
     names = sorted(MEMBERS)
     scheme = "https" if ca_file else "http"
+    etcd_scheme = "https" if etcd_tls else "http"
     return {
         "name": "pg-cluster-skynet",
         "member_names": names,
@@ -194,5 +250,8 @@ def cluster_config(fresh=False, ca_file=None):
                     "urls": {n: f"{scheme}://{MEMBERS[n]}:{PATRONI_PORT}" for n in names}},
         "tls": {"ca_file": ca_file},
         "pgbackrest": {"enabled": True},
-        "etcd": {"endpoints": [f"{MEMBERS[n]}:{ETCD_PORT}" for n in names]},
+        "etcd": {"endpoints": [f"{MEMBERS[n]}:{ETCD_PORT}" for n in names],
+                 "urls": {n: f"{etcd_scheme}://{MEMBERS[n]}:{ETCD_PORT}" for n in names},
+                 "tls": etcd_tls, "auth": etcd_auth, "namespace": "/service/",
+                 "prefix": "/service/pg-cluster-skynet/"},
     }

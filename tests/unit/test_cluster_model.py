@@ -41,12 +41,26 @@ def test_the_repo_pillar_gives_the_original_tasks_cluster(cfg):
     assert cfg["member_names"] == ["postgres-srv1", "postgres-srv2", "postgres-srv3"]
     assert cfg["web_names"] == ["web"]
     assert cfg["bootstrap_member"] == "postgres-srv1"
+    # etcd's TLS is on by default: peers and clients speak https.
     assert cfg["etcd"]["initial_cluster"] == (
-        "postgres-srv1=http://10.0.0.11:2380,postgres-srv2=http://10.0.0.12:2380,"
-        "postgres-srv3=http://10.0.0.13:2380")
+        "postgres-srv1=https://10.0.0.11:2380,postgres-srv2=https://10.0.0.12:2380,"
+        "postgres-srv3=https://10.0.0.13:2380")
     assert cfg["etcd"]["endpoints"] == ["10.0.0.11:2379", "10.0.0.12:2379", "10.0.0.13:2379"]
+    assert cfg["etcd"]["urls"]["postgres-srv2"] == "https://10.0.0.12:2379"
+    assert cfg["etcd"]["prefix"] == "/service/pg-cluster-skynet/"
     assert cfg["patroni"]["synchronous_mode"] is True
     assert cfg["backend_port"] == 6432  # PgBouncer is on by default
+
+
+def test_etcd_without_tls_is_plain_http_for_peers_and_clients():
+    cfg = build({"etcd": {"tls": False}})
+    assert cfg["etcd"]["initial_cluster"].startswith("postgres-srv1=http://10.0.0.11:2380,")
+    assert cfg["etcd"]["urls"]["postgres-srv1"] == "http://10.0.0.11:2379"
+    # postgres's certificate copies are still made for PostgreSQL and Patroni's REST API...
+    assert cfg["postgresql"]["tls_copies"] is True
+    # ...and only when nothing needs them are they left out.
+    off = {"postgresql": {"tls": False}, "patroni": {"tls": False}, "etcd": {"tls": False}}
+    assert build(off)["postgresql"]["tls_copies"] is False
 
 
 def test_every_key_has_a_default_and_a_type():

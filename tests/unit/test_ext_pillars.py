@@ -52,11 +52,13 @@ def credentials(salt_dir, minion_id):
 
 def test_each_minion_gets_its_share_from_the_compiled_pillar(salt_dir):
     member = credentials(salt_dir, "db2")
-    assert sorted(member) == ["app", "pgbackrest_cipher", "pgbouncer_admin", "replication",
-                              "restapi", "rewind", "superuser", "webapp_csrf"]
+    assert sorted(member) == ["app", "etcd_patroni", "etcd_reader", "etcd_root",
+                              "pgbackrest_cipher", "pgbouncer_admin", "replication", "restapi",
+                              "rewind", "superuser", "webapp_csrf"]
     assert all(len(value) >= 32 for value in member.values())
+    # A web host reads Patroni's keys in etcd (etcd_cluster.patroni_keys), never writes them.
     web_share = {"app": member["app"], "restapi": member["restapi"],
-                 "webapp_csrf": member["webapp_csrf"]}
+                 "webapp_csrf": member["webapp_csrf"], "etcd_reader": member["etcd_reader"]}
     # The first web host is the backup repository host: it encrypts the backups.
     assert credentials(salt_dir, "front") == {**web_share,
                                               "pgbackrest_cipher": member["pgbackrest_cipher"]}
@@ -72,8 +74,8 @@ def test_the_store_is_private_and_outside_the_pillar(salt_dir):
     assert stat.S_IMODE(store.stat().st_mode) == 0o600
     assert stat.S_IMODE(store.parent.stat().st_mode) == 0o700
     assert sorted(yaml.safe_load(store.read_text())) == [
-        "app", "pgbackrest_cipher", "pgbouncer_admin", "replication", "restapi", "rewind",
-        "superuser", "webapp_csrf"]
+        "app", "etcd_patroni", "etcd_reader", "etcd_root", "pgbackrest_cipher", "pgbouncer_admin",
+        "replication", "restapi", "rewind", "superuser", "webapp_csrf"]
 
 
 def test_every_components_defaults_come_with_the_pillar(salt_dir):

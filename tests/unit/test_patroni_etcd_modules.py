@@ -521,3 +521,84 @@ def test_a_missing_ca_certificate_is_named(https_cluster, tmp_path):
     (tmp_path / "ca.crt").unlink()
     with pytest.raises(CommandExecutionError, match=f"{tmp_path / 'ca.crt'}.*salt/tls puts it there"):
         patroni.list_()
+
+
+# --- etcd over TLS with client certificates, and etcd's users (pgcluster:etcd:tls, auth) ------
+
+PREFIX = "/service/pg-cluster-skynet/"
+ETCD_PASSWORDS = {"pgcluster_credentials:etcd_reader": "reader-secret",
+                  "pgcluster_credentials:etcd_patroni": "patroni-secret"}
+
+
+@pytest.fixture
+def secure_etcd(tmp_path, monkeypatch):
+    """The healthy recording with etcd over HTTPS (each member's certificate from the cluster's
+    CA, naming its address) and its users on; the CA's certificate where salt/tls puts it.
+    Yields (cluster, ca, TLS folder)."""
+    ca = issue("cluster-ca")
+    (tmp_path / "ca.crt").write_bytes(ca[0])
+    monkeypatch.setitem(etcd_cluster.__salt__, "pgcluster.config", functools.partial(
+        cluster_config, ca_file=str(tmp_path / "ca.crt"), etcd_tls=True, etcd_auth=True))
+    for key, value in ETCD_PASSWORDS.items():
+        monkeypatch.setitem(PILLAR, key, value)
+    servers = tmp_path / "servers"
+    started = []
+
+    def start(tls=None):
+        started.append(RecordedCluster(
+            "healthy", tls=tls or {n: issue(n, ca, address=a) for n, a in MEMBERS.items()},
+            tmp=servers, etcd_tls=True, etcd_users={"reader": ("reader-secret", PREFIX, False),
+                                                    "patroni": ("patroni-secret", PREFIX, True)}))
+        return started[-1]
+
+    yield start, ca, tmp_path
+    for recorded in started:
+        recorded.close()
+
+
+def _tokens(recorded, path):
+    return {r[3].get("Authorization") for r in recorded.requests() if r[1] == path}
+
+
+def test_etcd_over_https_verified_by_the_clusters_ca_and_as_the_reader_user(secure_etcd):
+    recorded = secure_etcd[0]()
+    assert etcd_cluster.health()["quorum"] is True
+    assert [row.get("error") for row in etcd_cluster.status()] == [None, None, None]
+    assert {m["name"] for m in etcd_cluster.members()} == set(MEMBERS)
+    assert etcd_cluster.patroni_keys()["leader"] in MEMBERS
+    # Patroni's keys are read as reader; health, status and the member list take no token.
+    assert _tokens(recorded, "/v3/kv/range") == {"token-of-reader.1"}
+    assert _tokens(recorded, "/v3/maintenance/status") == {None}
+
+
+def test_removing_patronis_keys_is_patronis_not_the_readers(secure_etcd):
+    recorded = secure_etcd[0]()
+    with pytest.raises(CommandExecutionError):  # no recorded answer: only who asked matters
+        etcd_cluster.remove_patroni_keys()
+    assert _tokens(recorded, "/v3/kv/deleterange") == {"token-of-patroni.1"}
+
+
+def test_a_wrong_etcd_password_names_its_pillar_key(secure_etcd, monkeypatch):
+    secure_etcd[0]()
+    monkeypatch.setitem(PILLAR, "pgcluster_credentials:etcd_reader", "not-the-password")
+    with pytest.raises(CommandExecutionError, match="etcd refused the user reader "
+                       r"\(pgcluster_credentials:etcd_reader\): .*authentication failed"):
+        etcd_cluster.patroni_keys()
+
+
+def test_an_etcd_member_with_a_certificate_from_another_ca_is_refused(secure_etcd):
+    start, ca, _folder = secure_etcd
+    stranger = issue("postgres-srv2", issue("another-ca"), address=MEMBERS["postgres-srv2"])
+    start({**{n: issue(n, ca, address=a) for n, a in MEMBERS.items()}, "postgres-srv2": stranger})
+    health = etcd_cluster.health(timeout=1)
+    assert health["healthy"] == 2 and health["quorum"] is True
+    error = health["endpoints"]["https://127.0.0.12:12379"]["error"]
+    assert "https://127.0.0.12:12379/health" in error and "CERTIFICATE_VERIFY_FAILED" in error
+
+
+def test_a_missing_ca_certificate_for_etcd_is_named(secure_etcd):
+    _start, _ca, folder = secure_etcd
+    (folder / "ca.crt").unlink()
+    with pytest.raises(CommandExecutionError, match=f"etcd's TLS: cannot load the cluster's CA "
+                       f"{folder / 'ca.crt'}"):
+        etcd_cluster.health()

@@ -10,12 +10,17 @@ etcd operation (`etcdctl move-leader`) that takes milliseconds.
 
 Every few seconds: if Patroni here answers /primary with 200 and this host's etcd is the
 leader, move the leadership to the first other member whose etcd answers.
+
+With etcd's TLS and authentication on, it reads what etcdctl reads from its environment (the
+state gives it the members' etcdctl.env): ETCDCTL_CACERT (and ETCDCTL_CERT, ETCDCTL_KEY when
+set), and ETCDCTL_USER (root:password; moving the leadership is root's).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import ssl
 import sys
 import time
@@ -23,12 +28,46 @@ import urllib.error
 import urllib.request
 
 
-def etcd(endpoint: str, path: str, body: dict | None = None, timeout: float = 2) -> dict:
-    """One call to etcd's v3 JSON gateway."""
-    request = urllib.request.Request(f"{endpoint}/v3/{path}", data=json.dumps(body or {}).encode(),
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=timeout) as answer:
-        return json.load(answer)
+class Etcd:
+    """etcd's v3 JSON gateway, with the client certificate and root's token when they are set."""
+
+    def __init__(self, env: dict[str, str]):
+        self.ca, self.cert, self.key = (env.get(f"ETCDCTL_{n}") for n in ("CACERT", "CERT", "KEY"))
+        user = env.get("ETCDCTL_USER") or ""
+        self.user, _, self.password = user.partition(":")
+        self.token: str | None = None
+
+    def _tls(self) -> ssl.SSLContext | None:
+        # Made for every check: a renewed certificate is read without a restart.
+        if not self.ca:
+            return None
+        context = ssl.create_default_context(cafile=self.ca)
+        if self.cert:
+            context.load_cert_chain(self.cert, self.key)
+        return context
+
+    def _post(self, url: str, body: dict, timeout: float, token: str | None) -> dict:
+        headers = {"Content-Type": "application/json", **({"Authorization": token} if token else {})}
+        request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers)
+        with urllib.request.urlopen(request, timeout=timeout, context=self._tls()) as answer:
+            return json.load(answer)
+
+    def __call__(self, endpoint: str, path: str, body: dict | None = None,
+                 timeout: float = 2) -> dict:
+        """One call; with a user, under its token (asked for again once when etcd refuses it)."""
+        url = f"{endpoint}/v3/{path}"
+        for attempt in (1, 2):
+            if self.user and self.token is None:
+                self.token = self._post(f"{endpoint}/v3/auth/authenticate",
+                                        {"name": self.user, "password": self.password},
+                                        timeout, None)["token"]
+            try:
+                return self._post(url, body or {}, timeout, self.token)
+            except urllib.error.HTTPError as error:
+                if attempt == 2 or not self.user or error.code not in (400, 401):
+                    raise
+                self.token = None  # expired (etcd's simple tokens last 5 minutes unused)
+        raise AssertionError("unreachable")
 
 
 def is_primary(patroni: str, ca: str | None) -> bool:
@@ -42,7 +81,7 @@ def is_primary(patroni: str, ca: str | None) -> bool:
         return False
 
 
-def check(local: str, patroni: str, ca: str | None = None) -> str | None:
+def check(etcd: Etcd, local: str, patroni: str, ca: str | None = None) -> str | None:
     """Move the leadership away if needed; what was done, for the journal."""
     if not is_primary(patroni, ca):
         return None
@@ -72,10 +111,11 @@ def main() -> int:
     parser.add_argument("--patroni-ca", help="the CA certificate that verifies an https --patroni")
     parser.add_argument("--interval", type=float, default=5)
     args = parser.parse_args()
+    client = Etcd(dict(os.environ))
     last = None
     while True:
         try:
-            message = check(args.etcd, args.patroni, args.patroni_ca)
+            message = check(client, args.etcd, args.patroni, args.patroni_ca)
         except (urllib.error.URLError, OSError, KeyError, ValueError) as error:
             message = f"<4>cannot check etcd's leader: {error}"
         if message and message != last:  # a lasting problem is logged once
