@@ -420,8 +420,23 @@ ROLES = {"patroni": "READWRITE", "reader": "READ"}
 
 
 def _rpc(urls, path, body, timeout, *, tls, token):
+    """A read, every endpoint at once: the first good answer."""
     round_ = _Round({(path, e): (e, path, body) for e in urls}, timeout, tls, token)
     return _first_good(round_, [(path, e) for e in urls])[0]
+
+
+def _write(urls, path, body, timeout, *, tls, token):
+    """A change, sent once: to the first endpoint that answers, the next only when one does not
+    (a change sent to all at once could land after the next one)."""
+    errors = []
+    for url in urls:
+        try:
+            return _call(url, path, body, timeout, tls=tls, token=token)
+        except _Refused:
+            raise
+        except _NoAnswer as exc:
+            errors.append(str(exc))
+    raise CommandExecutionError("no etcd endpoint answered: " + "; ".join(errors))
 
 
 def _refused_with(call, *needles):
@@ -438,14 +453,89 @@ def _wanted_permissions(prefix, perm_type):
     return [{"permType": perm_type, "key": _b64(prefix), "range_end": _prefix_end(prefix)}]
 
 
+class _Plan:
+    """The steps that bring etcd's users and roles to what the pillar wants, done as they are
+    found when ``apply`` (each change to one endpoint, in order)."""
+
+    def __init__(self, cfg, timeout, apply):
+        self.urls, self.tls, self.timeout, self.apply = _endpoints(None, cfg), _tls(cfg), timeout, apply
+        self.prefix = cfg["etcd"]["prefix"]
+        self.token = _token(self.urls, self.tls, "root", timeout)
+        self.steps, self.done = [], []
+
+    def step(self, what, path, body):
+        self.steps.append(what)
+        if not self.apply:
+            return
+        try:
+            _write(self.urls, path, body, self.timeout, tls=self.tls, token=self.token)
+        except CommandExecutionError as exc:
+            done = "; ".join(self.done) or "nothing"
+            raise CommandExecutionError(f"{what}: {exc} (done before it: {done})") from None
+        self.done.append(what)
+
+    def ask(self, path, body, missing):
+        """A read; None when etcd says it has no such thing (``missing``, its message)."""
+        return _refused_with(lambda: _rpc(self.urls, path, body, self.timeout, tls=self.tls,
+                                          token=self.token), missing)
+
+    def roles(self):
+        for role in ("root", *ROLES):
+            found = self.ask("/v3/auth/role/get", {"role": role}, "role name not found")
+            if found is None:
+                self.step(f"add role {role}", "/v3/auth/role/add", {"name": role})
+                found = {}
+            if role == "root":
+                continue
+            wanted = _wanted_permissions(self.prefix, ROLES[role])
+            # etcd's JSON leaves out what is zero: READ, an empty range_end.
+            have = [{"permType": p.get("permType", "READ"), "key": p.get("key"),
+                     "range_end": p.get("range_end")} for p in found.get("perm", [])]
+            for perm in have:
+                if perm not in wanted:  # anything beyond the prefix, or another kind of access
+                    key = base64.b64decode(perm["key"] or "").decode(errors="replace")
+                    self.step(f"revoke from role {role} its {perm['permType']} on {key}",
+                              "/v3/auth/role/revoke",
+                              {"role": role, "key": perm["key"], "range_end": perm["range_end"]})
+            for perm in wanted:
+                if perm not in have:
+                    self.step(f"grant role {role} {perm['permType']} on {self.prefix}",
+                              "/v3/auth/role/grant", {"name": role, "perm": perm})
+
+    def users(self):
+        enabled = self.token is not None
+        for user in ("root", *ROLES):
+            found = self.ask("/v3/auth/user/get", {"name": user}, "user name not found")
+            if found is None:
+                self.step(f"add user {user}", "/v3/auth/user/add",
+                          {"name": user, "password": _password(user)})
+                found = {}
+            elif not enabled or (user != "root" and _refused_with(
+                    lambda user=user: _token(self.urls, self.tls, user, self.timeout),
+                    "authentication failed") is None):
+                # Its password is not the pillar's (or cannot be checked before auth is on).
+                self.step(f"set user {user}'s password", "/v3/auth/user/changepw",
+                          {"name": user, "password": _password(user)})
+            for role in found.get("roles", []):
+                if role != user:  # each user has the role of its name, and no other
+                    self.step(f"revoke from user {user} role {role}", "/v3/auth/user/revoke",
+                              {"name": user, "role": role})
+            if user not in found.get("roles", []):
+                self.step(f"grant user {user} role {user}", "/v3/auth/user/grant",
+                          {"user": user, "role": user})
+
+
 def auth_plan(timeout=DEFAULT_TIMEOUT, apply=False):
     """
-    What turning on etcd's authentication as ``pgcluster:etcd:auth`` wants takes from here: the
-    root user (role root), a ``patroni`` user whose role reads and writes the cluster's prefix
-    only, a ``reader`` user whose role only reads it, each with its password from pillar, then
-    authentication on. Returns the steps still to do (``[]``: nothing); with ``apply=True``
-    they are done, in that order (the state ``etcd_cluster.auth_managed`` does this). A root
-    password etcd refuses raises, naming the pillar key.
+    What etcd's authentication as ``pgcluster:etcd:auth`` wants takes from here. On: the root
+    user (role root), a ``patroni`` user whose role reads and writes the cluster's prefix only,
+    a ``reader`` user whose role only reads it, each with its password from pillar and no other
+    role, then authentication on. Off: authentication off (as root). Returns the steps still
+    to do (``[]``: nothing); with ``apply=True`` they are done, in that order (the state
+    ``etcd_cluster.auth_managed`` does this); a step that fails says which were done before
+    it. A root password etcd refuses raises, naming the pillar key.
+
+    Every read asks every endpoint at once (each within ``timeout``); each change goes to one.
 
     CLI Example:
 
@@ -454,57 +544,13 @@ def auth_plan(timeout=DEFAULT_TIMEOUT, apply=False):
         salt postgres-srv1 etcd_cluster.auth_plan
     """
     cfg = _config()
-    urls, tls = _endpoints(None, cfg), _tls(cfg)
-    prefix = cfg["etcd"]["prefix"]
-    token = _token(urls, tls, "root", timeout)
-    enabled = token is not None
-    steps = []
-
-    def step(what, path, body):
-        steps.append(what)
-        if apply:
-            _rpc(urls, path, body, timeout, tls=tls, token=token)
-
-    def ask(path, body):
-        return _rpc(urls, path, body, timeout, tls=tls, token=token)
-
-    for role in ("root", *ROLES):
-        found = _refused_with(lambda role=role: ask("/v3/auth/role/get", {"role": role}),
-                              "role name not found")
-        if found is None:
-            step(f"add role {role}", "/v3/auth/role/add", {"name": role})
-            found = {}
-        if role == "root":
-            continue
-        wanted = _wanted_permissions(prefix, ROLES[role])
-        have = [{"permType": p.get("permType", "READ"), "key": p.get("key"),
-                 "range_end": p.get("range_end")} for p in found.get("perm", [])]
-        for perm in have:
-            if perm not in wanted:  # anything beyond the prefix, or another kind of access
-                step(f"revoke from role {role} its {perm['permType']} on "
-                     f"{base64.b64decode(perm['key'] or '').decode(errors='replace')}",
-                     "/v3/auth/role/revoke",
-                     {"role": role, "key": perm["key"], "range_end": perm["range_end"]})
-        for perm in wanted:
-            if perm not in have:
-                step(f"grant role {role} {perm['permType']} on {prefix}", "/v3/auth/role/grant",
-                     {"name": role, "perm": perm})
-    for user in ("root", *ROLES):
-        found = _refused_with(lambda user=user: ask("/v3/auth/user/get", {"name": user}),
-                              "user name not found")
-        if found is None:
-            step(f"add user {user}", "/v3/auth/user/add",
-                 {"name": user, "password": _password(user)})
-            found = {}
-        elif not enabled or (user != "root" and _refused_with(
-                lambda user=user: _token(urls, tls, user, timeout), "authentication failed") is None):
-            # Its password is not the pillar's (or cannot be checked before auth is on).
-            step(f"set user {user}'s password", "/v3/auth/user/changepw",
-                 {"name": user, "password": _password(user)})
-        role = user  # each user has the role of its name
-        if role not in found.get("roles", []):
-            step(f"grant user {user} role {role}", "/v3/auth/user/grant",
-                 {"user": user, "role": role})
-    if not enabled:
-        step("enable authentication", "/v3/auth/enable", {})
-    return steps
+    plan = _Plan(cfg, timeout, apply)
+    if not cfg["etcd"]["auth"]:
+        if plan.token is not None:
+            plan.step("disable authentication", "/v3/auth/disable", {})
+        return plan.steps
+    plan.roles()
+    plan.users()
+    if plan.token is None:
+        plan.step("enable authentication", "/v3/auth/enable", {})
+    return plan.steps

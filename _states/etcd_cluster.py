@@ -1,7 +1,8 @@
 """
 etcd's authentication as ``pgcluster:etcd:auth`` wants it: a root user, a ``patroni`` user whose
 role reads and writes the cluster's prefix only, a ``reader`` user that may only read it, each
-with its generated password, and authentication on (``etcd_cluster.auth_plan`` does the work).
+with its generated password, and authentication on; or, with the switch off, authentication
+off (``etcd_cluster.auth_plan`` does the work).
 
 Run on one member once etcd is healthy (salt/etcd does it on the bootstrap member). Under
 ``test=True`` it lists what it would do; etcd is asked, nothing changes. Passwords never appear

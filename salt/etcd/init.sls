@@ -1,5 +1,5 @@
-{#- One etcd cluster (v3 API) over the database members, on their private address: TLS with
-    client certificates for peers and clients, and users (pgcluster:etcd:tls, auth). #}
+{#- One etcd cluster (v3 API) over the database members, on their private address: TLS for
+    peers (each showing its certificate) and clients, and users (pgcluster:etcd:tls, auth). #}
 {%- from "etcd/map.jinja" import etcd, cluster with context %}
 {%- set me = cluster.members[grains.id] %}
 {%- set my_url = etcd.urls[grains.id] %}
@@ -50,6 +50,23 @@ etcd-tls-copies:
       - pgcluster_tls: tls-certificate
 {%- endif %}
 
+{#- etcd keeps its members' peer URLs in its data: switching TLS under a running cluster means
+    moving every peer in turn, which is not automated yet. A config that would switch it is
+    refused before anything changes. #}
+{%- set member_dir = etcd.data_root ~ "/" ~ cluster.name ~ "/member" %}
+{%- set running_scheme = "http" if etcd.tls else "https" %}
+{%- set switching = salt["file.directory_exists"](member_dir) and salt["file.file_exists"](etcd.env_file)
+      and salt["file.search"](etcd.env_file, 'ETCD_LISTEN_PEER_URLS="' ~ running_scheme ~ '://') %}
+{%- if switching %}
+
+etcd-tls-unchanged:
+  test.fail_without_changes:
+    - name: >-
+        pillar pgcluster:etcd:tls: {{ etcd.tls | lower }} would switch this running etcd
+        cluster's peers from {{ running_scheme }}, which is not automated yet; set it to
+        {{ (not etcd.tls) | lower }} for this cluster, or deploy it anew
+{%- endif %}
+
 # Written before the package is installed: Debian's package starts etcd at once, and must start
 # it as a member of this cluster, not as a throw-away single node.
 etcd-config:
@@ -63,10 +80,15 @@ etcd-config:
         address: {{ me.address }}
         cluster: {{ cluster | json }}
         data_dir: {{ etcd.data_root }}/{{ cluster.name }}
-{%- if etcd.tls %}
+{%- if etcd.tls or switching %}
     - require:
+{%-   if etcd.tls %}
       - pgcluster_tls: etcd-tls-copies
       - file: etcd-data-root
+{%-   endif %}
+{%-   if switching %}
+      - test: etcd-tls-unchanged
+{%-   endif %}
 {%- endif %}
 
 # etcd reports ready only once it has a quorum: the first member waits for the others.
@@ -110,8 +132,9 @@ etcd-healthy:
       - service: etcd-service
 {%- endif %}
 
-{#- Users, roles and authentication on (pgcluster:etcd:auth), from one member. #}
-{%- if etcd.auth and grains.id == cluster.bootstrap_member %}
+{#- Users, roles and authentication on as pgcluster:etcd:auth wants (or authentication off),
+    from one member. #}
+{%- if grains.id == cluster.bootstrap_member %}
 
 etcd-auth:
   etcd_cluster.auth_managed:

@@ -357,3 +357,22 @@ def test_the_yandex_site_gets_the_yandex_pillar(rendered):
         assert line in conf.splitlines(), conf
     assert "repo2-storage-ca-file" not in conf
     assert not [k for k in states if k.startswith("pgbackrest-repo2-storage-")]
+
+
+def test_switching_etcds_tls_under_a_running_cluster_is_refused(tmp_path):
+    """A member whose etcd has data and runs with plain-text peers: turning TLS on would leave
+    the peers' stored URLs on http, so the state refuses before writing etcd's config."""
+    (tmp_path / "pg-cluster-skynet" / "member").mkdir(parents=True)
+    env = tmp_path / "etcd.env"
+    env.write_text('ETCD_LISTEN_PEER_URLS="http://10.0.0.11:2380"\n')
+    etcd = {"data_root": str(tmp_path), "env_file": str(env)}
+    high = render("postgres-srv1", pillar={"pgcluster": {"etcd": etcd}})["states"]
+    refusal = high["etcd-tls-unchanged"]["test"]
+    assert "pgcluster:etcd:tls: true would switch this running etcd cluster's peers from " \
+           "http" in json.dumps(refusal)
+    requires = [r for arg in high["etcd-config"]["file"] if isinstance(arg, dict)
+                for r in arg.get("require", [])]
+    assert {"test": "etcd-tls-unchanged"} in requires  # etcd's config waits on the refusal
+    # The same data with https peers, as this version deploys them: nothing refused.
+    env.write_text('ETCD_LISTEN_PEER_URLS="https://10.0.0.11:2380"\n')
+    assert "etcd-tls-unchanged" not in render("postgres-srv1", pillar={"pgcluster": {"etcd": etcd}})["states"]

@@ -52,19 +52,30 @@ class Etcd:
         with urllib.request.urlopen(request, timeout=timeout, context=self._tls()) as answer:
             return json.load(answer)
 
+    def _login(self, endpoint: str, timeout: float) -> str | None:
+        try:
+            return self._post(f"{endpoint}/v3/auth/authenticate",
+                              {"name": self.user, "password": self.password}, timeout, None)["token"]
+        except urllib.error.HTTPError as error:
+            if b"authentication is not enabled" in error.read():
+                return None  # a first deployment, before the bootstrap member turns it on
+            raise
+
     def __call__(self, endpoint: str, path: str, body: dict | None = None,
-                 timeout: float = 2) -> dict:
-        """One call; with a user, under its token (asked for again once when etcd refuses it)."""
+                 timeout: float = 2, as_user: bool = False) -> dict:
+        """One call; as_user: under the user's token (asked for again once when etcd refuses
+        it). Status and the member list need none."""
         url = f"{endpoint}/v3/{path}"
         for attempt in (1, 2):
-            if self.user and self.token is None:
-                self.token = self._post(f"{endpoint}/v3/auth/authenticate",
-                                        {"name": self.user, "password": self.password},
-                                        timeout, None)["token"]
+            token = None
+            if as_user and self.user:
+                if self.token is None:
+                    self.token = self._login(endpoint, timeout)
+                token = self.token
             try:
-                return self._post(url, body or {}, timeout, self.token)
+                return self._post(url, body or {}, timeout, token)
             except urllib.error.HTTPError as error:
-                if attempt == 2 or not self.user or error.code not in (400, 401):
+                if attempt == 2 or token is None or error.code not in (400, 401):
                     raise
                 self.token = None  # expired (etcd's simple tokens last 5 minutes unused)
         raise AssertionError("unreachable")
@@ -98,7 +109,8 @@ def check(etcd: Etcd, local: str, patroni: str, ca: str | None = None) -> str | 
             etcd(member["clientURLs"][0], "maintenance/status")
         except (urllib.error.URLError, OSError):
             continue
-        etcd(local, "maintenance/transfer-leadership", {"targetID": member["ID"]}, timeout=10)
+        etcd(local, "maintenance/transfer-leadership", {"targetID": member["ID"]}, timeout=10,
+             as_user=True)
         return (f"<5>moved etcd's leadership from {names[me]} to {names[member['ID']]}: "
                 "PostgreSQL's primary runs here")
     return "<4>etcd's leader runs with PostgreSQL's primary here, and no other member answers"

@@ -1,0 +1,146 @@
+"""etcd_cluster.auth_plan and the state etcd_cluster.auth_managed against a real etcd 3.4
+(Debian's etcd-server, as on the members), one member on loopback for each test."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+
+import pytest
+from salt.exceptions import CommandExecutionError
+
+from tests.unit.conftest import load_module, salt_utils
+
+etcd_cluster = load_module("_modules/etcd_cluster.py")
+auth_state = load_module("_states/etcd_cluster.py")
+PREFIX = "/service/auth-test/"
+PASSWORDS = {"root": "root-secret", "patroni": "patroni-secret", "reader": "reader-secret"}
+PILLAR: dict = {}
+CONFIG: dict = {}
+
+pytestmark = pytest.mark.skipif(not shutil.which("etcd"), reason="etcd-server is not installed "
+                                "(make apt installs it)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def configure_loader_modules():
+    funcs = {"pgcluster.config": lambda fresh=False: CONFIG,
+             "pillar.get": lambda key, default=None, unmask=False: PILLAR.get(key, default)}
+    return {etcd_cluster: {"__salt__": funcs, "__utils__": salt_utils()},
+            auth_state: {"__salt__": {"etcd_cluster.auth_plan": etcd_cluster.auth_plan},
+                         "__opts__": {"test": False}}}
+
+
+@pytest.fixture(autouse=True)
+def etcd(tmp_path):
+    """One etcd member on loopback, its authentication off as a new cluster's is."""
+    client, peer = _free_port(), _free_port()
+    url = f"http://127.0.0.1:{client}"
+    process = subprocess.Popen(
+        ["etcd", "--name", "e1", "--data-dir", str(tmp_path / "data"),
+         "--listen-client-urls", url, "--advertise-client-urls", url,
+         "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+         "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+         "--initial-cluster", f"e1=http://127.0.0.1:{peer}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    CONFIG.clear()
+    CONFIG.update({"member_names": ["e1"], "tls": {"ca_file": None},
+                   "etcd": {"urls": {"e1": url}, "tls": False, "auth": True, "prefix": PREFIX}})
+    PILLAR.clear()
+    PILLAR.update({f"pgcluster_credentials:etcd_{u}": p for u, p in PASSWORDS.items()})
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=1) as answer:
+                if json.load(answer).get("health") == "true":
+                    break
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, "etcd did not come up"
+        time.sleep(0.1)
+    yield url
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def _as(user, path, body):
+    """A call as ``user`` (None: no token); etcd's refusal raises CommandExecutionError."""
+    url = CONFIG["etcd"]["urls"]["e1"]
+    token = etcd_cluster._token([url], None, user, 2) if user else None
+    return etcd_cluster._call(url, path, body, 2, token=token)
+
+
+def _key(name):
+    return etcd_cluster._b64(PREFIX + name)
+
+
+def test_a_new_etcd_gets_its_users_and_roles_then_authentication_and_a_second_plan_is_empty():
+    plan = etcd_cluster.auth_plan()
+    assert plan[0] == "add role root" and plan[-1] == "enable authentication"
+    assert f"grant role patroni READWRITE on {PREFIX}" in plan
+    assert f"grant role reader READ on {PREFIX}" in plan
+    assert etcd_cluster.auth_plan() == plan  # a plan alone changes nothing
+    assert etcd_cluster.auth_plan(apply=True) == plan
+    assert etcd_cluster.auth_plan() == []
+    # Each user reaches what its role allows, and nothing else.
+    _as("patroni", "/v3/kv/put", {"key": _key("leader"), "value": etcd_cluster._b64("e1")})
+    assert _as("reader", "/v3/kv/range", {"key": _key("leader")})["count"] == "1"
+    with pytest.raises(CommandExecutionError, match="permission denied"):
+        _as("reader", "/v3/kv/put", {"key": _key("leader"), "value": ""})
+    with pytest.raises(CommandExecutionError, match="permission denied"):
+        _as("patroni", "/v3/kv/range", {"key": etcd_cluster._b64("/service/other/leader")})
+    with pytest.raises(CommandExecutionError, match="user name is empty"):
+        _as(None, "/v3/kv/range", {"key": _key("leader")})
+
+
+def test_a_role_or_user_widened_by_hand_and_a_changed_password_are_put_back():
+    etcd_cluster.auth_plan(apply=True)
+    etcd_cluster._call(CONFIG["etcd"]["urls"]["e1"], "/v3/auth/role/grant",
+                       {"name": "reader", "perm": {"permType": "READWRITE", "key": _key(""),
+                                                   "range_end": etcd_cluster._prefix_end(PREFIX)}},
+                       2, token=etcd_cluster._token([CONFIG["etcd"]["urls"]["e1"]], None, "root", 2))
+    _as("root", "/v3/auth/user/grant", {"user": "patroni", "role": "root"})
+    _as("root", "/v3/auth/user/changepw", {"name": "reader", "password": "changed"})
+    plan = etcd_cluster.auth_plan(apply=True)
+    # The widened permission goes, then the right one comes back, in that order.
+    assert plan == [f"revoke from role reader its READWRITE on {PREFIX}",
+                    f"grant role reader READ on {PREFIX}", "revoke from user patroni role root",
+                    "set user reader's password"]
+    assert etcd_cluster.auth_plan() == []
+    with pytest.raises(CommandExecutionError, match="permission denied"):
+        _as("reader", "/v3/kv/put", {"key": _key("x"), "value": ""})
+
+
+def test_a_wrong_root_password_is_named_and_authentication_goes_off_with_the_switch():
+    etcd_cluster.auth_plan(apply=True)
+    PILLAR["pgcluster_credentials:etcd_root"] = "not-it"
+    with pytest.raises(CommandExecutionError, match=r"user root \(pgcluster_credentials:etcd_root\)"
+                       ".*authentication failed"):
+        etcd_cluster.auth_plan()
+    PILLAR["pgcluster_credentials:etcd_root"] = PASSWORDS["root"]
+    CONFIG["etcd"]["auth"] = False
+    assert etcd_cluster.auth_plan(apply=True) == ["disable authentication"]
+    assert etcd_cluster.auth_plan() == []
+    assert _as(None, "/v3/kv/range", {"key": _key("leader")})["header"]
+
+
+def test_the_state_says_what_it_would_do_in_test_mode_and_does_it_otherwise(monkeypatch):
+    monkeypatch.setitem(auth_state.__opts__, "test", True)
+    dry = auth_state.auth_managed("auth-test")
+    assert dry["result"] is None and "would: add role root" in dry["comment"]
+    assert etcd_cluster.auth_plan()[0] == "add role root"  # test mode changed nothing
+    monkeypatch.setitem(auth_state.__opts__, "test", False)
+    done = auth_state.auth_managed("auth-test")
+    assert done["result"] is True and done["changes"]["etcd"][-1] == "enable authentication"
+    assert not any(p in json.dumps(done) for p in PASSWORDS.values())
+    assert auth_state.auth_managed("auth-test")["changes"] == {}
