@@ -370,7 +370,7 @@ def patroni_keys(scope=None, namespace="/service", endpoints=None, timeout=DEFAU
     The keys Patroni keeps for the cluster (leader, members, config, history, sync, failsafe...),
     with JSON values decoded, by their name under the cluster's prefix (``leader``, ``config``,
     ``members/postgres-srv1``...). Every endpoint is asked at once: returns within ``timeout``
-    seconds.
+    seconds, twice that with ``pgcluster:etcd:auth`` (a round for the reader's token first).
 
     CLI Example:
 
@@ -399,7 +399,8 @@ def remove_patroni_keys(scope=None, namespace="/service", endpoints=None, timeou
     Remove every key Patroni keeps for the cluster (what ``patronictl remove`` does), so that
     the next Patroni to start bootstraps the cluster anew. Only for a cluster whose every
     Patroni is stopped: ``orch.restore`` does this between stopping them and the restore.
-    Returns how many keys were removed.
+    Returns how many keys were removed. With ``pgcluster:etcd:auth`` it asks as ``patroni``,
+    a round for the token first (within twice ``timeout``).
 
     CLI Example:
 
