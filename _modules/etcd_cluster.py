@@ -208,14 +208,18 @@ def _first_good(round_, keys):
     raise CommandExecutionError("no etcd endpoint answered: " + "; ".join(errors.values()))
 
 
+def _rpc(urls, path, body, timeout, *, tls=None, token=None):
+    """Every endpoint at once: the first good answer in endpoint order (see _first_good)."""
+    round_ = _Round({(path, e): (e, path, body) for e in urls}, timeout, tls, token)
+    return _first_good(round_, [(path, e) for e in urls])[0]
+
+
 def _token(urls, tls, user, timeout):
     """A token for ``user`` (every endpoint asked at once), or None while etcd's authentication
     is off. A wrong password raises etcd's refusal, naming the user."""
-    path = "/v3/auth/authenticate"
     body = {"name": user, "password": _password(user)}
-    round_ = _Round({(path, e): (e, path, body) for e in urls}, timeout, tls)
     try:
-        return _first_good(round_, [(path, e) for e in urls])[0]["token"]
+        return _rpc(urls, "/v3/auth/authenticate", body, timeout, tls=tls)["token"]
     except _Refused as exc:
         if "authentication is not enabled" in exc.error:
             return None
@@ -230,8 +234,7 @@ def _ask_all(path, endpoints, timeout, body=None, user=None):
     urls = _endpoints(endpoints, cfg)
     tls = _tls(cfg)
     token = _token(urls, tls, user, timeout) if user and cfg["etcd"].get("auth") else None
-    round_ = _Round({(path, e): (e, path, body) for e in urls}, timeout, tls, token)
-    return _first_good(round_, [(path, e) for e in urls])[0]
+    return _rpc(urls, path, body, timeout, tls=tls, token=token)
 
 
 def _hex(value):
@@ -418,12 +421,6 @@ def remove_patroni_keys(scope=None, namespace="/service", endpoints=None, timeou
 
 # etcd's users besides root and what their role may do, on the cluster's prefix only.
 ROLES = {"patroni": "READWRITE", "reader": "READ"}
-
-
-def _rpc(urls, path, body, timeout, *, tls, token):
-    """A read, every endpoint at once: the first good answer."""
-    round_ = _Round({(path, e): (e, path, body) for e in urls}, timeout, tls, token)
-    return _first_good(round_, [(path, e) for e in urls])[0]
 
 
 def _write(urls, path, body, timeout, *, tls, token):

@@ -12,8 +12,8 @@ Every few seconds: if Patroni here answers /primary with 200 and this host's etc
 leader, move the leadership to the first other member whose etcd answers.
 
 With etcd's TLS and authentication on, it reads what etcdctl reads from its environment (the
-state gives it the members' etcdctl.env): ETCDCTL_CACERT (and ETCDCTL_CERT, ETCDCTL_KEY when
-set), and ETCDCTL_USER (root:password; moving the leadership is root's).
+state gives it the members' etcdctl.env): ETCDCTL_CACERT, and ETCDCTL_USER (root:password;
+moving the leadership is root's).
 """
 
 from __future__ import annotations
@@ -29,22 +29,17 @@ import urllib.request
 
 
 class Etcd:
-    """etcd's v3 JSON gateway, with the client certificate and root's token when they are set."""
+    """etcd's v3 JSON gateway, verified by the CA and with root's token when they are set."""
 
     def __init__(self, env: dict[str, str]):
-        self.ca, self.cert, self.key = (env.get(f"ETCDCTL_{n}") for n in ("CACERT", "CERT", "KEY"))
+        self.ca = env.get("ETCDCTL_CACERT")
         user = env.get("ETCDCTL_USER") or ""
         self.user, _, self.password = user.partition(":")
         self.token: str | None = None
 
     def _tls(self) -> ssl.SSLContext | None:
-        # Made for every check: a renewed certificate is read without a restart.
-        if not self.ca:
-            return None
-        context = ssl.create_default_context(cafile=self.ca)
-        if self.cert:
-            context.load_cert_chain(self.cert, self.key)
-        return context
+        # Made for every call: a CA replaced on disk is read without a restart.
+        return ssl.create_default_context(cafile=self.ca) if self.ca else None
 
     def _post(self, url: str, body: dict, timeout: float, token: str | None) -> dict:
         headers = {"Content-Type": "application/json", **({"Authorization": token} if token else {})}
