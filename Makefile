@@ -23,6 +23,7 @@ YANDEX_MAP := cloud.maps.d/yandex.map
 yandex-lab: deps
 	$(VENV)/bin/python bin/lab cloud up
 	$(VENV)/bin/python bin/lab cloud storage
+	$(VENV)/bin/python bin/lab cloud ca
 	$(VENV)/bin/salt-cloud -f ensure_network yandex
 	$(VENV)/bin/salt-cloud -m $(YANDEX_MAP) -P -y
 	bin/deploy
@@ -48,6 +49,8 @@ bench: deps
 	$(VENV)/bin/python bench/deploy.py
 	@echo "bench: failover write outage, project and stock timing, 3 runs each (about 30 minutes)"
 	$(VENV)/bin/python bench/failover.py
+	@echo "bench: certificate rotation under write load, next to switchovers, 3 pairs (about 8 minutes)"
+	$(VENV)/bin/python bench/rotation.py
 	@echo "bench: routing overhead, pgbench on four paths (about 3 minutes)"
 	$(VENV)/bin/python bench/routing.py
 	@echo "bench: web app throughput next to its SQL, 8 and 32 connections (about 2 minutes)"

@@ -19,6 +19,7 @@ missing, for another key, from another CA, for other names, or near its end. Und
         - ca: /etc/pgcluster/tls/ca.crt
         - address: 10.0.0.11
         - renew_days: 132
+        - issued_after: 2026-12-03T16:00:00+00:00   # optional: a rotation
 
     postgresql-tls-copies:
       pgcluster_tls.copies_managed:
@@ -36,7 +37,6 @@ from __future__ import annotations
 import base64
 import datetime
 import grp
-import ipaddress
 import os
 import pwd
 import stat
@@ -91,16 +91,24 @@ def _ret(name):
     return {"name": name, "changes": {}, "result": True, "comment": ""}
 
 
-def ca_managed(name):
-    """The CA's certificate at ``name`` (0644), as the master has it."""
+def ca_managed(name, certificate=None):
+    """
+    The CA's certificate at ``name`` (0644), as the master has it. ``certificate``: this host's
+    certificate. While it is from the CA at ``name`` and the master now has another CA, the
+    switch is refused and nothing changes (see ``_switch_refused``).
+    """
     ret = _ret(name)
     try:
         pem = _ask("ca")["ca"]
     except RuntimeError as exc:
         return {**ret, "result": False, "comment": str(exc)}
-    if _read(name) == pem:
+    have = _read(name)
+    if have == pem:
         ret["comment"] = "the cluster's CA certificate is in place"
         return ret
+    refused = _switch_refused(have, pem, certificate)
+    if refused:
+        return {**ret, "result": False, "comment": refused}
     subject = x509.load_pem_x509_certificate(pem.encode()).subject.rfc4514_string()
     ret["changes"] = {"ca": subject}
     if __opts__["test"]:
@@ -111,7 +119,36 @@ def ca_managed(name):
     return ret
 
 
-def _why_new(name, *, private_key, ca, names, renew_days):
+def _issued_by(cert, ca_pem):
+    try:
+        cert.verify_directly_issued_by(x509.load_pem_x509_certificate(ca_pem.encode()))
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def _switch_refused(have, pem, certificate):
+    """Why the CA must not change under this host, or None. A host whose certificate is from
+    the CA it has is part of a running cluster: moving the hosts to another CA one by one
+    would make them refuse each other midway (etcd, replication, Patroni), and etcd keeps the
+    CA it started with until it restarts. A new host, or one whose certificate the new CA also
+    verifies (the same CA re-issued), may take it."""
+    text = _read(certificate) if have is not None and certificate else None
+    if text is None:
+        return None
+    cert = x509.load_pem_x509_certificate(text.encode())
+    if _issued_by(cert, pem) or not _issued_by(cert, have):
+        return None
+    subject = {which: x509.load_pem_x509_certificate(p.encode()).subject.rfc4514_string()
+               for which, p in (("old", have), ("new", pem))}
+    return (f"the salt-master's CA is now {subject['new']}, but this host's certificate is from "
+            f"{subject['old']}, which the other hosts trust: switching a running cluster to "
+            "another CA is refused (the hosts would refuse each other while they move, and etcd "
+            "keeps its CA until it restarts). Put back the CA it had (pgcluster:tls:ca, or "
+            "pillar/generated/pki on the master), or deploy the cluster anew with the new one")
+
+
+def _why_new(name, *, private_key, ca, names, renew_days, issued_after=None):
     """Why the certificate at ``name`` must be issued again, or None. names: (host, address)."""
     text, ca_pem = _read(name), _read(ca)
     if text is None:
@@ -120,6 +157,12 @@ def _why_new(name, *, private_key, ca, names, renew_days):
         return "the CA's certificate is missing"
     cert = x509.load_pem_x509_certificate(text.encode())
     why = _mismatch(cert, ca_pem, private_key, names)
+    if why is None and issued_after is not None:
+        # When it was written here, not its notBefore, which a CA may set in the past.
+        written = datetime.datetime.fromtimestamp(os.stat(name).st_mtime, datetime.UTC)
+        if written < datetime.datetime.fromisoformat(issued_after):
+            why = (f"it was written {written:%Y-%m-%d %H:%M:%S}Z, before {issued_after} "
+                   "(pgcluster:tls:issued_after)")
     if why is None:
         left = cert.not_valid_after_utc - datetime.datetime.now(datetime.UTC)
         if left < datetime.timedelta(days=renew_days):
@@ -129,37 +172,25 @@ def _why_new(name, *, private_key, ca, names, renew_days):
 
 def _mismatch(cert, ca_pem, private_key, names):
     """What makes the certificate wrong for this host, its key and the CA, or None."""
-    try:
-        cert.verify_directly_issued_by(x509.load_pem_x509_certificate(ca_pem.encode()))
-    except (ValueError, TypeError, InvalidSignature):
-        return "it is not from the cluster's CA"
     with open(private_key, "rb") as fh:
         key = serialization.load_pem_private_key(fh.read(), None)
-    der = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    if cert.public_key().public_bytes(*der) != key.public_key().public_bytes(*der):
-        return "it is for another key"
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return "it names no host"
-    host, address = names
-    has = (san.get_values_for_type(x509.DNSName),
-           [str(ip) for ip in san.get_values_for_type(x509.IPAddress)])
-    if has != ([host], [str(ipaddress.ip_address(address))]):
-        return f"it names {', '.join(has[0] + has[1])}, not {host}, {address}"
-    return None
+    why = __utils__["pgcluster_x509.unfit"](
+        cert, x509.load_pem_x509_certificate(ca_pem.encode()), key.public_key(), *names)
+    return f"it {why}" if why else None
 
 
-def certificate_managed(name, private_key, ca, address, renew_days=30):
+# Salt fills a state's arguments by name from its argspec's plain arguments, not keyword-only ones.
+def certificate_managed(name, private_key, ca, address, renew_days=30, issued_after=None):  # noqa: PLR0917
     """
     This host's certificate at ``name`` (0644), for its key at ``private_key``, from the CA
     whose certificate is at ``ca``, naming this minion and ``address``; issued again
-    ``renew_days`` before its end.
+    ``renew_days`` before its end, and when it was written before ``issued_after`` (an ISO
+    8601 moment with its time zone: a rotation).
     """
     ret = _ret(name)
     host = __opts__["id"]
     why = _why_new(name, private_key=private_key, ca=ca, names=(host, address),
-                   renew_days=int(renew_days))
+                   renew_days=int(renew_days), issued_after=issued_after)
     if why is None:
         ret["comment"] = "the host's certificate is current"
         return ret

@@ -11,6 +11,7 @@ or an unknown key raises ``PillarError`` naming the key path, the value and what
 from __future__ import annotations
 
 import copy
+import datetime
 import ipaddress
 import re
 from collections.abc import Iterator
@@ -152,6 +153,21 @@ class HostPort(Type):
         return value
 
 
+class Moment(Type):
+    """A moment with its time zone, ISO 8601 (YAML may give it parsed): as an ISO string."""
+    allowed = "a moment with its time zone, ISO 8601, such as 2026-12-03T16:00:00Z"
+
+    def check(self, value, path):
+        try:
+            moment = value if isinstance(value, datetime.datetime) else \
+                datetime.datetime.fromisoformat(value if isinstance(value, str) else "x")
+        except ValueError:
+            raise self.fail(value, path) from None
+        if moment.tzinfo is None:
+            raise self.fail(value, path)
+        return moment.astimezone(datetime.UTC).isoformat()
+
+
 class Scalar(Type):
     allowed = "a string, number or boolean"
 
@@ -174,6 +190,8 @@ class Optional(Type):
         try:
             return self.inner.check(value, path)
         except PillarError:
+            if isinstance(value, dict | list):
+                raise  # the inner key's own error says more than "not allowed" for the whole
             raise self.fail(value, path) from None
 
 
@@ -432,6 +450,14 @@ SCHEMA = Record({
         "dir": Path(),
         "days": Int(2, 3650, "(days a host certificate is valid)"),
         "renew_days": Int(1, 3649, "(days before its end that a host certificate is renewed)"),
+        "issued_after": Optional(Moment(), "certificates are renewed near their end only"),
+        # A CA the user already has (files or a command on the salt-master); null: the master
+        # makes and keeps the cluster's own.
+        "ca": Optional(Record({
+            "certificate": MasterFile(),
+            "key": MasterFile(),
+            "sign_command": List(Str(), minimum=1),
+        }, required=("certificate",)), "the salt-master makes the cluster's own CA"),
     }),
     "webapp": Record({
         "port": Port(),
@@ -525,6 +551,9 @@ def _check_cluster(cfg: dict) -> None:
     if tls["renew_days"] >= tls["days"]:
         raise PillarError(("tls", "renew_days"), f"{tls['renew_days']} is not less than days "
                           f"({tls['days']}): every state.apply would renew the certificates")
+    if tls["ca"] is not None and ("key" in tls["ca"]) == ("sign_command" in tls["ca"]):
+        raise PillarError(("tls", "ca"), "give the CA's key or a sign_command, one of the two: "
+                          "the salt-master signs with the key, or has the command sign")
 
 
 # PostgreSQL parameters the backups own while they are on.

@@ -11,12 +11,14 @@
     bin/lab partition|heal HOST     cut the host off the lab network / plug it back
     bin/lab create NAME ADDRESS [--seed DIR] [--disk NAME:GIB]...   (used by the salt-cloud lab driver)
     bin/lab destroy NAME                       (used by the salt-cloud lab driver)
-    bin/lab cloud up|down|status|use|storage   the emulated Yandex Cloud (lab/yandex/cloud.py):
+    bin/lab cloud up|down|status|use|storage|ca   the emulated Yandex Cloud (lab/yandex/cloud.py):
                                     its API on loopback, whose VMs are lab hosts; `up` also
                                     starts the salt-master for the Yandex site in the master's
                                     subnet; `use` points salt-cloud at it (fails when it is
                                     down); `storage` makes what a user makes with yc for backups
-                                    in Object Storage: the pillar's bucket and access key file
+                                    in Object Storage: the pillar's bucket and access key file;
+                                    `ca` the organisation's CA (certificate and key) the Yandex
+                                    pillar names, as a user who brings one has it
 """
 
 from __future__ import annotations
@@ -182,7 +184,7 @@ def cloud_pid() -> int | None:
 # environment's packages (cryptography, PyYAML): `bin/lab down` runs with the machine's python3.
 def cmd_cloud(args: argparse.Namespace) -> int | None:
     actions = {"up": cloud_up, "down": cloud_down, "status": cloud_status, "serve": cloud_serve,
-               "use": cloud_use, "storage": cloud_storage}
+               "use": cloud_use, "storage": cloud_storage, "ca": cloud_ca}
     return actions[args.action]()
 
 
@@ -206,6 +208,15 @@ def cloud_storage() -> None:
         raise LabError("the emulated cloud is not up (bin/lab cloud up)")
     for made in cloud.users_object_storage():
         log(f"emulated Object Storage: {made}")
+
+
+def cloud_ca() -> None:
+    """The user's own CA, which the Yandex pillar names (pgcluster:tls:ca): made once here, as
+    the README has a user without one make it."""
+    from .yandex import cloud
+
+    for made in cloud.users_ca():
+        log(f"the organisation's CA: {made}")
 
 
 def cloud_serve() -> None:
@@ -382,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="a data disk, seen in the host as /dev/disk/by-id/virtio-NAME (repeatable)")
     p.set_defaults(func=cmd_create)
     p = sub.add_parser("cloud", help="the emulated Yandex Cloud")
-    p.add_argument("action", choices=("up", "down", "status", "use", "storage", "serve"))
+    p.add_argument("action", choices=("up", "down", "status", "use", "storage", "ca", "serve"))
     p.set_defaults(func=cmd_cloud)
     args = parser.parse_args(argv)
     try:

@@ -15,6 +15,7 @@ import subprocess
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
 
 from . import settings
 
@@ -111,7 +112,7 @@ class Cluster:
 
     def open_patroni(self, request: str | urllib.request.Request, timeout: float):
         """urlopen for Patroni's REST API: over HTTPS it trusts only the cluster's CA."""
-        context = _cluster_ca_context() if self.model["patroni"]["tls"] else None
+        context = _cluster_ca_context(self.model) if self.model["patroni"]["tls"] else None
         return urllib.request.urlopen(request, timeout=timeout, context=context)
 
     def etcd_url(self, member: str) -> str:
@@ -124,7 +125,7 @@ class Cluster:
         cluster's CA only; with its authentication, as ``user`` (None: no token). etcd's
         refusals raise urllib's HTTPError."""
         etcd = self.model["etcd"]
-        tls = _cluster_ca_context() if etcd["tls"] else None
+        tls = _cluster_ca_context(self.model) if etcd["tls"] else None
         token = _etcd_token(self, member, user, tls) if user and etcd["auth"] else None
         for attempt in (1, 2):
             # The v3 gateway takes POSTs with a JSON body; /health is a GET.
@@ -145,13 +146,20 @@ class Cluster:
         raise AssertionError("unreachable")
 
 
-# The cluster's CA as the master keeps it (_runners/pgcluster_ca.py): ca.crt, ca.key.
+# The cluster's own CA as the master keeps it (_runners/pgcluster_ca.py): ca.crt, ca.key.
 CA_STORE = settings.REPO / "pillar" / "generated" / "pki"
 
 
-def _cluster_ca_context() -> ssl.SSLContext:
+def cluster_ca_file(model: dict) -> Path:
+    """The certificate of the CA that signs the hosts': the user's (pgcluster:tls:ca, relative
+    to the pillar's directory), or the master's own."""
+    users = model["tls"]["ca"]
+    return settings.REPO / "pillar" / users["certificate"] if users else CA_STORE / "ca.crt"
+
+
+def _cluster_ca_context(model: dict) -> ssl.SSLContext:
     """Trusts the cluster's CA only."""
-    return ssl.create_default_context(cafile=CA_STORE / "ca.crt")
+    return ssl.create_default_context(cafile=cluster_ca_file(model))
 
 
 _ETCD_TOKENS: dict[tuple[str, str], str] = {}

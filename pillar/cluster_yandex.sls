@@ -38,3 +38,11 @@ pgcluster:
           # Object Storage serves both styles; path style needs no name per bucket.
           uri_style: path
           credentials_file: generated/object-storage.yaml
+  # The hosts' certificates from your organisation's CA: its certificate (the issuing CA
+  # first, then its chain) and its key, on the salt-master, out of git (README, "The Yandex
+  # path"; a key kept in an HSM or Vault signs through sign_command instead: pillar.example).
+  # Without a CA of your own, drop tls: the master makes the cluster's own.
+  tls:
+    ca:
+      certificate: generated/org-ca/ca.crt
+      key: generated/org-ca/ca.key

@@ -27,6 +27,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -451,6 +452,28 @@ def users_object_storage() -> list[str]:
             object_storage.write_access_key(key_file)
             made.append(f"access key {key_file}")
     return made
+
+
+def users_ca() -> list[str]:
+    """What a user who brings the organisation's CA has before deploying: its certificate and
+    key in the files the Yandex pillar's pgcluster:tls:ca names (relative to the pillar's
+    directory), made here once with the openssl command the README gives. What it made."""
+    cluster = yaml.safe_load(YANDEX_PILLAR.read_text())["pgcluster"]
+    ca = (cluster.get("tls") or {}).get("ca")
+    if not ca or "key" not in ca:
+        return []
+    cert, key = (YANDEX_PILLAR.parent / ca["certificate"], YANDEX_PILLAR.parent / ca["key"])
+    if cert.exists() and key.exists():
+        return []
+    for folder in {cert.parent, key.parent}:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-nodes", "-keyout", key, "-out", cert, "-days", "3650",
+                    "-subj", "/O=Example Org/CN=Example Org CA",
+                    "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+                   check=True, capture_output=True, timeout=60)
+    key.chmod(0o600)
+    return [f"CA certificate {cert}", f"CA key {key}"]
 
 
 def wait_ready(pid: int, timeout: float = 60) -> None:

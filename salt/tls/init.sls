@@ -15,6 +15,7 @@ tls-dir:
 tls-ca:
   pgcluster_tls.ca_managed:
     - name: {{ tls.dir }}/ca.crt
+    - certificate: {{ tls.dir }}/host.crt
     - require:
       - file: tls-dir
 
@@ -36,6 +37,9 @@ tls-certificate:
     - ca: {{ tls.dir }}/ca.crt
     - address: {{ hosts[grains.id].address }}
     - renew_days: {{ tls.renew_days }}
+{%- if tls.issued_after %}
+    - issued_after: {{ tls.issued_after }}
+{%- endif %}
     - require:
       - pgcluster_tls: tls-ca
       - x509: tls-key

@@ -17,7 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
 from lab import settings
-from lab.cluster import CA_STORE, cluster, credentials, leader, salt, secrets
+from lab.cluster import CA_STORE, cluster, cluster_ca_file, credentials, leader, salt, secrets
 from tests.certificates import issue
 from tests.conftest import run
 from tests.lab.conftest import LAB, lab_exec
@@ -178,7 +178,7 @@ def _salt_json(*args: str) -> dict:
 
 
 def test_each_host_made_its_own_key_and_holds_a_certificate_for_its_names_from_the_ca(lab):
-    ca = CA_STORE / "ca.crt"
+    ca = cluster_ca_file(C.model)
     for host, address in C.hosts.items():
         owner = lab_exec(host, "stat", "-c", "%a %U", f"{TLS['dir']}/host.key").stdout.split()
         assert owner == ["600", "root"], host
@@ -336,7 +336,7 @@ def _another_ca(tmp_path) -> dict[str, str]:
 def test_a_certificate_from_another_ca_is_refused_both_ways(lab, tmp_path):
     creds = credentials()
     other = _another_ca(tmp_path)
-    ours = str(CA_STORE / "ca.crt")
+    ours = str(cluster_ca_file(C.model))
     app = f"host={DB} user={C.app['user']} dbname={C.app['database']} connect_timeout=5"
     for port in (PG_PORT, BOUNCER_PORT):
         # The servers' certificates verify with the cluster's CA, by the address they serve...
@@ -425,7 +425,7 @@ def test_etcd_takes_only_tls_and_its_peers_only_the_clusters_certificates(lab, t
     # The peer port takes only a peer's certificate: none, or one from another CA, fails the
     # handshake (a client's, on the client port, is not asked for: etcd's users are).
     for cert in (None, (other["cert"], other["key"])):
-        context = ssl.create_default_context(cafile=CA_STORE / "ca.crt")
+        context = ssl.create_default_context(cafile=cluster_ca_file(C.model))
         if cert:
             context.load_cert_chain(*cert)
         with pytest.raises((urllib.error.URLError, ssl.SSLError, ConnectionResetError)):
@@ -459,7 +459,7 @@ def test_etcd_users_reach_only_what_their_role_allows(lab):
         C.etcd_url(SECOND) + "/v3/auth/authenticate",
         data=json.dumps({"name": "patroni", "password": "not-the-password"}).encode())
     assert "authentication failed" in _etcd_refusal(lambda: urllib.request.urlopen(
-        request, timeout=5, context=ssl.create_default_context(cafile=CA_STORE / "ca.crt")))
+        request, timeout=5, context=ssl.create_default_context(cafile=cluster_ca_file(C.model))))
     # etcd's copy of the host's key is etcd's own and nobody else's.
     for host in C.members:
         assert lab_exec(host, "stat", "-c", "%a %U", f"{ETCD['tls_dir']}/host.key").stdout.split() \

@@ -23,9 +23,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cryptography import x509
 
 from lab import object_storage, settings
-from lab.cluster import Cluster, salt
+from lab.cluster import Cluster, cluster_ca_file, salt
 from tests.conftest import REPO, run
 
 pytestmark = pytest.mark.yandex_lab
@@ -108,6 +109,24 @@ def test_the_cluster_spans_three_subnets_and_the_web_app_works(yandex_cluster):
     assert len(subnets) == 3
     message_id = _post_message(yandex_cluster, "hello from the emulated cloud")
     assert "hello from the emulated cloud" in _get_message(yandex_cluster, message_id)
+
+
+def test_every_hosts_certificate_is_from_the_organisations_ca(yandex_cluster):
+    """The Yandex pillar's pgcluster:tls:ca (the user's own CA, made by `bin/lab cloud ca` as
+    the README has a user make it): every host trusts it and holds a certificate it issued, for
+    the host's names, which is what the other tests' TLS connections verify."""
+    ca_file = cluster_ca_file(yandex_cluster.model)
+    assert ca_file.is_relative_to(REPO / "pillar" / "generated" / "org-ca"), ca_file
+    ca = x509.load_pem_x509_certificate(ca_file.read_bytes())
+    tls = yandex_cluster.model["tls"]["dir"]
+    for host, address in yandex_cluster.hosts.items():
+        held = salt(host, "cmd.run", f"cat {tls}/ca.crt {tls}/host.crt", timeout=30, check=True)[host]
+        trusted, cert = x509.load_pem_x509_certificates(held.encode())
+        assert trusted == ca, host
+        cert.verify_directly_issued_by(ca)
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert san.get_values_for_type(x509.DNSName) == [host]
+        assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == [address]
 
 
 def test_backups_reach_object_storage_through_the_nat_gateway(yandex_cluster):

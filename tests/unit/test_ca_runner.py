@@ -6,10 +6,12 @@ configuration's ``id`` here; on a real master it is the id the master verified."
 from __future__ import annotations
 
 import base64
+import datetime
 import ipaddress
 import json
 import stat
 import subprocess
+import textwrap
 
 import pytest
 import yaml
@@ -18,9 +20,20 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tests.certificates import issue
 from tests.conftest import REPO, VENV_BIN
+from tests.unit.conftest import load_module, salt_utils
+
+tls_state = load_module("_states/pgcluster_tls.py")
 
 MEMBERS = {"db1": "192.168.7.1", "db2": "192.168.7.2", "db3": "192.168.7.3"}
+
+
+def write_pillar(master_dir, **tls) -> None:
+    (master_dir / "pillar" / "cluster.sls").write_text(yaml.safe_dump({"pgcluster": {
+        "name": "elsewhere", "members": {n: {"address": a} for n, a in MEMBERS.items()},
+        "web": {"front": {"address": "192.168.7.10"}},
+        "tls": {"days": 30, "renew_days": 10, **tls}}}))
 
 
 @pytest.fixture
@@ -28,10 +41,31 @@ def master_dir(tmp_path):
     pillar = tmp_path / "pillar"
     pillar.mkdir()
     (pillar / "top.sls").write_text("base:\n  '*':\n    - cluster\n")
-    (pillar / "cluster.sls").write_text(yaml.safe_dump({"pgcluster": {
-        "name": "elsewhere", "members": {n: {"address": a} for n, a in MEMBERS.items()},
-        "web": {"front": {"address": "192.168.7.10"}}, "tls": {"days": 30, "renew_days": 10}}}))
+    write_pillar(tmp_path)
     return tmp_path
+
+
+@pytest.fixture
+def configure_loader_modules(master_dir):
+    """The hosts' state as db1 runs it; its publish to the master's runner goes to salt-run."""
+    def publish_runner(fun, arg, timeout):
+        return salt_run(master_dir, "db1", fun, *arg)
+
+    return {tls_state: {"__opts__": {"test": False, "id": "db1"}, "__utils__": salt_utils(),
+                        "__salt__": {"publish.runner": publish_runner}}}
+
+
+@pytest.fixture
+def users_ca(master_dir):
+    """A CA the user already has, in files beside the pillar, as pgcluster:tls:ca names them
+    (relative to the pillar's directory)."""
+    folder = master_dir / "pillar" / "org-ca"
+    folder.mkdir()
+    cert, key = issue("Example Org CA")
+    (folder / "ca.crt").write_bytes(cert)
+    (folder / "ca.key").write_bytes(key)
+    (folder / "ca.key").chmod(0o600)
+    return folder
 
 
 def salt_run(master_dir, asking: str, *args: str) -> dict:
@@ -110,3 +144,141 @@ def test_a_request_not_signed_by_its_key_is_refused(master_dir):
     forged = base64.urlsafe_b64encode(bytes(der)).decode().rstrip("=")
     answer = salt_run(master_dir, "db1", "pgcluster_ca.sign", forged)
     assert answer == {"error": "csr: its signature does not match its key"}
+
+
+def issued(answer: dict) -> x509.Certificate:
+    assert "error" not in answer, answer
+    return x509.load_pem_x509_certificate(answer["certificate"].encode())
+
+
+def names(cert: x509.Certificate) -> list[str]:
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return san.get_values_for_type(x509.DNSName) + [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
+
+
+def test_the_users_ca_signs_with_its_key_and_the_master_makes_none(master_dir, users_ca):
+    write_pillar(master_dir, ca={"certificate": "org-ca/ca.crt", "key": "org-ca/ca.key"})
+    answer = salt_run(master_dir, "db3", "pgcluster_ca.sign", csr_for("db3")[0])
+    cert = issued(answer)
+    cert.verify_directly_issued_by(x509.load_pem_x509_certificate((users_ca / "ca.crt").read_bytes()))
+    assert names(cert) == ["db3", MEMBERS["db3"]]
+    assert answer["ca"] == (users_ca / "ca.crt").read_text()
+    assert salt_run(master_dir, "front", "pgcluster_ca.ca") == {"ca": answer["ca"]}
+    assert not (master_dir / "secret" / "pki").exists()
+
+
+def test_a_users_ca_that_cannot_sign_is_named_and_signs_nothing(master_dir, users_ca):
+    other_key = issue("another")[1]
+    (users_ca / "other.key").write_bytes(other_key)
+    write_pillar(master_dir, ca={"certificate": "org-ca/ca.crt", "key": "org-ca/other.key"})
+    answer = salt_run(master_dir, "db1", "pgcluster_ca.sign", csr_for("db1")[0])
+    assert answer == {"error": f"pgcluster:tls:ca:key: {users_ca}/other.key is not the key of "
+                               "pgcluster:tls:ca:certificate"}
+    # A host's certificate where the CA's should be.
+    signer = (users_ca / "ca.crt").read_bytes(), (users_ca / "ca.key").read_bytes()
+    host_cert, _ = issue("db1", issuer=signer)
+    (users_ca / "host.crt").write_bytes(host_cert)
+    write_pillar(master_dir, ca={"certificate": "org-ca/host.crt", "key": "org-ca/ca.key"})
+    answer = salt_run(master_dir, "db1", "pgcluster_ca.ca")
+    assert answer["error"] == (f"pgcluster:tls:ca:certificate: {users_ca}/host.crt (CN=db1) is no "
+                               "CA's certificate (basicConstraints CA:TRUE)")
+    write_pillar(master_dir, ca={"certificate": "org-ca/missing.crt", "key": "org-ca/ca.key"})
+    answer = salt_run(master_dir, "db1", "pgcluster_ca.sign", csr_for("db1")[0])
+    assert answer["error"] == (f"pgcluster:tls:ca:certificate: cannot read {users_ca}/missing.crt "
+                               "on the salt-master: No such file or directory")
+
+
+def sign_command(users_ca, name: str, san: str = "DNS:$PGCLUSTER_HOST,IP:$PGCLUSTER_ADDRESS") -> str:
+    """A user's signing command: openssl signs the request on stdin with the user's CA."""
+    script = users_ca / name
+    script.write_text(textwrap.dedent(f"""\
+        #!/bin/sh
+        set -e
+        ext=$(mktemp)
+        trap 'rm -f "$ext"' EXIT
+        printf 'subjectAltName=%s\\nextendedKeyUsage=serverAuth,clientAuth\\n' "{san}" > "$ext"
+        exec openssl x509 -req -CA {users_ca}/ca.crt -CAkey {users_ca}/ca.key \\
+            -days "$PGCLUSTER_DAYS" -extfile "$ext" 2>/dev/null
+        """))
+    script.chmod(0o755)
+    return str(script)
+
+
+def test_the_users_sign_command_signs_what_the_master_checked(master_dir, users_ca):
+    write_pillar(master_dir, ca={"certificate": "org-ca/ca.crt",
+                                 "sign_command": [sign_command(users_ca, "sign-host")]})
+    csr, key = csr_for("front")
+    answer = salt_run(master_dir, "front", "pgcluster_ca.sign", csr)
+    cert = issued(answer)
+    assert names(cert) == ["front", "192.168.7.10"]
+    assert cert.public_key().public_numbers() == key.public_key().public_numbers()
+    assert 29 <= (cert.not_valid_after_utc - cert.not_valid_before_utc).days <= 30
+    assert answer["ca"] == (users_ca / "ca.crt").read_text()
+
+
+def test_a_sign_command_that_names_too_much_or_fails_gives_no_host_a_certificate(master_dir, users_ca):
+    wide = sign_command(users_ca, "sign-wide", san="DNS:$PGCLUSTER_HOST,DNS:*.example,IP:$PGCLUSTER_ADDRESS")
+    write_pillar(master_dir, ca={"certificate": "org-ca/ca.crt", "sign_command": [wide]})
+    answer = salt_run(master_dir, "db2", "pgcluster_ca.sign", csr_for("db2")[0])
+    assert answer == {"error": "pgcluster:tls:ca:sign_command: its certificate for db2 names db2, "
+                               "*.example, 192.168.7.2, not exactly db2, 192.168.7.2; no host was "
+                               "given it"}
+    failing = users_ca / "sign-refuses"
+    failing.write_text("#!/bin/sh\necho 'vault: permission denied' >&2\nexit 3\n")
+    failing.chmod(0o755)
+    write_pillar(master_dir, ca={"certificate": "org-ca/ca.crt", "sign_command": [str(failing)]})
+    answer = salt_run(master_dir, "db2", "pgcluster_ca.sign", csr_for("db2")[0])
+    assert answer == {"error": "pgcluster:tls:ca:sign_command failed for db2: vault: permission denied"}
+
+
+def test_a_host_of_a_running_cluster_refuses_another_ca_and_keeps_its_own(master_dir, users_ca, tmp_path):
+    """The state on a host whose certificate is from the master's CA, when the pillar names the
+    user's CA: refused, naming both, nothing written. The master's answers come from the real
+    runner (salt-run) in place of the publish."""
+    folder = tmp_path / "host"
+    folder.mkdir()
+    first = salt_run(master_dir, "db1", "pgcluster_ca.sign", csr_for("db1")[0])
+    (folder / "ca.crt").write_text(first["ca"])
+    (folder / "host.crt").write_text(first["certificate"])
+    write_pillar(master_dir, ca={"certificate": "org-ca/ca.crt", "key": "org-ca/ca.key"})
+    ret = tls_state.ca_managed(str(folder / "ca.crt"), certificate=str(folder / "host.crt"))
+    assert ret["result"] is False
+    assert ret["comment"].startswith("the salt-master's CA is now CN=Example Org CA, but this "
+                                     "host's certificate is from CN=elsewhere CA, which the other "
+                                     "hosts trust: switching a running cluster to another CA is refused")
+    assert (folder / "ca.crt").read_text() == first["ca"]
+    # A new host (no certificate yet) takes the user's CA.
+    (folder / "host.crt").unlink()
+    ret = tls_state.ca_managed(str(folder / "ca.crt"), certificate=str(folder / "host.crt"))
+    assert ret["result"] is True and ret["changes"] == {"ca": "CN=Example Org CA"}
+
+
+def test_a_rotation_issues_again_each_certificate_written_before_its_moment(master_dir, tmp_path):
+    """pgcluster:tls:issued_after: a certificate written before it is issued again (test mode
+    says so, signing nothing); one written after it is current, whatever its notBefore."""
+    folder = tmp_path / "host"
+    folder.mkdir()
+    key = ec.generate_private_key(ec.SECP256R1())
+    (folder / "host.key").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    der = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "db1")]))
+           .sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER))
+    csr = base64.urlsafe_b64encode(der).decode().rstrip("=")
+    first = salt_run(master_dir, "db1", "pgcluster_ca.sign", csr)
+    (folder / "ca.crt").write_text(first["ca"])
+    (folder / "host.crt").write_text(first["certificate"])
+    written = (folder / "host.crt").stat().st_mtime
+
+    def plan(issued_after):
+        tls_state.__opts__["test"] = True
+        return tls_state.certificate_managed(
+            str(folder / "host.crt"), str(folder / "host.key"), str(folder / "ca.crt"),
+            MEMBERS["db1"], renew_days=10, issued_after=issued_after)
+
+    moment = datetime.datetime.fromtimestamp(written + 60, datetime.UTC).isoformat()
+    ret = plan(moment)
+    assert ret["result"] is None, ret
+    assert ret["changes"]["certificate"].endswith(f"before {moment} (pgcluster:tls:issued_after)")
+    assert plan(datetime.datetime.fromtimestamp(written - 60, datetime.UTC).isoformat())["result"] is True
+    assert plan(None)["comment"] == "the host's certificate is current"

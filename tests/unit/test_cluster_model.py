@@ -137,6 +137,10 @@ def invalid(kind) -> st.SearchStrategy:  # noqa: PLR0911 - one branch per type
         return st.one_of(ANYTHING.filter(lambda v: not isinstance(v, str)),
                          st.sampled_from(["10.0.0.300", "office", "", "10.0.0.1/33", "::1",
                                           "10.0.0.1:0", "10.0.0.1 ", "10.0.0.1\n"]))
+    if isinstance(kind, model.Moment):
+        return st.one_of(ANYTHING.filter(lambda v: not isinstance(v, str)),
+                         st.sampled_from(["2026-12-03 16:00", "2026-12-03T16:00:00", "yesterday",
+                                          "2026-13-01T00:00:00Z", ""]))
     if isinstance(kind, model.Scalar):
         return st.one_of(st.none(), st.lists(st.integers(), min_size=1),
                          st.dictionaries(st.text(), st.integers(), min_size=1))
@@ -233,12 +237,42 @@ def test_a_key_left_empty_is_an_error_not_the_default():
          "pillar pgcluster:firewall:admin_sources:1: 'office' is not allowed: an IPv4 network"),
         ({"tls": {"days": 90}},
          "pillar pgcluster:tls:renew_days: 132 is not less than days (90): every state.apply"),
+        ({"tls": {"issued_after": "2026-12-03 16:00"}},
+         "pillar pgcluster:tls:issued_after: '2026-12-03 16:00' is not allowed: a moment with its "
+         "time zone, ISO 8601, such as 2026-12-03T16:00:00Z, or null"),
+        ({"tls": {"issued_after": "yesterday"}},
+         "pillar pgcluster:tls:issued_after: 'yesterday' is not allowed: a moment with its time zone"),
+        ({"tls": {"ca": {"certificate": "/srv/pki/ca.crt"}}},
+         "pillar pgcluster:tls:ca: give the CA's key or a sign_command, one of the two"),
+        ({"tls": {"ca": {"certificate": "/srv/pki/ca.crt", "key": "/srv/pki/ca.key",
+                         "sign_command": ["/usr/local/sbin/sign-host"]}}},
+         "pillar pgcluster:tls:ca: give the CA's key or a sign_command, one of the two"),
+        ({"tls": {"ca": {"key": "/srv/pki/ca.key"}}},
+         "pillar pgcluster:tls:ca:certificate: missing: it is required"),
+        ({"tls": {"ca": {"certificate": "/srv/pki/ca.crt", "sign_comand": ["sign"]}}},
+         "pillar pgcluster:tls:ca:sign_comand: unknown key (did you mean sign_command?)"),
+        ({"tls": {"ca": {"certificate": "/srv/pki/ca.crt", "sign_command": "sign-host -p x"}}},
+         "pillar pgcluster:tls:ca:sign_command: 'sign-host -p x' is not allowed: a list of"),
     ],
 )
 def test_what_no_single_key_can_tell_is_checked_across_keys(override, message):
     with pytest.raises(model.PillarError) as error:
         build(override)
     assert str(error.value).startswith(message), str(error.value)
+
+
+def test_the_users_ca_is_taken_as_given_and_none_means_the_masters_own():
+    assert build({})["tls"]["ca"] is None
+    ca = {"certificate": "generated/org-ca/ca.crt", "key": "generated/org-ca/ca.key"}
+    assert build({"tls": {"ca": ca}})["tls"]["ca"] == ca
+
+
+def test_a_rotation_moment_is_taken_as_yaml_parses_it_or_as_a_string_in_utc():
+    parsed = yaml.safe_load("issued_after: 2026-12-03T19:00:00+03:00")["issued_after"]
+    assert build({"tls": {"issued_after": parsed}})["tls"]["issued_after"] == "2026-12-03T16:00:00+00:00"
+    assert build({"tls": {"issued_after": "2026-12-03T16:00:00Z"}})["tls"]["issued_after"] == \
+        "2026-12-03T16:00:00+00:00"
+    assert build({})["tls"]["issued_after"] is None
 
 
 def test_without_pgbouncer_its_port_may_be_reused_and_haproxy_targets_postgresql():

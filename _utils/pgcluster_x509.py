@@ -1,0 +1,58 @@
+"""
+Whether a certificate fits a cluster host: issued by the cluster's CA, for the host's key, naming
+the host and its address and nothing else, not a CA, good for TLS servers and clients. The
+master's CA runner checks what a user's sign_command returns with it; the hosts' state checks
+the certificate they have.
+
+.. code-block:: python
+
+    why = __utils__["pgcluster_x509.unfit"](cert, ca_cert, public_key, "postgres-srv1", "10.0.0.11")
+    # None, or what is wrong: "names web, 10.0.0.10, not exactly postgres-srv1, 10.0.0.11"
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+SPKI = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+USAGES = {ExtendedKeyUsageOID.SERVER_AUTH: "serverAuth", ExtendedKeyUsageOID.CLIENT_AUTH: "clientAuth"}
+
+
+def same_key(a, b) -> bool:
+    """Whether two public keys are one."""
+    return a.public_bytes(*SPKI) == b.public_bytes(*SPKI)
+
+
+def _extension(cert, kind):
+    try:
+        return cert.extensions.get_extension_for_class(kind).value
+    except x509.ExtensionNotFound:
+        return None
+
+
+def unfit(cert, ca_cert, public_key, host: str, address: str) -> str | None:
+    """What makes ``cert`` unfit for ``host`` at ``address`` with ``public_key``, or None."""
+    try:
+        cert.verify_directly_issued_by(ca_cert)
+    except (ValueError, TypeError, InvalidSignature):
+        return "is not from the cluster's CA"
+    if not same_key(cert.public_key(), public_key):
+        return "is for another key"
+    san = _extension(cert, x509.SubjectAlternativeName)
+    names = ((san.get_values_for_type(x509.DNSName),
+              [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]) if san else ([], []))
+    if names != ([host], [str(ipaddress.ip_address(address))]):
+        return f"names {', '.join(names[0] + names[1]) or 'no host'}, not exactly {host}, {address}"
+    constraints = _extension(cert, x509.BasicConstraints)
+    if constraints is not None and constraints.ca:
+        return "is a CA's (basicConstraints CA:TRUE)"
+    usages = _extension(cert, x509.ExtendedKeyUsage)
+    lacking = [name for oid, name in USAGES.items() if usages is not None and oid not in usages]
+    if lacking:
+        return f"lacks the extended key usage {', '.join(lacking)} (the hosts are servers and clients)"
+    return None
