@@ -61,9 +61,10 @@ class _Refused(_NoAnswer):
         self.error = error
 
 
-def _config():
-    # The master's pillar as it is now, not the minion's copy (a fixed mistake must not linger).
-    return __salt__["pgcluster.config"](fresh=True)
+def _config(fresh=True):
+    # The master's pillar as it is now, not the minion's copy (a fixed mistake must not linger);
+    # a state passes fresh=False to act on its run's pillar, override included.
+    return __salt__["pgcluster.config"](fresh=fresh)
 
 
 def _endpoints(endpoints=None, cfg=None):
@@ -523,15 +524,18 @@ class _Plan:
                           {"user": user, "role": user})
 
 
-def auth_plan(timeout=DEFAULT_TIMEOUT, apply=False):
+def auth_plan(timeout=DEFAULT_TIMEOUT, apply=False, enable=True, fresh=True):
     """
     What etcd's authentication as ``pgcluster:etcd:auth`` wants takes from here. On: the root
     user (role root), a ``patroni`` user whose role reads and writes the cluster's prefix only,
     a ``reader`` user whose role only reads it, each with its password from pillar and no other
-    role, then authentication on. Off: authentication off (as root). Returns the steps still
-    to do (``[]``: nothing); with ``apply=True`` they are done, in that order (the state
-    ``etcd_cluster.auth_managed`` does this); a step that fails says which were done before
-    it. A root password etcd refuses raises, naming the pillar key.
+    role, then authentication on (unless ``enable=False``: the users and roles only, for a
+    step that runs before Patroni has its login). Off: authentication off (as root). Returns
+    the steps still to do (``[]``: nothing); with ``apply=True`` they are done, in that order
+    (the state ``etcd_cluster.auth_managed`` does this); a step that fails says which were
+    done before it. A root password etcd refuses raises, naming the pillar key. ``fresh``:
+    the master's pillar as it is now (``False``: this minion's, a state run's override
+    included).
 
     Every read asks every endpoint at once (each within ``timeout``); each change goes to one.
 
@@ -541,7 +545,7 @@ def auth_plan(timeout=DEFAULT_TIMEOUT, apply=False):
 
         salt postgres-srv1 etcd_cluster.auth_plan
     """
-    cfg = _config()
+    cfg = _config(fresh)
     plan = _Plan(cfg, timeout, apply)
     if not cfg["etcd"]["auth"]:
         if plan.token is not None:
@@ -549,6 +553,6 @@ def auth_plan(timeout=DEFAULT_TIMEOUT, apply=False):
         return plan.steps
     plan.roles()
     plan.users()
-    if plan.token is None:
+    if plan.token is None and enable:
         plan.step("enable authentication", "/v3/auth/enable", {})
     return plan.steps

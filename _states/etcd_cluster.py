@@ -28,16 +28,23 @@ def __virtual__():
     return __virtualname__
 
 
-def auth_managed(name):
+def auth_managed(name, enable=True):
     """
-    Users, roles and authentication in etcd as ``pgcluster:etcd:auth`` wants them.
+    Users, roles and authentication in etcd as ``pgcluster:etcd:auth`` wants them, by this
+    run's pillar (a ``pillar=`` override included).
 
     name
         A label for the state (the cluster's name).
+    enable
+        ``False``: the users and roles, and authentication off when the pillar wants it off,
+        but not on: what runs before Patroni has its etcd login (salt/etcd). Turning it on
+        comes after (salt/etcd/auth.sls), so a running cluster never meets authentication
+        before its Patroni can log in, and leaves it only after Patroni stops logging in.
     """
     ret = {"name": name, "changes": {}, "result": True, "comment": ""}
     try:
-        steps = __salt__["etcd_cluster.auth_plan"](apply=not __opts__["test"])
+        steps = __salt__["etcd_cluster.auth_plan"](apply=not __opts__["test"], enable=enable,
+                                                   fresh=False)
     except CommandExecutionError as exc:
         if __opts__["test"]:  # e.g. a new host: its etcd is not running yet
             ret.update(result=None, comment=f"etcd's authentication would be set up; etcd "
@@ -46,7 +53,8 @@ def auth_managed(name):
             ret.update(result=False, comment=f"etcd's authentication: {exc}")
         return ret
     if not steps:
-        ret["comment"] = "etcd's users, roles and authentication are as pillar wants them"
+        ret["comment"] = ("etcd's users, roles and authentication are as pillar wants them" if enable
+                          else "etcd's users and roles are as pillar wants them")
     elif __opts__["test"]:
         ret.update(result=None, comment="etcd would: " + "; ".join(steps),
                    changes={"etcd": steps})

@@ -13,6 +13,7 @@ base:
     - postgresql
     - pgbackrest
     - patroni
+    - etcd.auth
     - postgresql.app
     - pgbouncer
 {%- endif %}

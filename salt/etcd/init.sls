@@ -132,13 +132,16 @@ etcd-healthy:
       - service: etcd-service
 {%- endif %}
 
-{#- Users, roles and authentication on as pgcluster:etcd:auth wants (or authentication off),
-    from one member. #}
+{#- Users and roles as pgcluster:etcd:auth wants, or authentication off, from one member.
+    Authentication goes on only after Patroni has its etcd login (etcd/auth.sls, after the
+    patroni state), and off here, before Patroni stops logging in: under a running cluster
+    Patroni never meets authentication it cannot pass. #}
 {%- if grains.id == cluster.bootstrap_member %}
 
 etcd-auth:
   etcd_cluster.auth_managed:
     - name: {{ cluster.name }}
+    - enable: false
     - require:
       - service: etcd-service
 {%- if not opts.test %}

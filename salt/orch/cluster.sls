@@ -92,6 +92,16 @@ patroni-others:
     - require:
       - salt: patroni-first
 
+# etcd's authentication on, now that every member's Patroni has its login: under a running
+# cluster deployed without it, Patroni never meets authentication it cannot pass.
+etcd-auth:
+  salt.state:
+    - tgt: {{ first }}
+    - sls: etcd.auth
+{{- override() }}
+    - require:
+      - salt: patroni-others
+
 app-database:
   salt.state:
     - tgt: {{ members | join(',') }}

@@ -9,15 +9,19 @@ import datetime
 import json
 import socket
 import ssl
+import threading
+import time
 import urllib.error
 import urllib.request
 
 import pytest
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
 from lab import settings
 from lab.cluster import CA_STORE, cluster, cluster_ca_file, credentials, leader, salt, secrets
+from lab.workload import Writer, ensure_table, rows_on
 from tests.certificates import issue
 from tests.conftest import run
 from tests.lab.conftest import LAB, lab_exec
@@ -479,3 +483,63 @@ def test_a_role_widened_by_hand_is_narrowed_back_by_state_apply(lab):
     assert auth["result"] is True and auth["changes"]["etcd"] == ["revoke from role reader its "
                                                                   "READWRITE on /"], auth
     assert "permission denied" in _etcd_refusal(lambda: C.etcd(SECOND, "/v3/kv/put", key))
+
+
+def _etcd_asks_for_a_user() -> bool:
+    try:
+        C.etcd(SECOND, "/v3/kv/range", {"key": _b64(ETCD["prefix"] + "leader")}, user=None)
+    except urllib.error.HTTPError as error:
+        if "user name is empty" in json.loads(error.read()).get("error", ""):
+            return True
+        raise
+    return False
+
+
+def _patronis_login(member: str) -> bool:
+    """Whether the member's Patroni configuration carries its etcd user (read from its disk)."""
+    path = settings.HOSTS_DIR / member / "root" / C.model["patroni"]["config_file"].lstrip("/")
+    try:
+        return "username" in yaml.safe_load(path.read_text())["etcd3"]
+    except (yaml.YAMLError, KeyError, TypeError):  # caught while Salt writes it
+        return False
+
+
+def test_turning_etcds_authentication_on_under_load_gives_patroni_its_login_first(lab):
+    """A cluster running without etcd's authentication (turned off by its switch: the etcd
+    state turns it off, the patroni state drops Patroni's login), then bin/deploy with it on, under the fault
+    tests' writer: every member's Patroni has its login before etcd asks for one, no
+    acknowledged write is lost, and the leader stays."""
+    off = "pillar=" + json.dumps({"pgcluster": {"etcd": {"auth": False}}})
+    _salt_json("-L", ",".join(MEMBERS), "state.apply", "etcd,patroni", off)
+    assert not _etcd_asks_for_a_user()
+    assert not any(_patronis_login(m) for m in MEMBERS)
+    password = credentials()["app"]
+    ensure_table(password)
+    writer = Writer(password, f"auth-on-{time.time_ns()}")
+    seen: dict[str, float] = {}
+    stop = threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            for member in MEMBERS:
+                if member not in seen and _patronis_login(member):
+                    seen[member] = time.monotonic()
+            if "auth" not in seen and _etcd_asks_for_a_user():
+                seen["auth"] = time.monotonic()
+            stop.wait(0.2)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    leader_before = leader()
+    writer.start()
+    watcher.start()
+    try:
+        run(settings.REPO / "bin" / "deploy", timeout=1200)
+    finally:
+        stop.set()
+        watcher.join()
+        writer.stop.set()
+        writer.join()
+    assert set(seen) == {*MEMBERS, "auth"}, seen
+    assert max(seen[m] for m in MEMBERS) < seen["auth"], seen
+    assert writer.acked and not writer.acked - rows_on(leader(), writer.tag)
+    assert leader() == leader_before

@@ -93,7 +93,7 @@ def rendered(tmp_path_factory) -> dict:
 
 
 MEMBER_STATES = {"common.address", "common", "firewall", "tls", "etcd", "postgresql", "pgbackrest",
-                 "patroni", "postgresql.app", "pgbouncer"}
+                 "patroni", "etcd.auth", "postgresql.app", "pgbouncer"}
 WEB_STATES = {"common.address", "common", "firewall", "tls", "haproxy", "webapp", "pgbackrest",
               "pgbackrest.repository"}
 
@@ -222,8 +222,15 @@ def test_etcd_speaks_tls_peers_show_certificates_and_patroni_logs_in(rendered):
     etcd3 = yaml.safe_load(member["patroni-config"]["text"])["etcd3"]
     assert etcd3["protocol"] == "https" and etcd3["cacert"] == "/etc/pgcluster/tls/ca.crt"
     assert etcd3["username"] == "patroni" and etcd3["password"] and "cert" not in etcd3
-    # The bootstrap member sets up etcd's users; root's etcdctl and the leader mover use root.
-    assert "etcd_cluster" in rendered["lab", "postgres-srv1"]["states"]["etcd-auth"]
+    # The bootstrap member sets up etcd's users with etcd, and turns authentication on only
+    # after Patroni has its login (etcd.auth, after the patroni state); root's etcdctl and the
+    # leader mover use root.
+    states = rendered["lab", "postgres-srv1"]["states"]
+    assert {"enable": False} in states["etcd-auth"]["etcd_cluster"]
+    enabled = states["etcd-auth-enabled"]
+    assert enabled["__sls__"] == "etcd.auth" and "enable" not in json.dumps(enabled["etcd_cluster"])
+    elsewhere = rendered["example", "postgres-srv2"]["states"]
+    assert "etcd-auth-enabled" not in elsewhere and "etcd-auth-elsewhere" in elsewhere
     etcdctl = member["etcdctl-env"]["text"]
     assert "ETCDCTL_USER=root:" in etcdctl and "ETCDCTL_CACERT=/etc/pgcluster/tls/ca.crt" in etcdctl
     unit = member["etcd-leader-off-primary-unit"]["text"]

@@ -144,3 +144,22 @@ def test_the_state_says_what_it_would_do_in_test_mode_and_does_it_otherwise(monk
     assert done["result"] is True and done["changes"]["etcd"][-1] == "enable authentication"
     assert not any(p in json.dumps(done) for p in PASSWORDS.values())
     assert auth_state.auth_managed("auth-test")["changes"] == {}
+
+
+def test_the_state_enables_only_when_asked_and_acts_on_its_runs_pillar(monkeypatch):
+    """salt/etcd sets users and roles up with enable=False (before Patroni has its login) and
+    salt/etcd/auth.sls turns authentication on; both read the run's pillar (a bin/deploy
+    --pillar override included), not the master's as it stands."""
+    ready = auth_state.auth_managed("auth-test", enable=False)
+    assert ready["result"] is True and "enable authentication" not in ready["changes"]["etcd"]
+    assert ready["changes"]["etcd"][:2] == ["add role root", "add role patroni"]
+    # Until authentication is on, a password cannot be checked, so it is set again.
+    assert etcd_cluster.auth_plan()[-1] == "enable authentication"
+    assert auth_state.auth_managed("auth-test")["changes"]["etcd"][-1] == "enable authentication"
+    assert auth_state.auth_managed("auth-test")["changes"] == {}
+    # The run's pillar turns authentication off; the master's still says on.
+    runs = {**CONFIG, "etcd": {**CONFIG["etcd"], "auth": False}}
+    monkeypatch.setitem(etcd_cluster.__salt__, "pgcluster.config",
+                        lambda fresh=False: CONFIG if fresh else runs)
+    off = auth_state.auth_managed("auth-test", enable=False)
+    assert off["changes"] == {"etcd": ["disable authentication"]}
