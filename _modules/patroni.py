@@ -83,14 +83,15 @@ class _NoAnswer(CommandExecutionError):
     """A member's REST API did not answer: refused, timed out, closed, or not HTTP."""
 
 
-def _cluster_config():
-    # The master's pillar as it is now, not the minion's copy (a fixed mistake must not linger).
-    return __salt__["pgcluster.config"](fresh=True)
+def _cluster_config(fresh=True):
+    # The master's pillar as it is now, not the minion's copy (a fixed mistake must not linger);
+    # a state passes fresh=False to act on its run's pillar, override included.
+    return __salt__["pgcluster.config"](fresh=fresh)
 
 
-def _members():
+def _members(fresh=True):
     """{member: its REST API's URL}; also prepares the TLS context the requests use (_tls)."""
-    cfg = _cluster_config()
+    cfg = _cluster_config(fresh)
     __context__["patroni.tls"] = _tls_context(cfg)
     return dict(cfg["patroni"]["urls"])
 
@@ -217,16 +218,16 @@ def _first_good(round_, keys):
     raise CommandExecutionError("no Patroni REST API answered: " + "; ".join(errors.values()))
 
 
-def _first_answer(path, timeout):
+def _first_answer(path, timeout, fresh=True):
     """GET ``path`` from every member at once; the first good answer in member order."""
-    urls = _members()
+    urls = _members(fresh)
     round_ = _Round({(path, name): (name, url + path) for name, url in urls.items()}, timeout)
     return _first_good(round_, [(path, name) for name in urls])
 
 
-def _survey(timeout, paths=("/cluster", "/patroni")):
+def _survey(timeout, paths=("/cluster", "/patroni"), fresh=True):
     """One round: every path of every member at once. Returns the round and the member URLs."""
-    urls = _members()
+    urls = _members(fresh)
     requests = {(path, name): (name, url + path) for path in paths for name, url in urls.items()}
     return _Round(requests, timeout), urls
 
@@ -372,12 +373,13 @@ def leader(timeout=DEFAULT_TIMEOUT):
     return _leader_of(list_(timeout))
 
 
-def is_leader(member=None, timeout=DEFAULT_TIMEOUT):
+def is_leader(member=None, timeout=DEFAULT_TIMEOUT, fresh=True):
     """
     Whether ``member`` (this minion by default) is the leader: its own Patroni answers
     ``GET /primary`` with 200, what HAProxy's check asks. False when it says otherwise or does
     not answer within ``timeout``. The states ask it when they run (``onlyif``), never while
-    they render.
+    they render, with ``fresh=False``: the run's pillar (an override included) says how to
+    reach Patroni, not the master's as it stands.
 
     CLI Example:
 
@@ -387,7 +389,7 @@ def is_leader(member=None, timeout=DEFAULT_TIMEOUT):
         salt web patroni.is_leader postgres-srv2
     """
     member = member or __opts__["id"]
-    urls = _members()
+    urls = _members(fresh)
     if member not in urls:
         return False
     try:
@@ -726,9 +728,9 @@ def reinit(member, timeout=DEFAULT_TIMEOUT):
     return {member: _on_member(member, "/reinitialize", "reinitialize", {"force": True}, timeout)}
 
 
-def _patch_config(changes, action, timeout):
+def _patch_config(changes, action, timeout, fresh=True):
     """PATCH /config on a member that answers (the leader if it does); the new config."""
-    round_, urls = _survey(timeout, ("/patroni",))
+    round_, urls = _survey(timeout, ("/patroni",), fresh)
     answering = _answering(round_, urls)
     if not answering:
         errors = "; ".join(str(round_.result(("/patroni", name))) for name in urls)
@@ -772,10 +774,11 @@ def resume(timeout=DEFAULT_TIMEOUT):
     return {"paused": False}
 
 
-def dynamic_config(timeout=DEFAULT_TIMEOUT):
+def dynamic_config(timeout=DEFAULT_TIMEOUT, fresh=True):
     """
     The cluster-wide configuration Patroni keeps in etcd (``GET /config``).
-    Returns within ``timeout`` seconds.
+    Returns within ``timeout`` seconds. ``fresh=False``: Patroni reached as this minion's
+    pillar says (a state run's, override included), not as the master's says now.
 
     CLI Example:
 
@@ -783,15 +786,15 @@ def dynamic_config(timeout=DEFAULT_TIMEOUT):
 
         salt web patroni.dynamic_config
     """
-    return _first_answer("/config", timeout)[1]
+    return _first_answer("/config", timeout, fresh)[1]
 
 
-def patch_config(changes, timeout=DEFAULT_TIMEOUT):
+def patch_config(changes, timeout=DEFAULT_TIMEOUT, fresh=True):
     """
     Change the cluster-wide configuration (``PATCH /config``); Patroni applies it on every
     member (reloading PostgreSQL; parameters that need a restart show as pending restart).
     Returns within ``timeout`` (finding a member that answers, the leader first) plus 10 s or
-    ``timeout``, whichever is longer.
+    ``timeout``, whichever is longer. ``fresh``: as for ``dynamic_config``.
 
     CLI Example:
 
@@ -801,7 +804,7 @@ def patch_config(changes, timeout=DEFAULT_TIMEOUT):
     """
     if isinstance(changes, str):
         changes = json.loads(changes)
-    return _patch_config(changes, "configuration change", timeout)
+    return _patch_config(changes, "configuration change", timeout, fresh)
 
 
 def history(timeout=DEFAULT_TIMEOUT):

@@ -56,7 +56,7 @@ def managed(name, config):
     """
     ret = {"name": name, "changes": {}, "result": True, "comment": ""}
     try:
-        current = __salt__["patroni.dynamic_config"]()
+        current = __salt__["patroni.dynamic_config"](fresh=False)
     except CommandExecutionError as exc:
         # Right after a bootstrap Patroni answers 502 until its configuration is in etcd.
         ret["result"] = False
@@ -71,7 +71,7 @@ def managed(name, config):
         ret["result"] = None
         ret["comment"] = "Patroni's cluster-wide configuration would be changed"
         return ret
-    __salt__["patroni.patch_config"](diff)
+    __salt__["patroni.patch_config"](diff, fresh=False)
     ret["comment"] = ("Patroni's cluster-wide configuration was changed; it reloads PostgreSQL, "
                       "and parameters that need a restart show as pending restart")
     return ret

@@ -18,6 +18,7 @@ postgresql-app-user:
     - user: postgres
     - onlyif:
       - fun: patroni.is_leader
+        fresh: false
 
 postgresql-app-database:
   postgres_database.present:
@@ -28,5 +29,6 @@ postgresql-app-database:
     - user: postgres
     - onlyif:
       - fun: patroni.is_leader
+        fresh: false
     - require:
       - postgres_user: postgresql-app-user

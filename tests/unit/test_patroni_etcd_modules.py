@@ -602,3 +602,24 @@ def test_a_missing_ca_certificate_for_etcd_is_named(secure_etcd):
     with pytest.raises(CommandExecutionError, match=f"etcd's TLS: cannot load the cluster's CA "
                        f"{folder / 'ca.crt'}"):
         etcd_cluster.health()
+
+
+@pytest.mark.parametrize("recorded", ["healthy"], indirect=True)
+def test_a_state_reaches_patroni_as_its_runs_pillar_says_not_as_the_masters(recorded, tmp_path):
+    """bin/deploy --pillar turning Patroni's TLS off: the members' REST APIs speak plain HTTP
+    already while the master's pillar still says HTTPS. The states' calls (fresh=False) follow
+    the run's pillar; an operator's call (fresh, the default) follows the master's."""
+    ca = issue("cluster-ca")
+    (tmp_path / "ca.crt").write_bytes(ca[0])
+    masters = cluster_config(ca_file=str(tmp_path / "ca.crt"))  # TLS on
+    runs = cluster_config()  # the override: TLS off, as the members serve now
+    patroni.__salt__["pgcluster.config"] = lambda fresh=False: masters if fresh else runs
+    dcs = load_module("_states/patroni_dcs.py")
+    dcs.__salt__ = {"patroni.dynamic_config": patroni.dynamic_config,
+                    "patroni.patch_config": patroni.patch_config}
+    dcs.__opts__ = {"test": True}
+    current = patroni.dynamic_config(fresh=False)
+    assert dcs.managed("dcs", {"ttl": current["ttl"]})["result"] is True
+    assert sum(patroni.is_leader(name, fresh=False) for name in MEMBERS) == 1
+    with pytest.raises(CommandExecutionError, match=r"GET https://127\.0\.0\.11:18008/config"):
+        patroni.dynamic_config()
