@@ -34,6 +34,14 @@ from bench.common import (  # noqa: E402
 from lab.cluster import cluster, credentials, leader  # noqa: E402
 
 
+def pgbench_init(host: str, port: int, password: str, scale: int) -> None:
+    """pgbench's tables at ``scale`` (pgbench -i prints no figures to read)."""
+    app = cluster().app
+    subprocess.run([PGBENCH, "-i", "-q", "-s", str(scale), "-h", host, "-p", str(port), "-U",
+                    app["user"], app["database"]], capture_output=True, text=True, check=True,
+                   env={**os.environ, "PGPASSWORD": password})
+
+
 def pgbench(host: str, port: int, password: str, *args: str) -> dict:
     app = cluster().app
     cmd = [PGBENCH, "-h", host, "-p", str(port), "-U", app["user"], *args, app["database"]]
@@ -58,7 +66,7 @@ def main() -> int:
              "haproxy": (c.web_address, c.primary_port),
              "haproxy-replicas": (c.web_address, c.replica_port)}
     progress(f"pgbench -i -s {args.scale} on the leader {primary} ...")
-    pgbench(primary, paths["direct"][1], password, "-i", "-q", "-s", str(args.scale))
+    pgbench_init(primary, paths["direct"][1], password, args.scale)
     load = ["-n", "-c", str(args.clients), "-j", "2", "-T", str(args.seconds)]
     plan = [("tpcb", [], ["direct", "pgbouncer", "haproxy"]),
             ("select-only", ["-S"], ["direct", "pgbouncer", "haproxy", "haproxy-replicas"]),
