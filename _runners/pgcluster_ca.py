@@ -43,8 +43,9 @@ log = logging.getLogger(__name__)
 __virtualname__ = "pgcluster_ca"
 
 CA_DAYS = 3650
-# How long the user's sign_command may take for one certificate.
-SIGN_COMMAND_TIMEOUT = 60
+# How long the user's sign_command may take for one certificate: less than the host waits for
+# this runner (pgcluster_tls.RUNNER_TIMEOUT, 60 s), so the host gets this runner's error.
+SIGN_COMMAND_TIMEOUT = 40
 
 
 def __virtual__():
@@ -241,6 +242,10 @@ def _run_sign_command(cfg, request, minion, address):
         raise _CAError(f"pgcluster:tls:ca:sign_command wrote no PEM certificate for {minion}") from None
     ca_cert = _users_ca_certificate(cfg["tls"]["ca"])[1]
     why = __utils__["pgcluster_x509.unfit"](cert, ca_cert, request.public_key(), minion, address)
+    left = cert.not_valid_after_utc - datetime.datetime.now(datetime.UTC)
+    if not why and left <= datetime.timedelta(days=cfg["tls"]["renew_days"]):
+        why = (f"lives {left.days} days, not more than pgcluster:tls:renew_days "
+               f"({cfg['tls']['renew_days']}): every state.apply would sign again")
     if why:
         raise _CAError(f"pgcluster:tls:ca:sign_command: its certificate for {minion} {why}; "
                        "no host was given it")

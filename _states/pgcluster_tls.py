@@ -119,6 +119,12 @@ def ca_managed(name, certificate=None):
     return ret
 
 
+def _pems(bundle):
+    """Each certificate of a PEM bundle, as PEM."""
+    return [c.public_bytes(serialization.Encoding.PEM).decode()
+            for c in x509.load_pem_x509_certificates(bundle.encode())]
+
+
 def _issued_by(cert, ca_pem):
     try:
         cert.verify_directly_issued_by(x509.load_pem_x509_certificate(ca_pem.encode()))
@@ -137,8 +143,8 @@ def _switch_refused(have, pem, certificate):
     if text is None:
         return None
     cert = x509.load_pem_x509_certificate(text.encode())
-    if _issued_by(cert, pem) or not _issued_by(cert, have):
-        return None
+    if any(_issued_by(cert, one) for one in _pems(pem)) or not _issued_by(cert, have):
+        return None  # the new bundle still verifies this host (e.g. it holds the old CA too)
     subject = {which: x509.load_pem_x509_certificate(p.encode()).subject.rfc4514_string()
                for which, p in (("old", have), ("new", pem))}
     return (f"the salt-master's CA is now {subject['new']}, but this host's certificate is from "
@@ -189,6 +195,11 @@ def certificate_managed(name, private_key, ca, address, renew_days=30, issued_af
     """
     ret = _ret(name)
     host = __opts__["id"]
+    if issued_after and datetime.datetime.fromisoformat(issued_after) > \
+            datetime.datetime.now(datetime.UTC) + datetime.timedelta(minutes=5):
+        return {**ret, "result": False,
+                "comment": f"pgcluster:tls:issued_after {issued_after} is in the future: every "
+                           "state.apply until then would sign again; give a moment past"}
     why = _why_new(name, private_key=private_key, ca=ca, names=(host, address),
                    renew_days=int(renew_days), issued_after=issued_after)
     if why is None:
@@ -203,9 +214,13 @@ def certificate_managed(name, private_key, ca, address, renew_days=30, issued_af
         answer = _ask("sign", base64.urlsafe_b64encode(der).decode().rstrip("="))
     except RuntimeError as exc:
         return {**ret, "result": False, "comment": str(exc)}
+    cert = x509.load_pem_x509_certificate(answer["certificate"].encode())
+    unfit = _mismatch(cert, _read(ca), private_key, (host, address))
+    if unfit:  # e.g. the master's CA changed since this host wrote its ca.crt
+        return {**ret, "result": False,
+                "comment": f"the master's new certificate was not written: {unfit}"}
     os.makedirs(os.path.dirname(name), exist_ok=True)
     _write(name, answer["certificate"])
-    cert = x509.load_pem_x509_certificate(answer["certificate"].encode())
     ret["changes"] = {"certificate": why, "serial": format(cert.serial_number, "x"),
                       "not_after": cert.not_valid_after_utc.isoformat()}
     ret["comment"] = f"the master signed a new certificate: {why}"

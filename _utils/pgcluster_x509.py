@@ -1,6 +1,7 @@
 """
 Whether a certificate fits a cluster host: issued by the cluster's CA, for the host's key, naming
-the host and its address and nothing else, not a CA, good for TLS servers and clients. The
+the host and its address and nothing else (its common name the host's), valid now, not a CA,
+good for TLS servers and clients. The
 master's CA runner checks what a user's sign_command returns with it; the hosts' state checks
 the certificate they have.
 
@@ -12,14 +13,17 @@ the certificate they have.
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
-from cryptography.x509.oid import ExtendedKeyUsageOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 SPKI = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+# How far in the future a certificate's start may be: the signer's clock runs a little ahead.
+CLOCK_SKEW = datetime.timedelta(minutes=5)
 USAGES = {ExtendedKeyUsageOID.SERVER_AUTH: "serverAuth", ExtendedKeyUsageOID.CLIENT_AUTH: "clientAuth"}
 
 
@@ -43,11 +47,26 @@ def unfit(cert, ca_cert, public_key, host: str, address: str) -> str | None:
         return "is not from the cluster's CA"
     if not same_key(cert.public_key(), public_key):
         return "is for another key"
+    return _names_problem(cert, host, address) or _use_problem(cert)
+
+
+def _names_problem(cert, host: str, address: str) -> str | None:
     san = _extension(cert, x509.SubjectAlternativeName)
     names = ((san.get_values_for_type(x509.DNSName),
               [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]) if san else ([], []))
     if names != ([host], [str(ipaddress.ip_address(address))]):
         return f"names {', '.join(names[0] + names[1]) or 'no host'}, not exactly {host}, {address}"
+    common = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    if common != [host]:  # pgBackRest lets a host in by its certificate's common name
+        return f"has the common name {', '.join(map(str, common)) or 'none'}, not {host}"
+    return None
+
+
+def _use_problem(cert) -> str | None:
+    now = datetime.datetime.now(datetime.UTC)
+    if cert.not_valid_before_utc > now + CLOCK_SKEW or cert.not_valid_after_utc <= now:
+        return (f"is valid from {cert.not_valid_before_utc:%Y-%m-%d %H:%M} to "
+                f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC, not now")
     constraints = _extension(cert, x509.BasicConstraints)
     if constraints is not None and constraints.ca:
         return "is a CA's (basicConstraints CA:TRUE)"

@@ -188,7 +188,8 @@ def test_a_users_ca_that_cannot_sign_is_named_and_signs_nothing(master_dir, user
                                "on the salt-master: No such file or directory")
 
 
-def sign_command(users_ca, name: str, san: str = "DNS:$PGCLUSTER_HOST,IP:$PGCLUSTER_ADDRESS") -> str:
+def sign_command(users_ca, name: str, san: str = "DNS:$PGCLUSTER_HOST,IP:$PGCLUSTER_ADDRESS",
+                 extra: str = "", days: str = "$PGCLUSTER_DAYS") -> str:
     """A user's signing command: openssl signs the request on stdin with the user's CA."""
     script = users_ca / name
     script.write_text(textwrap.dedent(f"""\
@@ -198,7 +199,7 @@ def sign_command(users_ca, name: str, san: str = "DNS:$PGCLUSTER_HOST,IP:$PGCLUS
         trap 'rm -f "$ext"' EXIT
         printf 'subjectAltName=%s\\nextendedKeyUsage=serverAuth,clientAuth\\n' "{san}" > "$ext"
         exec openssl x509 -req -CA {users_ca}/ca.crt -CAkey {users_ca}/ca.key \\
-            -days "$PGCLUSTER_DAYS" -extfile "$ext" 2>/dev/null
+            -days "{days}" -extfile "$ext" {extra} 2>/dev/null
         """))
     script.chmod(0o755)
     return str(script)
@@ -223,6 +224,16 @@ def test_a_sign_command_that_names_too_much_or_fails_gives_no_host_a_certificate
     assert answer == {"error": "pgcluster:tls:ca:sign_command: its certificate for db2 names db2, "
                                "*.example, 192.168.7.2, not exactly db2, 192.168.7.2; no host was "
                                "given it"}
+    # Another host's common name (pgBackRest lets a host in by it), or too short a life.
+    for command, why in (
+            (sign_command(users_ca, "sign-cn", extra="-subj /CN=db1"), "has the common name db1, not db2"),
+            (sign_command(users_ca, "sign-short", days="5"),
+             "lives 4 days, not more than pgcluster:tls:renew_days (10): every state.apply "
+             "would sign again")):
+        write_pillar(master_dir, ca={"certificate": "org-ca/ca.crt", "sign_command": [command]})
+        answer = salt_run(master_dir, "db2", "pgcluster_ca.sign", csr_for("db2")[0])
+        assert answer == {"error": f"pgcluster:tls:ca:sign_command: its certificate for db2 {why}; "
+                                   "no host was given it"}
     failing = users_ca / "sign-refuses"
     failing.write_text("#!/bin/sh\necho 'vault: permission denied' >&2\nexit 3\n")
     failing.chmod(0o755)
