@@ -3,7 +3,8 @@ SHELL := /bin/bash
 PYTHON := /usr/bin/python3
 VENV := .venv
 APT_PACKAGES := debootstrap systemd-container dpkg-dev iproute2 nftables python3-venv postgresql-15 \
-	python3-dev util-linux procps chromium wrk haproxy nginx pgbouncer etcd-server openssh-client
+	python3-dev util-linux procps chromium wrk haproxy nginx pgbouncer etcd-server openssh-client \
+	openssl
 PYTEST_ARGS ?=
 
 .PHONY: lab lab-down yandex-lab yandex-lab-down test test-unit lint bench deps apt venv

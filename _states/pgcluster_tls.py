@@ -42,7 +42,6 @@ import pwd
 import stat
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
 __virtualname__ = "pgcluster_tls"
@@ -119,20 +118,6 @@ def ca_managed(name, certificate=None):
     return ret
 
 
-def _pems(bundle):
-    """Each certificate of a PEM bundle, as PEM."""
-    return [c.public_bytes(serialization.Encoding.PEM).decode()
-            for c in x509.load_pem_x509_certificates(bundle.encode())]
-
-
-def _issued_by(cert, ca_pem):
-    try:
-        cert.verify_directly_issued_by(x509.load_pem_x509_certificate(ca_pem.encode()))
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
-
-
 def _switch_refused(have, pem, certificate):
     """Why the CA must not change under this host, or None. A host whose certificate is from
     the CA it has is part of a running cluster: moving the hosts to another CA one by one
@@ -143,7 +128,10 @@ def _switch_refused(have, pem, certificate):
     if text is None:
         return None
     cert = x509.load_pem_x509_certificate(text.encode())
-    if any(_issued_by(cert, one) for one in _pems(pem)) or not _issued_by(cert, have):
+    issued_by = __utils__["pgcluster_x509.issued_by"]
+    new_cas = x509.load_pem_x509_certificates(pem.encode())
+    if any(issued_by(cert, ca) for ca in new_cas) or \
+            not issued_by(cert, x509.load_pem_x509_certificate(have.encode())):
         return None  # the new bundle still verifies this host (e.g. it holds the old CA too)
     subject = {which: x509.load_pem_x509_certificate(p.encode()).subject.rfc4514_string()
                for which, p in (("old", have), ("new", pem))}

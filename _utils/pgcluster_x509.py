@@ -1,9 +1,8 @@
 """
 Whether a certificate fits a cluster host: issued by the cluster's CA, for the host's key, naming
 the host and its address and nothing else (its common name the host's), valid now, not a CA,
-good for TLS servers and clients. The
-master's CA runner checks what a user's sign_command returns with it; the hosts' state checks
-the certificate they have.
+good for TLS servers and clients. The master's CA runner checks what a user's sign_command
+returns with it; the hosts' state checks the certificate they have and the one they are given.
 
 .. code-block:: python
 
@@ -39,11 +38,18 @@ def _extension(cert, kind):
         return None
 
 
-def unfit(cert, ca_cert, public_key, host: str, address: str) -> str | None:
-    """What makes ``cert`` unfit for ``host`` at ``address`` with ``public_key``, or None."""
+def issued_by(cert, ca_cert) -> bool:
+    """Whether ``ca_cert`` signed ``cert``."""
     try:
         cert.verify_directly_issued_by(ca_cert)
     except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def unfit(cert, ca_cert, public_key, host: str, address: str) -> str | None:
+    """What makes ``cert`` unfit for ``host`` at ``address`` with ``public_key``, or None."""
+    if not issued_by(cert, ca_cert):
         return "is not from the cluster's CA"
     if not same_key(cert.public_key(), public_key):
         return "is for another key"

@@ -14,6 +14,8 @@ import subprocess
 import textwrap
 
 import pytest
+import salt.config
+import salt.loader
 import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -51,8 +53,11 @@ def configure_loader_modules(master_dir):
     def publish_runner(fun, arg, timeout):
         return salt_run(master_dir, "db1", fun, *arg)
 
+    minion_opts = salt.config.minion_config(None)
+    create_csr = salt.loader.minion_mods(minion_opts)["x509.create_csr"]  # Salt's own x509_v2
     return {tls_state: {"__opts__": {"test": False, "id": "db1"}, "__utils__": salt_utils(),
-                        "__salt__": {"publish.runner": publish_runner}}}
+                        "__salt__": {"publish.runner": publish_runner,
+                                     "x509.create_csr": create_csr}}}
 
 
 @pytest.fixture
@@ -293,3 +298,27 @@ def test_a_rotation_issues_again_each_certificate_written_before_its_moment(mast
     assert ret["changes"]["certificate"].endswith(f"before {moment} (pgcluster:tls:issued_after)")
     assert plan(datetime.datetime.fromtimestamp(written - 60, datetime.UTC).isoformat())["result"] is True
     assert plan(None)["comment"] == "the host's certificate is current"
+
+
+def test_a_host_writes_no_certificate_its_own_ca_file_does_not_verify(master_dir, users_ca, tmp_path):
+    """The master's CA changed between the host's ca.crt and its signing request (a new host,
+    so no refusal yet): the certificate it is given is not written, and the state says why."""
+    folder = tmp_path / "host"
+    folder.mkdir()
+    (folder / "ca.crt").write_text(salt_run(master_dir, "db1", "pgcluster_ca.ca")["ca"])
+    key = ec.generate_private_key(ec.SECP256R1())
+    (folder / "host.key").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    write_pillar(master_dir, ca={"certificate": "org-ca/ca.crt", "key": "org-ca/ca.key"})
+    ret = tls_state.certificate_managed(str(folder / "host.crt"), str(folder / "host.key"),
+                                        str(folder / "ca.crt"), MEMBERS["db1"], renew_days=10)
+    assert ret["result"] is False
+    assert ret["comment"] == ("the master's new certificate was not written: it is not from "
+                              "the cluster's CA")
+    assert not (folder / "host.crt").exists()
+    # With the CA it has, it is written.
+    (folder / "ca.crt").write_text(salt_run(master_dir, "db1", "pgcluster_ca.ca")["ca"])
+    ret = tls_state.certificate_managed(str(folder / "host.crt"), str(folder / "host.key"),
+                                        str(folder / "ca.crt"), MEMBERS["db1"], renew_days=10)
+    assert ret["result"] is True and ret["changes"]["certificate"] == "there is none"
+    assert (folder / "host.crt").exists()
