@@ -524,6 +524,24 @@ class _Plan:
                           {"user": user, "role": user})
 
 
+def auth_enabled(timeout=DEFAULT_TIMEOUT, fresh=True):
+    """
+    Whether etcd's authentication is on: etcd asks a client without a user for one. Every
+    endpoint is asked at once; returns within ``timeout`` seconds, or raises when none answers.
+    ``fresh=False``: this run's pillar says how to reach etcd (what a state passes).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt postgres-srv1 etcd_cluster.auth_enabled
+    """
+    cfg = _config(fresh)
+    body = {"key": _b64(cfg["etcd"]["prefix"]), "keys_only": True, "limit": 1}
+    return _refused_with(lambda: _rpc(_endpoints(None, cfg), "/v3/kv/range", body, timeout,
+                                      tls=_tls(cfg)), "user name is empty") is None
+
+
 def auth_plan(timeout=DEFAULT_TIMEOUT, apply=False, enable=True, fresh=True):
     """
     What etcd's authentication as ``pgcluster:etcd:auth`` wants takes from here. On: the root

@@ -58,6 +58,9 @@ ROLE_NAMES = {
     "replica": "Replica",
 }
 RUNNING_STATES = ("running", "streaming")
+# What a member's Patroni names its etcd user with on every answer (pgcluster_render's
+# PATRONI_ETCD_USER_HEADER, set in its config with pgcluster:etcd:auth).
+ETCD_USER_HEADER = "X-Pgcluster-Etcd-User"
 
 
 def __virtual__():
@@ -68,9 +71,10 @@ def __virtual__():
 
 
 class _Answer:
-    def __init__(self, status, body):
+    def __init__(self, status, body, headers=None):
         self.status = status
         self.body = body
+        self.headers = headers or {}
 
     def json(self):
         try:
@@ -149,9 +153,10 @@ def _request(name, url, method="GET", *, body=None, headers=None, timeout=DEFAUL
         request = urllib.request.Request(url, data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=timeout, context=tls) as answer:
-                return _Answer(answer.status, answer.read().decode(errors="replace"))
+                return _Answer(answer.status, answer.read().decode(errors="replace"),
+                               answer.headers)
         except urllib.error.HTTPError as exc:
-            return _Answer(exc.code, exc.read().decode(errors="replace"))
+            return _Answer(exc.code, exc.read().decode(errors="replace"), exc.headers)
     except urllib.error.URLError as exc:
         reason = exc.reason if isinstance(exc.reason, str) else _why(exc.reason)
     except (OSError, http.client.HTTPException, ValueError) as exc:
@@ -397,6 +402,32 @@ def is_leader(member=None, timeout=DEFAULT_TIMEOUT, fresh=True):
                         tls=_tls()).status == 200
     except _NoAnswer:
         return False
+
+
+def etcd_logins(timeout=DEFAULT_TIMEOUT, fresh=True):
+    """
+    The etcd user each member's running Patroni logs in with, as its REST API says:
+    ``{member: {"etcd_user": "patroni"}}``, ``{"etcd_user": None}`` without one, or
+    ``{"error": why}`` when it does not answer. What Patroni runs with, not what its config
+    file holds: Patroni applies a reloaded file in its next loop, and etcd's authentication
+    goes on only once every member's Patroni runs with its login (``etcd_cluster.auth_managed``).
+    Every member is asked at once; returns within ``timeout`` seconds. ``fresh=False``: this
+    run's pillar says how to reach Patroni (what a state passes).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt web patroni.etcd_logins
+    """
+    # /patroni: Patroni adds its extra headers to answers with a body, not to /liveness's.
+    round_, urls = _survey(timeout, paths=("/patroni",), fresh=fresh)
+    logins = {}
+    for name in urls:
+        answer = round_.result(("/patroni", name))
+        logins[name] = ({"error": str(answer)} if isinstance(answer, Exception)
+                        else {"etcd_user": answer.headers.get(ETCD_USER_HEADER)})
+    return logins
 
 
 def health(max_lag_mb=None, timeout=DEFAULT_TIMEOUT, archive=True):

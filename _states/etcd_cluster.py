@@ -8,6 +8,12 @@ Run on one member once etcd is healthy (salt/etcd does it on the bootstrap membe
 ``test=True`` it lists what it would do; etcd is asked, nothing changes. Passwords never appear
 in what it returns.
 
+Patroni must never meet authentication it cannot pass: a Patroni leader that etcd refuses
+demotes itself at once. So authentication goes on only once every member's running Patroni
+says it has its login (``patroni.etcd_logins``), and a Patroni drops its login only once
+etcd no longer asks for one (``auth_off_awaited``, in salt/patroni). Both wait, so a plain
+``salt '*' state.apply``, whose hosts run at once, keeps that order as the orchestration does.
+
 .. code-block:: yaml
 
     etcd-auth:
@@ -17,7 +23,12 @@ in what it returns.
 
 from __future__ import annotations
 
+import time
+
 from salt.exceptions import CommandExecutionError
+
+ENABLE_STEP = "enable authentication"
+POLL_INTERVAL = 1.0
 
 __virtualname__ = "etcd_cluster"
 
@@ -28,7 +39,24 @@ def __virtual__():
     return __virtualname__
 
 
-def auth_managed(name, enable=True):
+def _without_login():
+    """{member: why} for each member whose running Patroni does not log in to etcd yet."""
+    logins = __salt__["patroni.etcd_logins"](fresh=False)
+    return {member: login.get("error") or "its Patroni runs without its etcd login"
+            for member, login in logins.items() if not login.get("etcd_user")}
+
+
+def _wait_for_logins(wait):
+    """{} once every member's Patroni logs in to etcd, else who does not, after ``wait`` s."""
+    deadline = time.monotonic() + wait
+    while True:
+        missing = _without_login()
+        if not missing or time.monotonic() >= deadline:
+            return missing
+        time.sleep(POLL_INTERVAL)
+
+
+def auth_managed(name, enable=True, wait=300):
     """
     Users, roles and authentication in etcd as ``pgcluster:etcd:auth`` wants them, by this
     run's pillar (a ``pillar=`` override included).
@@ -40,11 +68,27 @@ def auth_managed(name, enable=True):
         but not on: what runs before Patroni has its etcd login (salt/etcd). Turning it on
         comes after (salt/etcd/auth.sls), so a running cluster never meets authentication
         before its Patroni can log in, and leaves it only after Patroni stops logging in.
+    wait
+        Seconds to wait, before turning authentication on, for every member's Patroni to run
+        with its login (their patroni states give it, maybe at this moment on other hosts);
+        past it authentication stays off and the state fails, naming them.
     """
     ret = {"name": name, "changes": {}, "result": True, "comment": ""}
     try:
-        steps = __salt__["etcd_cluster.auth_plan"](apply=not __opts__["test"], enable=enable,
-                                                   fresh=False)
+        steps = __salt__["etcd_cluster.auth_plan"](apply=False, enable=enable, fresh=False)
+        if ENABLE_STEP in steps:
+            missing = _without_login() if __opts__["test"] else _wait_for_logins(wait)
+            if missing and not __opts__["test"]:
+                ret.update(result=False, comment=(
+                    f"etcd's authentication stays off: not every Patroni has its etcd login "
+                    f"after {wait:g} s (each member's patroni state gives it): "
+                    + "; ".join(f"{m}: {why}" for m, why in sorted(missing.items()))))
+                return ret
+            if missing:
+                steps = [*steps[:-1], f"{ENABLE_STEP} once every Patroni has its etcd login "
+                                      f"(not yet: {', '.join(sorted(missing))})"]
+        if not __opts__["test"] and steps:
+            steps = __salt__["etcd_cluster.auth_plan"](apply=True, enable=enable, fresh=False)
     except CommandExecutionError as exc:
         if __opts__["test"]:  # e.g. a new host: its etcd is not running yet
             ret.update(result=None, comment=f"etcd's authentication would be set up; etcd "
@@ -61,3 +105,38 @@ def auth_managed(name, enable=True):
     else:
         ret.update(comment="etcd: " + "; ".join(steps), changes={"etcd": steps})
     return ret
+
+
+def auth_off_awaited(name, wait=300):
+    """
+    Waits until etcd's authentication is off (turned off from the bootstrap member by its etcd
+    state with ``pgcluster:etcd:auth: false``), so that this host's Patroni drops its etcd
+    login only once etcd no longer asks for one (salt/patroni requires this then). Changes
+    nothing; under ``test=True`` it only says what it would wait for.
+
+    name
+        A label for the state.
+    wait
+        Seconds to wait; past it the state fails, and the Patroni keeps its login.
+    """
+    ret = {"name": name, "changes": {}, "result": True, "comment": ""}
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            enabled = __salt__["etcd_cluster.auth_enabled"](fresh=False)
+            why = "etcd still asks for a user"
+        except CommandExecutionError as exc:
+            enabled, why = True, f"etcd cannot say whether it asks for a user: {exc}"
+        if not enabled:
+            ret["comment"] = "etcd's authentication is off"
+            return ret
+        if __opts__["test"]:
+            ret.update(result=None, comment=f"would wait until etcd's authentication is off "
+                                            f"(now: {why})")
+            return ret
+        if time.monotonic() >= deadline:
+            ret.update(result=False, comment=(
+                f"{why} after {wait:g} s: its authentication is turned off from the bootstrap "
+                f"member by its etcd state, before Patroni drops its login; apply that first"))
+            return ret
+        time.sleep(POLL_INTERVAL)

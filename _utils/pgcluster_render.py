@@ -69,6 +69,12 @@ def patroni_restapi_tls(cfg: dict) -> dict:
     return {"certfile": files["host.crt"], "keyfile": files["host.key"], "cafile": files["ca.crt"]}
 
 
+# The header with which a member's running Patroni names its etcd user on every REST answer
+# (patroni.etcd_logins reads it): etcd's authentication goes on only once every Patroni has
+# applied its login, which a config file on disk does not show (Patroni reloads in its loop).
+PATRONI_ETCD_USER_HEADER = "X-Pgcluster-Etcd-User"
+
+
 def patroni_etcd(cfg: dict, credentials: dict) -> dict:
     """Patroni's etcd3 section: the members' client endpoints; over HTTPS, verified by the
     cluster's CA (pgcluster:etcd:tls); as etcd's ``patroni`` user, whose role reaches the
@@ -199,6 +205,8 @@ def patroni_config(cfg: dict, member: str, credentials: dict, admins: list[str],
             "connect_address": f"{me}:{patroni['restapi_port']}",
             "authentication": restapi_auth,
             **patroni_restapi_tls(cfg),
+            **({"http_extra_headers": {PATRONI_ETCD_USER_HEADER: "patroni"}}
+               if cfg["etcd"]["auth"] else {}),
         },
         "ctl": {"authentication": restapi_auth},
         "etcd3": patroni_etcd(cfg, credentials),

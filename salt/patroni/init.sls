@@ -68,6 +68,16 @@ patroni-config-dir:
     - require:
       - pkg: postgresql-packages
 
+{%- if not cluster.etcd.auth %}
+
+# A Patroni leader that etcd refuses demotes itself at once: Patroni drops its etcd login only
+# once etcd no longer asks for one (the bootstrap member's etcd state turns it off; a plain
+# state.apply runs the hosts at once, so this waits for it).
+patroni-etcd-auth-off:
+  etcd_cluster.auth_off_awaited:
+    - name: etcd's authentication off before Patroni drops its login
+{%- endif %}
+
 # Holds every password: 0600, never shown in state output. Patroni validates it first.
 patroni-config:
   file.managed:
@@ -82,6 +92,9 @@ patroni-config:
     - require:
       - file: patroni-config-dir
       - pip: patroni-pip
+{%- if not cluster.etcd.auth %}
+      - etcd_cluster: patroni-etcd-auth-off
+{%- endif %}
 
 patroni-unit:
   file.managed:

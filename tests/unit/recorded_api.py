@@ -104,6 +104,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(recorded["status"])
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
+        for name, value in getattr(self.server, "extra_headers", {}).items():
+            self.send_header(name, value)  # restapi.http_extra_headers, as Patroni sends them
         self.end_headers()
         self.wfile.write(payload)
 
@@ -207,6 +209,19 @@ class RecordedCluster:
         for server in self.servers:
             if server.member == member and server.kind == kind:
                 server.misbehaving[request] = how
+
+    def send_headers(self, member: str, headers: dict[str, str]):
+        """Make `member`'s Patroni add `headers` to its answers (restapi.http_extra_headers)."""
+        for server in self.servers:
+            if server.member == member and server.kind == "patroni":
+                server.extra_headers = dict(headers)
+
+    def stop(self, member: str):
+        """`member`'s servers go away: nothing listens on its address any more."""
+        for server in [s for s in self.servers if s.member == member]:
+            server.shutdown()
+            server.server_close()
+            self.servers.remove(server)
 
     def requests(self, member: str | None = None):
         """(method, path, body, headers) of every request the recorded servers received."""

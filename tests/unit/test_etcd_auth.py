@@ -1,5 +1,7 @@
-"""etcd_cluster.auth_plan and the state etcd_cluster.auth_managed against a real etcd 3.4
-(Debian's etcd-server, as on the members), one member on loopback for each test."""
+"""etcd_cluster.auth_plan and the states etcd_cluster.auth_managed and auth_off_awaited against
+a real etcd 3.4 (Debian's etcd-server, as on the members), one member on loopback for each
+test; the members' Patroni REST APIs answer as recorded from the lab (tests/unit/recorded_api),
+each with or without the header that says it runs with its etcd login."""
 
 from __future__ import annotations
 
@@ -7,20 +9,24 @@ import json
 import shutil
 import socket
 import subprocess
+import threading
 import time
 import urllib.request
 
 import pytest
 from salt.exceptions import CommandExecutionError
 
-from tests.unit.conftest import load_module, salt_utils
+from tests.unit.conftest import LoaderContext, load_module, salt_utils
+from tests.unit.recorded_api import MEMBERS, RecordedCluster, cluster_config
 
 etcd_cluster = load_module("_modules/etcd_cluster.py")
+patroni = load_module("_modules/patroni.py")
 auth_state = load_module("_states/etcd_cluster.py")
 PREFIX = "/service/auth-test/"
 PASSWORDS = {"root": "root-secret", "patroni": "patroni-secret", "reader": "reader-secret"}
 PILLAR: dict = {}
 CONFIG: dict = {}
+LOGIN = {patroni.ETCD_USER_HEADER: "patroni"}
 
 pytestmark = pytest.mark.skipif(not shutil.which("etcd"), reason="etcd-server is not installed "
                                 "(make apt installs it)")
@@ -37,8 +43,21 @@ def configure_loader_modules():
     funcs = {"pgcluster.config": lambda fresh=False: CONFIG,
              "pillar.get": lambda key, default=None, unmask=False: PILLAR.get(key, default)}
     return {etcd_cluster: {"__salt__": funcs, "__utils__": salt_utils()},
-            auth_state: {"__salt__": {"etcd_cluster.auth_plan": etcd_cluster.auth_plan},
+            patroni: {"__salt__": funcs, "__utils__": salt_utils(), "__context__": LoaderContext()},
+            auth_state: {"__salt__": {"etcd_cluster.auth_plan": etcd_cluster.auth_plan,
+                                      "etcd_cluster.auth_enabled": etcd_cluster.auth_enabled,
+                                      "patroni.etcd_logins": patroni.etcd_logins},
                          "__opts__": {"test": False}}}
+
+
+@pytest.fixture(autouse=True)
+def patronis():
+    """The members' Patroni REST APIs, each running with its etcd login unless a test says."""
+    cluster = RecordedCluster("healthy")
+    for member in MEMBERS:
+        cluster.send_headers(member, LOGIN)
+    yield cluster
+    cluster.close()
 
 
 @pytest.fixture(autouse=True)
@@ -55,7 +74,8 @@ def etcd(tmp_path):
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     CONFIG.clear()
     CONFIG.update({"member_names": ["e1"], "tls": {"ca_file": None},
-                   "etcd": {"urls": {"e1": url}, "tls": False, "auth": True, "prefix": PREFIX}})
+                   "etcd": {"urls": {"e1": url}, "tls": False, "auth": True, "prefix": PREFIX},
+                   "patroni": cluster_config()["patroni"]})
     PILLAR.clear()
     PILLAR.update({f"pgcluster_credentials:etcd_{u}": p for u, p in PASSWORDS.items()})
     deadline = time.monotonic() + 20
@@ -163,3 +183,74 @@ def test_the_state_enables_only_when_asked_and_acts_on_its_runs_pillar(monkeypat
                         lambda fresh=False: CONFIG if fresh else runs)
     off = auth_state.auth_managed("auth-test", enable=False)
     assert off["changes"] == {"etcd": ["disable authentication"]}
+
+
+def test_authentication_goes_on_only_once_every_patroni_runs_with_its_login(patronis):
+    """A highstate runs the hosts at once: the bootstrap member's etcd.auth may come before
+    another member's patroni state has given its Patroni the login, and a leader that etcd
+    refuses demotes itself. So the state waits for every Patroni to say it has its login."""
+    patronis.send_headers("postgres-srv2", {})
+    seen_before_login = []
+
+    def srv2_gets_its_login():
+        seen_before_login.append(etcd_cluster.auth_enabled())
+        patronis.send_headers("postgres-srv2", LOGIN)
+
+    timer = threading.Timer(2.5, srv2_gets_its_login)
+    timer.start()
+    started = time.monotonic()
+    done = auth_state.auth_managed("auth-test", wait=30)
+    timer.join()
+    assert seen_before_login == [False]
+    assert done["result"] is True and done["changes"]["etcd"][-1] == "enable authentication"
+    assert time.monotonic() - started >= 2.5
+    assert etcd_cluster.auth_enabled() is True
+
+
+def test_a_patroni_without_its_login_keeps_authentication_off_and_is_named(patronis,
+                                                                           monkeypatch):
+    patronis.send_headers("postgres-srv2", {})
+    patronis.stop("postgres-srv3")
+    monkeypatch.setitem(auth_state.__opts__, "test", True)
+    dry = auth_state.auth_managed("auth-test")
+    assert dry["result"] is None
+    assert dry["changes"]["etcd"][-1] == ("enable authentication once every Patroni has its etcd "
+                                          "login (not yet: postgres-srv2, postgres-srv3)")
+    monkeypatch.setitem(auth_state.__opts__, "test", False)
+    failed = auth_state.auth_managed("auth-test", wait=1)
+    assert failed["result"] is False and failed["changes"] == {}
+    assert "etcd's authentication stays off" in failed["comment"]
+    assert "postgres-srv2: its Patroni runs without its etcd login" in failed["comment"]
+    assert "postgres-srv3's Patroni REST API did not answer" in failed["comment"]
+    assert etcd_cluster.auth_enabled() is False
+    # Already on, authentication needs no login check: a member down changes nothing.
+    etcd_cluster.auth_plan(apply=True)
+    assert auth_state.auth_managed("auth-test", wait=1) == {
+        "name": "auth-test", "changes": {}, "result": True,
+        "comment": "etcd's users, roles and authentication are as pillar wants them"}
+
+
+def test_patroni_drops_its_login_only_once_etcd_stops_asking_for_one(monkeypatch):
+    """salt/patroni with the switch off: its Patroni keeps the login until the bootstrap
+    member's etcd state has turned authentication off."""
+    etcd_cluster.auth_plan(apply=True)
+    monkeypatch.setitem(auth_state.__opts__, "test", True)
+    dry = auth_state.auth_off_awaited("off")
+    assert dry["result"] is None and "would wait until etcd's authentication is off" in dry["comment"]
+    monkeypatch.setitem(auth_state.__opts__, "test", False)
+    late = auth_state.auth_off_awaited("off", wait=1)
+    assert late["result"] is False and late["comment"].startswith("etcd still asks for a user")
+    assert "turned off from the bootstrap member by its etcd state" in late["comment"]
+
+    def bootstrap_turns_it_off():
+        CONFIG["etcd"]["auth"] = False
+        etcd_cluster.auth_plan(apply=True)
+
+    timer = threading.Timer(2.0, bootstrap_turns_it_off)
+    timer.start()
+    started = time.monotonic()
+    done = auth_state.auth_off_awaited("off", wait=30)
+    timer.join()
+    assert done == {"name": "off", "changes": {}, "result": True,
+                    "comment": "etcd's authentication is off"}
+    assert time.monotonic() - started >= 2.0

@@ -436,6 +436,18 @@ def test_is_leader_asks_the_members_own_patroni(recorded):
     assert patroni.is_leader("not-a-member") is False
 
 
+@pytest.mark.parametrize("recorded", [("healthy", ("postgres-srv3",))], indirect=True)
+def test_etcd_logins_are_what_each_running_patroni_says(recorded):
+    """The header a member's Patroni sends once it runs with its etcd login (the config
+    salt/patroni writes asks for it), per member; a member that does not answer says why."""
+    recorded.send_headers("postgres-srv1", {patroni.ETCD_USER_HEADER: "patroni"})
+    logins = patroni.etcd_logins(timeout=1)
+    assert logins["postgres-srv1"] == {"etcd_user": "patroni"}
+    assert logins["postgres-srv2"] == {"etcd_user": None}
+    assert logins["postgres-srv3"]["error"].startswith(
+        "postgres-srv3's Patroni REST API did not answer GET http://127.0.0.13:18008/patroni")
+
+
 @pytest.mark.parametrize("recorded", ["healthy"], indirect=True)
 def test_operations_model_the_cluster_from_the_masters_pillar_as_it_is_now(recorded):
     # The minion daemon's copy of the pillar may hold a mistake fixed on the master since.
