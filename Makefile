@@ -52,6 +52,8 @@ bench: deps
 	$(VENV)/bin/python bench/failover.py
 	@echo "bench: certificate rotation under write load, next to switchovers, 3 pairs (about 8 minutes)"
 	$(VENV)/bin/python bench/rotation.py
+	@echo "bench: the cost of TLS, off and on interleaved, 3 pairs (about 45 minutes)"
+	$(VENV)/bin/python bench/tls.py
 	@echo "bench: routing overhead, pgbench on four paths (about 3 minutes)"
 	$(VENV)/bin/python bench/routing.py
 	@echo "bench: web app throughput next to its SQL, 8 and 32 connections (about 2 minutes)"

@@ -196,6 +196,21 @@ def test_web_app_config_is_json_with_its_connections(rendered, pillar):
     assert config["csrf_secret"] and config["csrf_secret"] != config["writer"]["password"]
 
 
+def test_a_local_pillar_beside_the_sites_is_merged_over_it(tmp_path):
+    """pillar/local.sls (out of git: bench/tls.py switches TLS with it) changes what it names
+    and leaves the rest of the site's pillar as it is."""
+    root = tmp_path / "pillar"
+    root.mkdir()
+    for sls in (REPO / "pillar").glob("*.sls"):
+        shutil.copy(sls, root)
+    (root / "generated").symlink_to(REPO / "pillar" / "generated")  # the lab's storage key
+    (root / "local.sls").write_text(yaml.safe_dump({"pgcluster": {"postgresql": {"port": 5439}}}))
+    files = render("postgres-srv1", str(root))["files"]
+    patroni = yaml.safe_load(files["patroni-config"]["text"])
+    assert patroni["postgresql"]["connect_address"] == "10.0.0.11:5439"
+    assert patroni["restapi"]["connect_address"] == "10.0.0.11:8008"  # the site's, as it was
+
+
 def test_the_variant_pillar_reaches_the_files(rendered):
     member, web = _member(rendered, "variant"), _web(rendered, "variant")
     patroni = yaml.safe_load(member["patroni-config"]["text"])
