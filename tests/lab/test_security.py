@@ -5,6 +5,7 @@ process lists and logs."""
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import datetime
 import json
 import socket
@@ -545,7 +546,7 @@ class _AuthWatch(threading.Thread):
         while not self.stop.is_set():
             try:
                 asks, logins = self.sample()
-            except OSError:  # a member busy past the call's timeout: ask again
+            except (OSError, ValueError):  # busy past the call's timeout, or not JSON: again
                 continue
             self.samples += 1
             if asks and not all(logins.values()):
@@ -556,13 +557,11 @@ class _AuthWatch(threading.Thread):
 def _apply_staggered(first: list[str], later: list[str], *args: str, delay: float = 10) -> None:
     """`state.apply` on `first`, and `delay` seconds later on `later` too: the hosts of one
     `salt '*' state.apply` do not run in step, and one may be that far behind the others."""
-    ahead = threading.Thread(target=_salt_json, args=("-L", ",".join(first), "state.apply", *args))
-    ahead.start()
-    time.sleep(delay)
-    try:
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        ahead = pool.submit(_salt_json, "-L", ",".join(first), "state.apply", *args)
+        time.sleep(delay)
         _salt_json("-L", ",".join(later), "state.apply", *args)
-    finally:
-        ahead.join()
+        ahead.result()  # its failure, if it failed, is this test's
 
 
 def test_etcds_authentication_goes_off_and_on_under_load_with_a_plain_state_apply(lab):
