@@ -385,6 +385,7 @@ SCHEMA = Record({
         "failsafe_mode": Bool(),
         "use_pg_rewind": Bool(),
         "restapi_port": Port(),
+        "request_queue_size": Int(5, 4096, "(connections)"),
         "tls": Bool(),
         "tags": Map(MINION_ID, PATRONI_TAGS),
         "packages": PACKAGES,

@@ -203,6 +203,7 @@ def patroni_config(cfg: dict, member: str, credentials: dict, admins: list[str],
         "restapi": {
             "listen": f"{me}:{patroni['restapi_port']}",
             "connect_address": f"{me}:{patroni['restapi_port']}",
+            "request_queue_size": patroni["request_queue_size"],
             "authentication": restapi_auth,
             **patroni_restapi_tls(cfg),
             **({"http_extra_headers": {PATRONI_ETCD_USER_HEADER: "patroni"}}

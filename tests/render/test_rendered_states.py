@@ -196,6 +196,14 @@ def test_web_app_config_is_json_with_its_connections(rendered, pillar):
     assert config["csrf_secret"] and config["csrf_secret"] != config["writer"]["password"]
 
 
+@pytest.mark.parametrize("pillar", HOSTS)
+def test_the_rest_apis_backlog_outlasts_a_stopping_leaders_checks(rendered, pillar):
+    """Patroni's own 5 fill with HAProxy's checks while a stopping leader shuts down, and the
+    candidate's status request to it then waits 1 s for TCP to send its SYN again."""
+    restapi = yaml.safe_load(_member(rendered, pillar)["patroni-config"]["text"])["restapi"]
+    assert restapi["request_queue_size"] == 64
+
+
 def test_a_local_pillar_beside_the_sites_is_merged_over_it(tmp_path):
     """pillar/local.sls (out of git: bench/tls.py switches TLS with it) changes what it names
     and leaves the rest of the site's pillar as it is."""
