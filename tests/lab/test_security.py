@@ -511,12 +511,17 @@ def _patronis_login(member: str) -> bool:
 
 
 def _within(seconds: float, condition) -> bool:
+    """Whether condition() comes true within ``seconds``; a call that gets no answer is a no."""
     deadline = time.monotonic() + seconds
-    while not condition():
+    while True:
+        try:
+            if condition():
+                return True
+        except OSError:
+            pass
         if time.monotonic() > deadline:
             return False
         time.sleep(0.2)
-    return True
 
 
 def _timeline() -> int:
