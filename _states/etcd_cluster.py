@@ -29,6 +29,8 @@ from salt.exceptions import CommandExecutionError
 
 ENABLE_STEP = "enable authentication"
 POLL_INTERVAL = 1.0
+# Seconds either switch waits for the other hosts of a state.apply (their patroni or etcd state).
+DEFAULT_WAIT = 300
 
 __virtualname__ = "etcd_cluster"
 
@@ -56,7 +58,7 @@ def _wait_for_logins(wait):
         time.sleep(POLL_INTERVAL)
 
 
-def auth_managed(name, enable=True, wait=300):
+def auth_managed(name, enable=True, wait=DEFAULT_WAIT):
     """
     Users, roles and authentication in etcd as ``pgcluster:etcd:auth`` wants them, by this
     run's pillar (a ``pillar=`` override included).
@@ -107,7 +109,7 @@ def auth_managed(name, enable=True, wait=300):
     return ret
 
 
-def auth_off_awaited(name, wait=300):
+def auth_off_awaited(name, wait=DEFAULT_WAIT):
     """
     Waits until etcd's authentication is off (turned off from the bootstrap member by its etcd
     state with ``pgcluster:etcd:auth: false``), so that this host's Patroni drops its etcd
