@@ -29,6 +29,7 @@ import base64
 import functools
 import http.client
 import json
+import os
 import ssl
 import time
 import urllib.error
@@ -61,9 +62,11 @@ class _Refused(_NoAnswer):
         self.error = error
 
 
-def _config(fresh=True):
+def _config(fresh=True, pillar=None):
     # The master's pillar as it is now, not the minion's copy (a fixed mistake must not linger);
     # a state passes fresh=False to act on its run's pillar, override included.
+    if pillar:
+        return __salt__["pgcluster.config"](fresh=True, pillar=pillar)
     return __salt__["pgcluster.config"](fresh=fresh)
 
 
@@ -574,3 +577,151 @@ def auth_plan(timeout=DEFAULT_TIMEOUT, apply=False, enable=True, fresh=True):
     if plan.token is None and enable:
         plan.step("enable authentication", "/v3/auth/enable", {})
     return plan.steps
+
+
+# Switching etcd's TLS under a running cluster (the runner pgcluster_etcd.tls_switch): members
+# move one at a time, so for a while some serve https and some http, on the same ports.
+TLS_STAGES = ("plain", "bridge", "tls")
+
+
+def tls_stage(fresh=True, pillar=None):
+    """
+    What this member's etcd runs and what the pillar wants: ``running`` is ``tls``, ``plain``,
+    ``bridge`` (plain listeners with the certificates that reach peers already on TLS: the
+    halfway point of a switch) or None (no data yet: a new member starts as the pillar says),
+    read from its environment file, which salt/etcd writes before each restart it makes;
+    ``wanted`` is ``tls`` or ``plain`` (``pgcluster:etcd:tls``). ``pillar``: an override, as
+    ``bin/deploy --pillar`` gives.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt postgres-srv1 etcd_cluster.tls_stage
+    """
+    cfg = _config(fresh, pillar)
+    etcd = cfg["etcd"]
+    wanted = "tls" if etcd["tls"] else "plain"
+    member_dir = os.path.join(etcd["data_root"], cfg["name"], "member")
+    if not (os.path.isdir(member_dir) and os.path.isfile(etcd["env_file"])):
+        return {"running": None, "wanted": wanted}
+    with open(etcd["env_file"], encoding="utf-8") as env:
+        text = env.read()
+    if 'ETCD_LISTEN_PEER_URLS="https://' in text:
+        running = "tls"
+    elif "ETCD_PEER_CERT_FILE=" in text:
+        running = "bridge"
+    else:
+        running = "plain"
+    return {"running": running, "wanted": wanted}
+
+
+def _both_schemes(cfg):
+    """Every member's client URL in both schemes, the pillar's first: mid-switch, either."""
+    first, second = ("https", "http") if cfg["etcd"]["tls"] else ("http", "https")
+    port = cfg["etcd"]["client_port"]
+    return [f"{scheme}://{cfg['members'][name]['address']}:{port}"
+            for scheme in (first, second) for name in cfg["member_names"]]
+
+
+def _tls_if_any(cfg):
+    """A context trusting the cluster's CA when this host has it (mid-switch some members serve
+    https whatever the pillar says), else None."""
+    if cfg["etcd"]["tls"] or os.path.isfile(cfg["tls"]["ca_file"]):
+        return _tls({**cfg, "etcd": {**cfg["etcd"], "tls": True}})
+    return None
+
+
+def _active_peers(url, tls, timeout):
+    """How many peers a member has a live raft connection with (its /metrics'
+    etcd_network_active_peers, one series per peer); None when it does not answer."""
+    try:
+        with urllib.request.urlopen(url + "/metrics", timeout=timeout, context=tls) as answer:
+            text = answer.read().decode(errors="replace")
+    except (OSError, http.client.HTTPException, ValueError):
+        return None
+    return sum(1 for line in text.splitlines()
+               if line.startswith("etcd_network_active_peers{") and float(line.split()[-1]) > 0)
+
+
+def tls_switch_health(timeout=DEFAULT_TIMEOUT, pillar=None):
+    """
+    Each member during a TLS switch: whether it is healthy, the scheme it serves clients (None
+    when it answers on neither), how many peers it has a live connection with (``peers``: a
+    member that cannot dial a peer leaves that peer without one), and its peer and client URLs
+    in etcd's member list. Every member is asked on both schemes at once: returns within
+    ``timeout`` seconds (twice that for the member list).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt postgres-srv1 etcd_cluster.tls_switch_health
+    """
+    cfg = _config(True, pillar)
+    urls = _both_schemes(cfg)
+    tls = _tls_if_any(cfg)
+    round_ = _Round({u: (u, "/health", None) for u in urls}, timeout, tls)
+    peers = __utils__["pgcluster_rounds.at_once"](
+        {u: functools.partial(_active_peers, u, tls, float(timeout)) for u in urls}, timeout,
+        "etcd-metrics")
+    try:
+        listed = {m["name"]: m for m in _member_rows(
+            _rpc(urls, "/v3/cluster/member/list", {}, timeout, tls=tls))}
+    except CommandExecutionError:
+        listed = {}
+    port = cfg["etcd"]["client_port"]
+    report = {}
+    for name in cfg["member_names"]:
+        address = cfg["members"][name]["address"]
+        entry = {"healthy": False, "serves": None, "peers": None, "errors": [],
+                 "peer_urls": listed.get(name, {}).get("peer_urls", []),
+                 "client_urls": listed.get(name, {}).get("client_urls", [])}
+        for scheme in ("https", "http"):
+            answer, _took = round_.result(f"{scheme}://{address}:{port}")
+            if isinstance(answer, Exception):
+                entry["errors"].append(str(answer))
+                continue
+            entry["serves"] = scheme
+            entry["peers"] = peers.get(f"{scheme}://{address}:{port}")[1]
+            entry["healthy"] = answer.get("health") == "true"
+            if not entry["healthy"]:
+                entry["errors"].append(answer.get("reason") or "etcd reports itself unhealthy")
+        if entry["serves"]:
+            entry["errors"] = entry["errors"][1:] if entry["healthy"] else entry["errors"]
+        report[name] = entry
+    return report
+
+
+def peer_scheme_set(scheme, timeout=DEFAULT_TIMEOUT, pillar=None):
+    """
+    Move this member's peer URL in etcd's member list to ``scheme`` (``https`` or ``http``), as
+    ``etcdctl member update`` does: the other members dial it that way from now on, so its
+    etcd must restart listening so right after (the runner pgcluster_etcd.tls_switch does
+    both). Returns whether it changed. As root when etcd's authentication is on.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt postgres-srv1 etcd_cluster.peer_scheme_set https
+    """
+    if scheme not in ("https", "http"):
+        raise CommandExecutionError(f"peer_scheme_set: scheme must be https or http, not {scheme!r}")
+    cfg = _config(True, pillar)
+    me = __grains__["id"]
+    if me not in cfg["members"]:
+        raise CommandExecutionError(f"peer_scheme_set: {me} is no member of pgcluster:members")
+    url = f"{scheme}://{cfg['members'][me]['address']}:{cfg['etcd']['peer_port']}"
+    urls = _both_schemes(cfg)
+    tls = _tls_if_any(cfg)
+    answer = _rpc(urls, "/v3/cluster/member/list", {}, timeout, tls=tls)
+    member = next((m for m in answer.get("members", []) if m.get("name") == me), None)
+    if member is None:
+        raise CommandExecutionError(f"peer_scheme_set: etcd's member list has no {me}")
+    if member.get("peerURLs") == [url]:
+        return {"changed": False, "peer_urls": [url]}
+    token = _token(urls, tls, "root", timeout) if cfg["etcd"]["auth"] else None
+    _write(urls, "/v3/cluster/member/update", {"ID": member["ID"], "peerURLs": [url]}, timeout,
+           tls=tls, token=token)
+    return {"changed": True, "peer_urls": [url]}

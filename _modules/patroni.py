@@ -805,6 +805,61 @@ def resume(timeout=DEFAULT_TIMEOUT):
     return {"paused": False}
 
 
+def _own_status(url, timeout):
+    """This member's /patroni, or None while it does not answer with one."""
+    try:
+        answer = _request("this member", url + "/patroni", timeout=timeout, tls=_tls())
+    except _NoAnswer:
+        return None
+    return answer.json() if answer.status in (200, 503) else None
+
+
+def daemon_restarted(wait=120, timeout=DEFAULT_TIMEOUT):
+    """
+    Restart this member's Patroni daemon and leave its PostgreSQL running: for a setting Patroni
+    reads only when it starts (etcd's endpoints and TLS). Only in maintenance mode (Patroni
+    stops PostgreSQL when it stops otherwise): refused unless this member's Patroni says the
+    cluster is paused (it learns it in its next loop, so this waits for that first). Returns
+    once the new Patroni has reached etcd (``dcs_last_seen`` after the restart), or raises
+    after ``wait`` seconds.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt postgres-srv1 patroni.daemon_restarted
+    """
+    cfg = _cluster_config(True)
+    __context__["patroni.tls"] = _tls_context(cfg)
+    me = __grains__["id"]
+    if me not in cfg["patroni"]["urls"]:
+        raise CommandExecutionError(f"daemon_restarted: {me} is no member of pgcluster:members")
+    url = cfg["patroni"]["urls"][me]
+    deadline = time.monotonic() + float(wait)
+    status = _own_status(url, timeout)
+    while not (status or {}).get("pause"):
+        if time.monotonic() > deadline:
+            raise CommandExecutionError(
+                f"daemon_restarted: {me}'s Patroni does not say the cluster is paused after "
+                f"{wait} s (patroni.pause first): restarting it would stop PostgreSQL")
+        time.sleep(1)
+        status = _own_status(url, timeout)
+    started = time.time()
+    if not __salt__["service.restart"](cfg["patroni"]["service"]):
+        raise CommandExecutionError(f"daemon_restarted: systemd could not restart "
+                                    f"{cfg['patroni']['service']} on {me}")
+    while True:
+        status = _own_status(url, timeout)
+        if status and float(status.get("dcs_last_seen") or 0) >= started:
+            return {"restarted": me, "state": status.get("state"),
+                    "took_s": round(time.time() - started, 1)}
+        if time.monotonic() > deadline:
+            raise CommandExecutionError(
+                f"daemon_restarted: {me}'s Patroni has not reached etcd {wait} s after its "
+                f"restart (last answer: {status})")
+        time.sleep(0.5)
+
+
 def dynamic_config(timeout=DEFAULT_TIMEOUT, fresh=True):
     """
     The cluster-wide configuration Patroni keeps in etcd (``GET /config``).

@@ -22,6 +22,7 @@ CLI Example:
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import socket
 
@@ -40,29 +41,32 @@ def __virtual__():
     return __virtualname__
 
 
-def _pillar(fresh):
+def _pillar(fresh, override=None):
     """
     The pillar to model the cluster from. A state run's own (``pillar.get``: compiled for the
     run, with a ``pillar=`` override), or with ``fresh`` the master's as it is now: an operator's
     call must not work from the copy the minion daemon keeps, which may hold a mistake fixed on
-    the master since. Fetched once per job (a job runs in a process of its own).
+    the master since; ``override`` goes over it, as ``state.apply pillar=`` would. Fetched once
+    per job and override (a job runs in a process of its own).
     """
     if not fresh:
         # Salt 3008 masks pillar values that leave pillar.get outside a template: ask plainly.
         return {key: __salt__["pillar.get"](key, None, unmask=True)
                 for key in ("pgcluster", "pgcluster_defaults")}
-    if "pgcluster.fresh_pillar" not in __context__:
-        __context__["pgcluster.fresh_pillar"] = __salt__["pillar.items"](unmask=True)
-    return __context__["pgcluster.fresh_pillar"]
+    key = f"pgcluster.fresh_pillar:{json.dumps(override, sort_keys=True)}"
+    if key not in __context__:
+        __context__[key] = __salt__["pillar.items"](unmask=True, **(
+            {"pillar": override} if override else {}))
+    return __context__[key]
 
 
-def config(fresh=False):
+def config(fresh=False, pillar=None):
     """
     The cluster: pillar ``pgcluster`` over every component's defaults, checked, with the
     derived values (``member_names``, ``web_names``, ``bootstrap_member``, ``backend_port``,
     ``etcd:initial_cluster``, ``etcd:endpoints``). A bad pillar raises an error naming the key.
     With ``fresh=True`` the pillar is asked of the master now, not taken from the minion's copy
-    (what the operations modules do).
+    (what the operations modules do), with ``pillar`` (a dict) over it.
 
     CLI Example:
 
@@ -71,7 +75,7 @@ def config(fresh=False):
         salt postgres-srv1 pgcluster.config
         salt web pgcluster.config fresh=True
     """
-    pillar = _pillar(fresh)
+    pillar = _pillar(fresh, pillar)
     defaults = pillar.get("pgcluster_defaults")
     pillar = pillar.get("pgcluster")
     if pillar is None:

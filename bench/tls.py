@@ -3,10 +3,11 @@
 (off, on, off, on ...) on the same lab, with the pair-by-pair ratios.
 
 Needs the lab up and the cluster deployed (`make lab`). "on" is the project's defaults; "off"
-turns TLS off for PostgreSQL (its clients, replication), PgBouncer and Patroni's REST API
-(HAProxy's checks, the modules). etcd keeps its TLS: switching it under a running cluster is
-refused. Each switch is what an operator does: the override in pillar/local.sls (merged over
-the site's pillar, out of git; removed again at the end), then `bin/deploy`. In each mode:
+turns TLS off for PostgreSQL (its clients, replication), PgBouncer, Patroni's REST API
+(HAProxy's checks, the modules) and etcd (its peers, and Patroni as its client; bin/deploy
+moves it member by member, _runners/pgcluster_etcd.py). Each switch is what an operator does:
+the override in pillar/local.sls (merged over the site's pillar, out of git; removed again at
+the end), then `bin/deploy`. In each mode:
 - pgbench from this machine, 8 clients for 15 s each: TPC-B through HAProxy's primary port,
   select-only through its replica port, and select-only with a new connection per transaction
   (-C) through the primary port, where every connection pays TLS's handshakes;
@@ -38,7 +39,7 @@ from lab.workload import ensure_table, wait_healthy  # noqa: E402
 
 LOCAL_PILLAR = REPO / "pillar" / "local.sls"
 TLS_OFF = {"pgcluster": {"postgresql": {"tls": False}, "pgbouncer": {"tls": False},
-                         "patroni": {"tls": False}}}
+                         "patroni": {"tls": False}, "etcd": {"tls": False}}}
 MODES = ("off", "on")
 CLIENTS, SECONDS, SCALE = 8, 15, 5
 
@@ -57,7 +58,7 @@ def switch(mode: str) -> float:
     cluster.cache_clear()  # the model now says https or http
     wait_healthy(300, sync_standby=True)
     model = cluster().model
-    assert all(model[c]["tls"] is (mode == "on") for c in ("postgresql", "pgbouncer", "patroni"))
+    assert all(model[c]["tls"] is (mode == "on") for c in TLS_OFF["pgcluster"])
     return round(took, 1)
 
 
@@ -151,7 +152,7 @@ def main() -> int:
             shown = ", ".join(f"{p.replace('_', ' ')} {statistics.median(v):.2f} s"
                               for p, v in got.items() if v)
             phases.append(f"{scenario} with TLS {mode}: {shown or 'no phases seen'}")
-    notes = (f"TLS off: PostgreSQL, PgBouncer and Patroni's REST API (etcd keeps its TLS). pgbench "
+    notes = (f"TLS off: PostgreSQL, PgBouncer, Patroni's REST API and etcd. pgbench "
              f"-c {CLIENTS} -j 2 -T {SECONDS}, scale {SCALE}, from the lab's host machine through "
              f"HAProxy on the web host. Each switch is pillar/local.sls and bin/deploy: "
              f"{switched['off']} s to off, {switched['on']} s to on (medians); no acknowledged "

@@ -1,136 +1,9 @@
 {#- One etcd cluster (v3 API) over the database members, on their private address: TLS for
     peers (each showing its certificate) and clients, and users (pgcluster:etcd:tls, auth). #}
 {%- from "etcd/map.jinja" import etcd, cluster with context %}
-{%- set me = cluster.members[grains.id] %}
 {%- set my_url = etcd.urls[grains.id] %}
-{%- if cluster.patroni.tls or etcd.tls %}
-
 include:
-  - tls
-{%- endif %}
-{%- if etcd.tls %}
-
-# The package's user, made before the package (Debian's postinst keeps a user it finds), so
-# that etcd's copies of the certificates are its own when the package first starts etcd.
-etcd-user:
-  group.present:
-    - name: {{ etcd.group }}
-    - system: true
-  user.present:
-    - name: {{ etcd.user }}
-    - gid: {{ etcd.group }}
-    - system: true
-    - home: {{ etcd.data_root }}
-    - createhome: false
-    - shell: /usr/sbin/nologin
-    - require:
-      - group: etcd-user
-
-# The home the postinst's adduser would have made: Debian's postinst only mkdirs it (as root)
-# when the user is already there.
-etcd-data-root:
-  file.directory:
-    - name: {{ etcd.data_root }}
-    - user: {{ etcd.user }}
-    - group: {{ etcd.group }}
-    - mode: '0700'
-    - require:
-      - user: etcd-user
-
-{#- The CA's certificate, this host's certificate and key (salt/tls), owned by etcd. etcd reads
-    them at every handshake: a renewed certificate needs no restart. #}
-etcd-tls-copies:
-  pgcluster_tls.copies_managed:
-    - name: {{ etcd.tls_dir }}
-    - source: {{ cluster.tls.dir }}
-    - user: {{ etcd.user }}
-    - group: {{ etcd.group }}
-    - require:
-      - user: etcd-user
-      - pgcluster_tls: tls-certificate
-{%- endif %}
-
-{#- etcd keeps its members' peer URLs in its data: switching TLS under a running cluster means
-    moving every peer in turn, which is not automated yet. A config that would switch it is
-    refused before anything changes. #}
-{%- set member_dir = etcd.data_root ~ "/" ~ cluster.name ~ "/member" %}
-{%- set running_scheme = "http" if etcd.tls else "https" %}
-{%- set switching = salt["file.directory_exists"](member_dir) and salt["file.file_exists"](etcd.env_file)
-      and salt["file.search"](etcd.env_file, 'ETCD_LISTEN_PEER_URLS="' ~ running_scheme ~ '://') %}
-{%- if switching %}
-
-etcd-tls-unchanged:
-  test.fail_without_changes:
-    - name: >-
-        pillar pgcluster:etcd:tls: {{ etcd.tls | lower }} would switch this running etcd
-        cluster's peers from {{ running_scheme }}, which is not automated yet; set it to
-        {{ (not etcd.tls) | lower }} for this cluster, or deploy it anew
-{%- endif %}
-
-# Written before the package is installed: Debian's package starts etcd at once, and must start
-# it as a member of this cluster, not as a throw-away single node.
-etcd-config:
-  file.managed:
-    - name: {{ etcd.env_file }}
-    - source: salt://etcd/files/etcd.env.jinja
-    - template: jinja
-    - mode: '0644'
-    - context:
-        name: {{ grains.id }}
-        address: {{ me.address }}
-        cluster: {{ cluster | json }}
-        data_dir: {{ etcd.data_root }}/{{ cluster.name }}
-{%- if etcd.tls or switching %}
-    - require:
-{%-   if etcd.tls %}
-      - pgcluster_tls: etcd-tls-copies
-      - file: etcd-data-root
-{%-   endif %}
-{%-   if switching %}
-      - test: etcd-tls-unchanged
-{%-   endif %}
-{%- endif %}
-
-# etcd reports ready only once it has a quorum: the first member waits for the others.
-etcd-start-timeout:
-  file.managed:
-    - name: /etc/systemd/system/{{ etcd.service }}.service.d/timeout.conf
-    - makedirs: true
-    - contents: |
-        [Service]
-        TimeoutStartSec={{ etcd.start_timeout }}
-
-etcd-packages:
-  pkg.installed:
-    - pkgs: {{ etcd.packages | json }}
-    - require:
-      - file: etcd-config
-      - file: etcd-start-timeout
-
-etcd-service:
-  service.running:
-    - name: {{ etcd.service }}
-    - enable: true
-    - require:
-      - pkg: etcd-packages
-    - watch:
-      - file: etcd-config
-
-{#- A wait changes nothing; in test mode http.query never succeeds, so it is skipped. #}
-{%- if not opts.test %}
-
-etcd-healthy:
-  http.wait_for_successful_query:
-    - name: {{ my_url }}/health
-    - match: '"health":"true"'
-    - wait_for: 180
-    - request_interval: 1
-{%- if etcd.tls %}
-    - ca_bundle: {{ cluster.tls.ca_file }}
-{%- endif %}
-    - require:
-      - service: etcd-service
-{%- endif %}
+  - etcd.member
 
 {#- Users and roles as pgcluster:etcd:auth wants, or authentication off, from one member.
     Authentication goes on only after Patroni has its etcd login (etcd/auth.sls, after the
@@ -169,6 +42,9 @@ etcdctl-env:
 {%- if etcd.auth %}
         ETCDCTL_USER=root:{{ pillar.pgcluster_credentials.etcd_root }}
 {%- endif %}
+    # The endpoints follow the member's config: not ahead of it while a TLS switch is refused.
+    - require:
+      - file: etcd-config
 
 etcdctl-wrapper:
   file.managed:
@@ -221,6 +97,8 @@ etcd-leader-off-primary-unit:
 
         [Install]
         WantedBy=multi-user.target
+    - require:
+      - file: etcd-config
 
 etcd-leader-off-primary-service:
   service.running:

@@ -39,6 +39,18 @@ common:
     - require:
       - salt: addresses
 
+# etcd's TLS as the pillar says on a running cluster that has it otherwise (nothing to do on a
+# new one, or when it already does): member by member, Patroni paused (_runners/pgcluster_etcd).
+etcd-tls-switch:
+  salt.runner:
+    - name: pgcluster_etcd.tls_switch
+    - members: {{ members | json }}
+{%- if deploy_pillar %}
+    - pillar: {{ deploy_pillar | json }}
+{%- endif %}
+    - require:
+      - salt: common
+
 # All members at once: each etcd waits for a quorum of the others.
 etcd:
   salt.state:
@@ -47,7 +59,7 @@ etcd:
     - sls: etcd
 {{- override() }}
     - require:
-      - salt: common
+      - salt: etcd-tls-switch
 
 postgresql:
   salt.state:

@@ -78,6 +78,23 @@ patroni-etcd-auth-off:
     - name: etcd's authentication off before Patroni drops its login
 {%- endif %}
 
+{#- Patroni takes etcd's endpoints and CA only when it starts: while this member's etcd is not
+    on the pillar's TLS yet, its config keeps them until the switch (bin/deploy's
+    pgcluster_etcd.tls_switch, which restarts Patroni at the right moment) writes it. #}
+{%- set etcd_stage = salt['etcd_cluster.tls_stage'](fresh=False) %}
+{%- set etcd_switch_pending = etcd_stage.running not in (None, etcd_stage.wanted)
+      and not salt['pillar.get']('etcd_tls_switch') %}
+{%- if etcd_switch_pending %}
+
+patroni-etcd-tls-unchanged:
+  test.fail_without_changes:
+    - name: etcd's TLS unchanged
+    - comment: >-
+        this member's etcd runs {{ etcd_stage.running }}, pgcluster:etcd:tls wants
+        {{ etcd_stage.wanted }}: bin/deploy (the orchestration orch.cluster) switches etcd
+        and Patroni's endpoints under the running cluster
+{%- endif %}
+
 # Holds every password: 0600, never shown in state output. Patroni validates it first.
 patroni-config:
   file.managed:
@@ -94,6 +111,9 @@ patroni-config:
       - pip: patroni-pip
 {%- if not cluster.etcd.auth %}
       - etcd_cluster: patroni-etcd-auth-off
+{%- endif %}
+{%- if etcd_switch_pending %}
+      - test: patroni-etcd-tls-unchanged
 {%- endif %}
 
 patroni-unit:

@@ -23,7 +23,7 @@ from lab import settings
 from lab.cluster import CA_STORE, cluster, cluster_ca_file, credentials, leader, on_web, salt, secrets
 from lab.workload import Writer, ensure_table, rows_on
 from tests.certificates import issue
-from tests.conftest import run
+from tests.conftest import REPO, run
 from tests.lab.conftest import LAB, lab_exec
 from tests.unit.conftest import load_module
 
@@ -605,3 +605,56 @@ def test_etcds_authentication_goes_off_and_on_under_load_with_a_plain_state_appl
     assert watch.samples > 20 and not watch.breaches, watch.breaches
     assert writer.acked and not writer.acked - rows_on(leader(), writer.tag)
     assert (leader(), _timeline()) == (leader_before, timeline_before)
+
+
+def _etcd_serves() -> dict[str, str | None]:
+    """The scheme each member's etcd serves its clients, and its peers in etcd's member list."""
+    report = _salt_json(FIRST, "etcd_cluster.tls_switch_health")[FIRST]
+    assert all(entry["healthy"] for entry in report.values()), report
+    return {name: (entry["serves"], *entry["peer_urls"]) for name, entry in report.items()}
+
+
+def _deploy(*args: str) -> str:
+    return run(REPO / "bin" / "deploy", *args, timeout=900).stdout
+
+
+def test_etcds_tls_goes_off_and_on_under_load_with_bin_deploy(lab):
+    """etcd's TLS switched off, then on again, under the fault tests' writer: a plain
+    state.apply that would switch it is refused, changing nothing; bin/deploy switches it
+    member by member (pgcluster_etcd.tls_switch): no acknowledged write is lost, no failover
+    happens, PostgreSQL is not restarted, the cluster is not left paused, and etcd and its
+    peers serve as the pillar says."""
+    off = {"pgcluster": {"etcd": {"tls": False}}}
+    peer = {name: f"{address}:{PEER_PORT}" for name, address in MEMBERS.items()}
+    tls = {name: ("https", f"https://{peer[name]}") for name in MEMBERS}
+    assert _etcd_serves() == tls
+    refused = salt(SECOND, "state.apply", "etcd,patroni", "pillar=" + json.dumps(off),
+                   timeout=300)[SECOND]
+    failed = {s["__id__"]: s["comment"] for s in refused.values() if s["result"] is False}
+    assert "bin/deploy" in failed["etcd-tls-unchanged"], failed
+    assert "bin/deploy" in failed["patroni-etcd-tls-unchanged"], failed
+    assert not [s["__id__"] for s in refused.values() if s["changes"]]
+    assert _etcd_serves() == tls
+    password = credentials()["app"]
+    ensure_table(password)
+    writer = Writer(password, f"etcd-tls-off-on-{time.time_ns()}")
+    leader_before, timeline_before = leader(), _timeline()
+    postgres_before = {m: _main_pids(m)["postgresql"] for m in MEMBERS}
+    started = time.monotonic()
+    writer.start()
+    try:
+        shown = _deploy("--pillar", json.dumps(off))
+        assert "etcd-tls-switch   ok" in shown and "steps to plain" in shown, shown
+        assert _etcd_serves() == {name: ("http", f"http://{peer[name]}") for name in MEMBERS}
+        shown = _deploy()
+        assert "etcd-tls-switch   ok" in shown and "steps to tls" in shown, shown
+        assert _etcd_serves() == tls
+    finally:
+        writer.stop.set()
+        writer.join()
+    print(f"etcd TLS off and on: longest write outage {writer.longest_gap(started):.2f} s, "
+          f"{len(writer.acked)} writes acknowledged")
+    assert writer.acked and not writer.acked - rows_on(leader(), writer.tag)
+    assert (leader(), _timeline()) == (leader_before, timeline_before)
+    assert {m: _main_pids(m)["postgresql"] for m in MEMBERS} == postgres_before
+    assert on_web("patroni.list", check=True)["paused"] is False

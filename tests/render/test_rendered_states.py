@@ -96,8 +96,8 @@ def rendered(tmp_path_factory) -> dict:
         return {case: future.result() for case, future in futures.items()}
 
 
-MEMBER_STATES = {"common.address", "common", "firewall", "tls", "etcd", "postgresql", "pgbackrest",
-                 "patroni", "etcd.auth", "postgresql.app", "pgbouncer"}
+MEMBER_STATES = {"common.address", "common", "firewall", "tls", "etcd", "etcd.member", "postgresql",
+                 "pgbackrest", "patroni", "etcd.auth", "postgresql.app", "pgbouncer"}
 WEB_STATES = {"common.address", "common", "firewall", "tls", "haproxy", "webapp", "pgbackrest",
               "pgbackrest.repository"}
 
@@ -404,20 +404,34 @@ def test_the_yandex_site_gets_the_yandex_pillar(rendered):
     assert not [k for k in states if k.startswith("pgbackrest-repo2-storage-")]
 
 
-def test_switching_etcds_tls_under_a_running_cluster_is_refused(tmp_path):
-    """A member whose etcd has data and runs with plain-text peers: turning TLS on would leave
-    the peers' stored URLs on http, so the state refuses before writing etcd's config."""
+def test_switching_etcds_tls_with_a_plain_state_apply_is_refused_and_bin_deploy_named(tmp_path):
+    """A member whose etcd has data and runs with plain-text peers: turning TLS on is
+    bin/deploy's (member by member, _runners/pgcluster_etcd.py), so a highstate refuses before
+    writing etcd's config, root's etcdctl settings or Patroni's config; the switch's own runs
+    (pillar etcd_tls_stage, etcd_tls_switch) are not refused."""
     (tmp_path / "pg-cluster-skynet" / "member").mkdir(parents=True)
     env = tmp_path / "etcd.env"
     env.write_text('ETCD_LISTEN_PEER_URLS="http://10.0.0.11:2380"\n')
     etcd = {"data_root": str(tmp_path), "env_file": str(env)}
     high = render("postgres-srv1", pillar={"pgcluster": {"etcd": etcd}})["states"]
-    refusal = high["etcd-tls-unchanged"]["test"]
-    assert "pgcluster:etcd:tls: true would switch this running etcd cluster's peers from " \
-           "http" in json.dumps(refusal)
-    requires = [r for arg in high["etcd-config"]["file"] if isinstance(arg, dict)
-                for r in arg.get("require", [])]
-    assert {"test": "etcd-tls-unchanged"} in requires  # etcd's config waits on the refusal
+    refusal = json.dumps(high["etcd-tls-unchanged"]["test"])
+    assert "pgcluster:etcd:tls: true would switch this running etcd from plain to tls" in refusal
+    assert "bin/deploy" in refusal and "bin/deploy" in json.dumps(high["patroni-etcd-tls-unchanged"])
+
+    def requires(state, kind="file"):
+        return [r for arg in high[state][kind] if isinstance(arg, dict) for r in arg.get("require", [])]
+
+    assert {"test": "etcd-tls-unchanged"} in requires("etcd-config")  # waits on the refusal
+    assert {"file": "etcd-config"} in requires("etcdctl-env")
+    assert {"test": "patroni-etcd-tls-unchanged"} in requires("patroni-config")
+    # The switch's own runs: the stage it asks for, written as asked.
+    staged = render("postgres-srv1", pillar={"pgcluster": {"etcd": etcd}, "etcd_tls_stage": "bridge",
+                                             "etcd_tls_switch": True})
+    assert "etcd-tls-unchanged" not in staged["states"]
+    assert "patroni-etcd-tls-unchanged" not in staged["states"]
+    bridge = staged["files"]["etcd-config"]["text"]
+    assert 'ETCD_LISTEN_PEER_URLS="http://10.0.0.11:2380"' in bridge
+    assert "ETCD_PEER_CERT_FILE" in bridge and "ETCD_CERT_FILE" not in bridge
     # The same data with https peers, as this version deploys them: nothing refused.
     env.write_text('ETCD_LISTEN_PEER_URLS="https://10.0.0.11:2380"\n')
     assert "etcd-tls-unchanged" not in render("postgres-srv1", pillar={"pgcluster": {"etcd": etcd}})["states"]

@@ -1,0 +1,41 @@
+"""bin/deploy's summary of an orchestration's steps: a runner's step (orch.cluster's
+etcd-tls-switch) says what the runner did, and its error shows as the step's failure, as
+Salt's salt.runner state returns them (salt/states/saltmod.py)."""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+
+from tests.conftest import REPO
+
+_loader = importlib.machinery.SourceFileLoader("deploy", str(REPO / "bin" / "deploy"))
+deploy = importlib.util.module_from_spec(importlib.util.spec_from_loader("deploy", _loader))
+_loader.exec_module(deploy)
+
+
+def _runner_step(result: bool, runner_return: dict, run_num: int = 3) -> dict:
+    return {"name": "pgcluster_etcd.tls_switch", "changes": {"return": runner_return},
+            "result": result, "__run_num__": run_num, "duration": 961.2,
+            "comment": f"Runner function 'pgcluster_etcd.tls_switch' "
+                       f"{'executed' if result else 'failed'}.", "__id__": "etcd-tls-switch"}
+
+
+def test_a_runners_step_says_what_it_did():
+    steps = {"a": _runner_step(True, {"switched": True, "to": "tls", "steps": ["x"] * 9})}
+    lines, failures = deploy.summarize(steps)
+    assert "etcd-tls-switch   ok" in lines[0] and lines[0].endswith("9 steps to tls")
+    assert failures == []
+    steps = {"a": _runner_step(True, {"switched": False, "comment": "etcd runs tls wherever it runs"})}
+    assert deploy.summarize(steps)[0][0].endswith("etcd runs tls wherever it runs")
+
+
+def test_a_runners_error_is_the_steps_failure_and_the_next_step_did_not_run():
+    error = "etcd's TLS: refused while Patroni is not running on postgres-srv2: ..."
+    steps = {"a": _runner_step(False, {"Error": error}),
+             "b": {"name": "etcd", "changes": {}, "result": False, "__run_num__": 4,
+                   "comment": "One or more requisite failed: orch.cluster.etcd-tls-switch",
+                   "__id__": "etcd", "duration": 0.1}}
+    lines, failures = deploy.summarize(steps)
+    assert "etcd-tls-switch   FAILED" in lines[0] and "etcd              not run" in lines[1]
+    assert failures == [f"master (etcd-tls-switch): {error}"]
