@@ -87,15 +87,18 @@ class _NoAnswer(CommandExecutionError):
     """A member's REST API did not answer: refused, timed out, closed, or not HTTP."""
 
 
-def _cluster_config(fresh=True):
+def _cluster_config(fresh=True, pillar=None):
     # The master's pillar as it is now, not the minion's copy (a fixed mistake must not linger);
-    # a state passes fresh=False to act on its run's pillar, override included.
+    # a state passes fresh=False to act on its run's pillar, override included; ``pillar``: an
+    # override over the master's.
+    if pillar:
+        return __salt__["pgcluster.config"](fresh=True, pillar=pillar)
     return __salt__["pgcluster.config"](fresh=fresh)
 
 
-def _members(fresh=True):
+def _members(fresh=True, pillar=None):
     """{member: its REST API's URL}; also prepares the TLS context the requests use (_tls)."""
-    cfg = _cluster_config(fresh)
+    cfg = _cluster_config(fresh, pillar)
     __context__["patroni.tls"] = _tls_context(cfg)
     return dict(cfg["patroni"]["urls"])
 
@@ -230,9 +233,9 @@ def _first_answer(path, timeout, fresh=True):
     return _first_good(round_, [(path, name) for name in urls])
 
 
-def _survey(timeout, paths=("/cluster", "/patroni"), fresh=True):
+def _survey(timeout, paths=("/cluster", "/patroni"), fresh=True, pillar=None):
     """One round: every path of every member at once. Returns the round and the member URLs."""
-    urls = _members(fresh)
+    urls = _members(fresh, pillar)
     requests = {(path, name): (name, url + path) for path in paths for name, url in urls.items()}
     return _Round(requests, timeout), urls
 
@@ -331,7 +334,7 @@ def cluster(timeout=DEFAULT_TIMEOUT):
     return _first_answer("/cluster", timeout)[1]
 
 
-def list_(timeout=DEFAULT_TIMEOUT):
+def list_(timeout=DEFAULT_TIMEOUT, pillar=None):
     """
     What ``patronictl list`` shows: the cluster's name and system identifier, whether it is
     paused, and one entry per member (``name``, ``host``, ``role``, ``state``, ``timeline``,
@@ -349,7 +352,7 @@ def list_(timeout=DEFAULT_TIMEOUT):
         salt web patroni.list
         salt web patroni.list --out=json
     """
-    return _listing(*_survey(timeout))
+    return _listing(*_survey(timeout, pillar=pillar))
 
 
 def members(timeout=DEFAULT_TIMEOUT):
@@ -759,9 +762,9 @@ def reinit(member, timeout=DEFAULT_TIMEOUT):
     return {member: _on_member(member, "/reinitialize", "reinitialize", {"force": True}, timeout)}
 
 
-def _patch_config(changes, action, timeout, fresh=True):
+def _patch_config(changes, action, timeout, fresh=True, pillar=None):
     """PATCH /config on a member that answers (the leader if it does); the new config."""
-    round_, urls = _survey(timeout, ("/patroni",), fresh)
+    round_, urls = _survey(timeout, ("/patroni",), fresh, pillar)
     answering = _answering(round_, urls)
     if not answering:
         errors = "; ".join(str(round_.result(("/patroni", name))) for name in urls)
@@ -774,7 +777,7 @@ def _patch_config(changes, action, timeout, fresh=True):
     return answer.json()
 
 
-def pause(timeout=DEFAULT_TIMEOUT):
+def pause(timeout=DEFAULT_TIMEOUT, pillar=None):
     """
     Put the cluster in maintenance mode: Patroni stops managing PostgreSQL (no failover).
     Returns within ``timeout`` (finding a member that answers, the leader first) plus 10 s or
@@ -786,11 +789,11 @@ def pause(timeout=DEFAULT_TIMEOUT):
 
         salt web patroni.pause
     """
-    _patch_config({"pause": True}, "pause", timeout)
+    _patch_config({"pause": True}, "pause", timeout, pillar=pillar)
     return {"paused": True}
 
 
-def resume(timeout=DEFAULT_TIMEOUT):
+def resume(timeout=DEFAULT_TIMEOUT, pillar=None):
     """
     Leave maintenance mode. Returns within ``timeout`` plus 10 s or ``timeout``, whichever is
     longer.
@@ -801,17 +804,48 @@ def resume(timeout=DEFAULT_TIMEOUT):
 
         salt web patroni.resume
     """
-    _patch_config({"pause": False}, "resume", timeout)
+    _patch_config({"pause": False}, "resume", timeout, pillar=pillar)
     return {"paused": False}
 
 
-def _own_status(url, timeout):
-    """This member's /patroni, or None while it does not answer with one."""
+def _own_status(cfg, timeout):
+    """(this member's /patroni, the scheme its REST API answered on), or (None, None) while it
+    does not answer. Asked on https (verified by the cluster's CA), then on http: what this
+    Patroni runs, which a switch under way may make other than the pillar says (an unsigned
+    status read; nothing is sent)."""
+    me = __grains__["id"]
+    address, port = cfg["members"][me]["address"], cfg["patroni"]["restapi_port"]
     try:
-        answer = _request("this member", url + "/patroni", timeout=timeout, tls=_tls())
-    except _NoAnswer:
-        return None
-    return answer.json() if answer.status in (200, 503) else None
+        tls = _tls_context({**cfg, "patroni": {**cfg["patroni"], "tls": True}})
+    except CommandExecutionError:  # no CA on this host: no TLS anywhere
+        tls = None
+    for scheme in ("https", "http") if tls else ("http",):
+        try:
+            answer = _request(me, f"{scheme}://{address}:{port}/patroni", timeout=timeout,
+                              tls=tls if scheme == "https" else None)
+        except _NoAnswer:
+            continue
+        if answer.status in (200, 503) and isinstance(answer.json(), dict):
+            return answer.json(), scheme
+    return None, None
+
+
+def rest_scheme(timeout=DEFAULT_TIMEOUT):
+    """
+    The scheme this member's Patroni REST API answers on now (``https``, ``http``, or None
+    when it does not answer), whatever the pillar says.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt postgres-srv1 patroni.rest_scheme
+    """
+    cfg = _cluster_config(True)
+    if __grains__["id"] not in cfg["members"]:
+        raise CommandExecutionError(f"rest_scheme: {__grains__['id']} is no member of "
+                                    "pgcluster:members")
+    return _own_status(cfg, timeout)[1]
 
 
 def daemon_restarted(wait=120, timeout=DEFAULT_TIMEOUT):
@@ -830,28 +864,26 @@ def daemon_restarted(wait=120, timeout=DEFAULT_TIMEOUT):
         salt postgres-srv1 patroni.daemon_restarted
     """
     cfg = _cluster_config(True)
-    __context__["patroni.tls"] = _tls_context(cfg)
     me = __grains__["id"]
-    if me not in cfg["patroni"]["urls"]:
+    if me not in cfg["members"]:
         raise CommandExecutionError(f"daemon_restarted: {me} is no member of pgcluster:members")
-    url = cfg["patroni"]["urls"][me]
     deadline = time.monotonic() + float(wait)
-    status = _own_status(url, timeout)
+    status, _scheme = _own_status(cfg, timeout)
     while not (status or {}).get("pause"):
         if time.monotonic() > deadline:
             raise CommandExecutionError(
                 f"daemon_restarted: {me}'s Patroni does not say the cluster is paused after "
                 f"{wait} s (patroni.pause first): restarting it would stop PostgreSQL")
         time.sleep(1)
-        status = _own_status(url, timeout)
+        status, _scheme = _own_status(cfg, timeout)
     started = time.time()
     if not __salt__["service.restart"](cfg["patroni"]["service"]):
         raise CommandExecutionError(f"daemon_restarted: systemd could not restart "
                                     f"{cfg['patroni']['service']} on {me}")
     while True:
-        status = _own_status(url, timeout)
+        status, scheme = _own_status(cfg, timeout)
         if status and float(status.get("dcs_last_seen") or 0) >= started:
-            return {"restarted": me, "state": status.get("state"),
+            return {"restarted": me, "state": status.get("state"), "rest": scheme,
                     "took_s": round(time.time() - started, 1)}
         if time.monotonic() > deadline:
             raise CommandExecutionError(

@@ -88,9 +88,21 @@ def _state(members, mods, pillar, state_id=None):
         raise _StepFailed(f"state {mods}: " + "; ".join(failed))
 
 
+def _merged(base, over):
+    """``over`` over ``base``, nested mappings merged (as Salt merges a pillar override)."""
+    merged = dict(base)
+    for key, value in over.items():
+        merged[key] = (_merged(base[key], value) if isinstance(value, dict)
+                       and isinstance(base.get(key), dict) else value)
+    return merged
+
+
 class _Switch:
     def __init__(self, members, pillar, wait):
         self.members, self.pillar, self.wait = members, pillar or {}, wait
+        # How Patroni's REST API is reached, and what its config keeps: as it runs now. The
+        # switch changes only etcd's settings; a REST API switch is the patroni step's.
+        self.patroni_pillar = self.pillar
         self.done = []
 
     def health(self):
@@ -136,13 +148,17 @@ class _Switch:
     def restart_patroni(self):
         """Every Patroni restarted with the pillar's etcd endpoints, the leader last: its REST
         API is away for a moment, and HAProxy with it."""
-        _state(self.members, "patroni", {**self.pillar, "etcd_tls_switch": True},
+        _state(self.members, "patroni", {**self.patroni_pillar, "etcd_tls_switch": True},
                state_id="patroni-config")
-        listing = _call(self.members[:1], "patroni.list")[self.members[0]]
+        listing = self.patroni("patroni.list")
         leaders = [m["name"] for m in listing["members"] if m["role"] == "Leader"]
         for member in sorted(self.members, key=lambda m: (m in leaders, m)):
             _call([member], "patroni.daemon_restarted", kwarg={"wait": self.wait})
             self.done.append(f"{member}: Patroni restarted")
+
+    def patroni(self, fun):
+        """A patroni module function, reaching the REST API as it runs."""
+        return _call(self.members[:1], fun, kwarg={"pillar": self.patroni_pillar})[self.members[0]]
 
     def run(self, running, wanted):
         """The steps from ``running`` ({member: stage}) to ``wanted`` (tls or plain)."""
@@ -167,14 +183,22 @@ class _Switch:
                 self.stage(member, "plain")
 
 
-def _refusal(members, running):
-    """Why the switch must not start (a member new to etcd, or a Patroni not running), else
-    None; and the Patroni listing."""
+def _refusal(switch, running):
+    """Why the switch must not start (a member new to etcd, a Patroni not running, or REST APIs
+    that disagree on TLS), else None; and the Patroni listing. Sets how Patroni is reached."""
+    members = switch.members
     if None in running.values():
         new = sorted(m for m, s in running.items() if s is None)
         return (f"{', '.join(new)} have no etcd data yet while the others run {running}: switch "
                 "the running members first, then add members"), None
-    listing = _call(members[:1], "patroni.list")[members[0]]
+    schemes = _call(members, "patroni.rest_scheme")
+    if None in schemes.values() or len(set(schemes.values())) > 1:
+        return (f"Patroni's REST API answers {schemes} (None: not at all): the switch restarts "
+                "Patroni on every member in turn; bring every member's Patroni up on one scheme "
+                "first (salt <member> service.reload patroni takes its config's)"), None
+    rest_tls = set(schemes.values()).pop() == "https"
+    switch.patroni_pillar = _merged(switch.pillar, {"pgcluster": {"patroni": {"tls": rest_tls}}})
+    listing = switch.patroni("patroni.list")
     down = [m["name"] for m in listing["members"] if m["state"] not in ("running", "streaming")]
     if down:
         return (f"refused while Patroni is not running on {', '.join(down)}: the switch restarts "
@@ -205,12 +229,12 @@ def tls_switch(members, pillar=None, wait=DEFAULT_WAIT):
         running = {m: s["running"] for m, s in stages.items()}
         if all(stage in (None, wanted) for stage in running.values()):
             return {"switched": False, "comment": f"etcd runs {wanted} wherever it runs"}
-        refusal, listing = _refusal(members, running)
+        refusal, listing = _refusal(switch, running)
         if refusal:
             return {"Error": f"etcd's TLS: {refusal}"}
         paused = listing["paused"]
         if not paused:
-            _call(members[:1], "patroni.pause")
+            switch.patroni("patroni.pause")
         switch.run(running, wanted)
     except _StepFailed as exc:
         log.error("etcd's TLS switch failed: %s", exc)
@@ -218,5 +242,5 @@ def tls_switch(members, pillar=None, wait=DEFAULT_WAIT):
     finally:
         if not paused:
             # Out of maintenance mode, whatever happened: a paused cluster does not fail over.
-            _call(members[:1], "patroni.resume")
+            switch.patroni("patroni.resume")
     return {"switched": True, "to": wanted, "steps": switch.done}

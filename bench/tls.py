@@ -44,16 +44,20 @@ MODES = ("off", "on")
 CLIENTS, SECONDS, SCALE = 8, 15, 5
 
 
-def switch(mode: str) -> float:
-    """TLS as ``mode`` says, the way an operator switches it; returns bin/deploy's seconds."""
-    if mode == "off":
+def _deploy(pillar: dict | None) -> None:
+    if pillar:
         LOCAL_PILLAR.write_text("# Written by bench/tls.py, removed when it ends.\n"
-                                + json.dumps(TLS_OFF, indent=2) + "\n")
+                                + json.dumps(pillar, indent=2) + "\n")
     else:
         LOCAL_PILLAR.unlink(missing_ok=True)
-    started = time.monotonic()
     subprocess.run([REPO / "bin" / "deploy"], check=True, capture_output=True, text=True,
                    timeout=1800)
+
+
+def switch(mode: str) -> float:
+    """TLS as ``mode`` says, the way an operator switches it; returns bin/deploy's seconds."""
+    started = time.monotonic()
+    _deploy(TLS_OFF if mode == "off" else None)
     took = time.monotonic() - started
     cluster.cache_clear()  # the model now says https or http
     wait_healthy(300, sync_standby=True)

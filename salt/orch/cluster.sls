@@ -61,6 +61,7 @@ etcd:
     - require:
       - salt: etcd-tls-switch
 
+# After the etcd switch: a switch refused changes nothing here either.
 postgresql:
   salt.state:
     - tgt: {{ members | join(',') }}
@@ -68,7 +69,7 @@ postgresql:
     - sls: postgresql
 {{- override() }}
     - require:
-      - salt: common
+      - salt: etcd-tls-switch
 
 # pgBackRest and its TLS server on the members and on the repository host (a web host; the
 # state leaves the other web hosts alone) before Patroni: the leader archives its WAL from the
