@@ -621,10 +621,11 @@ def _deploy(*args: str) -> str:
 def test_etcds_tls_goes_off_and_on_under_load_with_bin_deploy(lab):
     """etcd's TLS switched off, then on again, under the fault tests' writer: a plain
     state.apply that would switch it is refused, changing nothing; bin/deploy switches it
-    member by member (pgcluster_etcd.tls_switch): no acknowledged write is lost, no failover
-    happens, PostgreSQL is not restarted, the cluster is not left paused, and etcd and its
-    peers serve as the pillar says."""
-    off = {"pgcluster": {"etcd": {"tls": False}}}
+    member by member (pgcluster_etcd.tls_switch), Patroni's REST API with it (which the switch
+    must reach as it runs, and leave to the patroni step): no acknowledged write is lost, no
+    failover happens, PostgreSQL is not restarted, the cluster is not left paused, and etcd and
+    its peers serve as the pillar says."""
+    off = {"pgcluster": {"etcd": {"tls": False}, "patroni": {"tls": False}}}
     peer = {name: f"{address}:{PEER_PORT}" for name, address in MEMBERS.items()}
     tls = {name: ("https", f"https://{peer[name]}") for name in MEMBERS}
     assert _etcd_serves() == tls
@@ -646,9 +647,13 @@ def test_etcds_tls_goes_off_and_on_under_load_with_bin_deploy(lab):
         shown = _deploy("--pillar", json.dumps(off))
         assert "etcd-tls-switch   ok" in shown and "steps to plain" in shown, shown
         assert _etcd_serves() == {name: ("http", f"http://{peer[name]}") for name in MEMBERS}
+        assert _salt_json("-L", ",".join(MEMBERS), "patroni.rest_scheme") == \
+            {m: "http" for m in MEMBERS}
         shown = _deploy()
         assert "etcd-tls-switch   ok" in shown and "steps to tls" in shown, shown
         assert _etcd_serves() == tls
+        assert _salt_json("-L", ",".join(MEMBERS), "patroni.rest_scheme") == \
+            {m: "https" for m in MEMBERS}
     finally:
         writer.stop.set()
         writer.join()
