@@ -58,6 +58,19 @@ class Bool(Type):
         return value
 
 
+class BoolOr(Type):
+    """true, false, or one of a few words (Patroni's synchronous_mode: quorum)."""
+
+    def __init__(self, *words: str):
+        self.words = words
+        self.allowed = "true or false (YAML booleans) or " + " or ".join(map(repr, words))
+
+    def check(self, value, path):
+        if isinstance(value, bool) or value in self.words:
+            return value
+        raise self.fail(value, path)
+
+
 class Int(Type):
     def __init__(self, minimum: int | None = None, maximum: int | None = None, unit: str = ""):
         self.minimum, self.maximum, self.unit = minimum, maximum, unit
@@ -380,7 +393,8 @@ SCHEMA = Record({
         "loop_wait": Int(1, 3600, "(seconds)"),
         "retry_timeout": Int(1, 3600, "(seconds)"),
         "maximum_lag_on_failover": Int(0, 2**63 - 1, "(bytes)"),
-        "synchronous_mode": Bool(),
+        "synchronous_mode": BoolOr("quorum"),
+        "synchronous_node_count": Int(1, 31, "(standbys)"),
         "synchronous_mode_strict": Bool(),
         "failsafe_mode": Bool(),
         "use_pg_rewind": Bool(),
@@ -535,6 +549,11 @@ def _check_cluster(cfg: dict) -> None:
         raise PillarError(("patroni", "ttl"), f"{patroni['ttl']} is less than loop_wait "
                           f"({patroni['loop_wait']}) + 2 * retry_timeout ({patroni['retry_timeout']}) "
                           f"= {budget}: Patroni needs loop_wait + 2 * retry_timeout <= ttl")
+    replicas = len(members) - 1
+    if patroni["synchronous_mode"] and patroni["synchronous_node_count"] > replicas:
+        raise PillarError(("patroni", "synchronous_node_count"),
+                          f"{patroni['synchronous_node_count']} standbys, but {len(members)} "
+                          f"members have only {replicas} replicas")
     for name in patroni["tags"]:
         if name not in members:
             raise PillarError(("patroni", "tags", name),

@@ -113,6 +113,7 @@ def dcs_config(cfg: dict) -> dict:
         "retry_timeout": patroni["retry_timeout"],
         "maximum_lag_on_failover": patroni["maximum_lag_on_failover"],
         "synchronous_mode": patroni["synchronous_mode"],
+        "synchronous_node_count": patroni["synchronous_node_count"],
         "synchronous_mode_strict": patroni["synchronous_mode_strict"],
         "failsafe_mode": patroni["failsafe_mode"],
         "postgresql": {

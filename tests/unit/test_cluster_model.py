@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import REPO
-from tests.unit.conftest import CLUSTER_PILLAR, DEFAULTS, build, model
+from tests.unit.conftest import CLUSTER_PILLAR, DEFAULTS, build, model, render
 
 LEAVES = dict(model.leaves())
 # Members and web hosts have no default: pillar/cluster.sls lists them.
@@ -50,6 +50,14 @@ def test_the_repo_pillar_gives_the_original_tasks_cluster(cfg):
     assert cfg["etcd"]["prefix"] == "/service/pg-cluster-skynet/"
     assert cfg["patroni"]["synchronous_mode"] is True
     assert cfg["backend_port"] == 6432  # PgBouncer is on by default
+
+
+def test_quorum_commit_is_chosen_with_its_standby_count_and_reaches_patronis_config():
+    cfg = build({"patroni": {"synchronous_mode": "quorum", "synchronous_node_count": 2}})
+    dcs = render.dcs_config(cfg)
+    assert (dcs["synchronous_mode"], dcs["synchronous_node_count"]) == ("quorum", 2)
+    # Asynchronous replication counts no standbys: any count is left alone.
+    assert build({"patroni": {"synchronous_mode": False, "synchronous_node_count": 9}})
 
 
 def test_etcd_without_tls_is_plain_http_for_peers_and_clients():
@@ -122,6 +130,9 @@ def invalid(kind) -> st.SearchStrategy:  # noqa: PLR0911 - one branch per type
     """Values that kind must refuse."""
     if isinstance(kind, model.Bool):
         return ANYTHING.filter(lambda v: not isinstance(v, bool))
+    if isinstance(kind, model.BoolOr):
+        return st.one_of(ANYTHING.filter(lambda v: not isinstance(v, bool) and v not in kind.words),
+                         st.sampled_from(["on", "yes", "Quorum"]))
     if isinstance(kind, model.Int):
         assert kind.minimum is not None and kind.maximum is not None, "every number is bounded"
         return st.one_of(
@@ -217,6 +228,9 @@ def test_a_key_left_empty_is_an_error_not_the_default():
          "pillar pgcluster:web:postgres-srv1: is also a database member"),
         ({"patroni": {"loop_wait": 10, "retry_timeout": 10}},
          "pillar pgcluster:patroni:ttl: 20 is less than loop_wait (10) + 2 * retry_timeout (10) = 30"),
+        ({"patroni": {"synchronous_mode": "quorum", "synchronous_node_count": 3}},
+         "pillar pgcluster:patroni:synchronous_node_count: 3 standbys, but 3 members have only 2 "
+         "replicas"),
         ({"patroni": {"tags": {"postgres-srv9": {"nofailover": True}}}},
          "pillar pgcluster:patroni:tags:postgres-srv9: unknown member"),
         ({"etcd": {"client_port": 5432}},
