@@ -6,7 +6,12 @@ from __future__ import annotations
 import copy
 import functools
 import importlib.util
+import json
+import socket
+import subprocess
 import threading
+import time
+import urllib.request
 from pathlib import Path
 from types import ModuleType
 
@@ -84,3 +89,35 @@ class LoaderContext(dict):
     def __contains__(self, key):
         self._check()
         return super().__contains__(key)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_etcd(data_dir: Path) -> tuple[subprocess.Popen, int, int]:
+    """One etcd member (Debian's etcd-server) on loopback in plain text, as a new cluster's:
+    (its process, client port, peer port), once it says it is healthy. The caller ends it."""
+    client, peer = free_port(), free_port()
+    url = f"http://127.0.0.1:{client}"
+    process = subprocess.Popen(
+        ["etcd", "--name", "e1", "--data-dir", str(data_dir),
+         "--listen-client-urls", url, "--advertise-client-urls", url,
+         "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+         "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+         "--initial-cluster", f"e1=http://127.0.0.1:{peer}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=1) as answer:
+                if json.load(answer).get("health") == "true":
+                    return process, client, peer
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            process.terminate()
+            raise AssertionError("etcd did not come up")
+        time.sleep(0.1)

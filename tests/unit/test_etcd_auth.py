@@ -7,16 +7,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
-import subprocess
 import threading
 import time
-import urllib.request
 
 import pytest
 from salt.exceptions import CommandExecutionError
 
-from tests.unit.conftest import LoaderContext, load_module, salt_utils
+from tests.unit.conftest import LoaderContext, load_module, salt_utils, start_etcd
 from tests.unit.recorded_api import MEMBERS, RecordedCluster, cluster_config
 
 etcd_cluster = load_module("_modules/etcd_cluster.py")
@@ -30,12 +27,6 @@ LOGIN = {patroni.ETCD_USER_HEADER: "patroni"}
 
 pytestmark = pytest.mark.skipif(not shutil.which("etcd"), reason="etcd-server is not installed "
                                 "(make apt installs it)")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -63,31 +54,14 @@ def patronis():
 @pytest.fixture(autouse=True)
 def etcd(tmp_path):
     """One etcd member on loopback, its authentication off as a new cluster's is."""
-    client, peer = _free_port(), _free_port()
+    process, client, _peer = start_etcd(tmp_path / "data")
     url = f"http://127.0.0.1:{client}"
-    process = subprocess.Popen(
-        ["etcd", "--name", "e1", "--data-dir", str(tmp_path / "data"),
-         "--listen-client-urls", url, "--advertise-client-urls", url,
-         "--listen-peer-urls", f"http://127.0.0.1:{peer}",
-         "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
-         "--initial-cluster", f"e1=http://127.0.0.1:{peer}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     CONFIG.clear()
     CONFIG.update({"member_names": ["e1"], "tls": {"ca_file": None},
                    "etcd": {"urls": {"e1": url}, "tls": False, "auth": True, "prefix": PREFIX},
                    "patroni": cluster_config()["patroni"]})
     PILLAR.clear()
     PILLAR.update({f"pgcluster_credentials:etcd_{u}": p for u, p in PASSWORDS.items()})
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=1) as answer:
-                if json.load(answer).get("health") == "true":
-                    break
-        except OSError:
-            pass
-        assert time.monotonic() < deadline, "etcd did not come up"
-        time.sleep(0.1)
     yield url
     process.terminate()
     process.wait(timeout=10)

@@ -6,17 +6,12 @@ switch itself runs in the lab (tests/lab/test_security.py)."""
 
 from __future__ import annotations
 
-import json
 import shutil
-import socket
-import subprocess
-import time
-import urllib.request
 
 import pytest
 from salt.exceptions import CommandExecutionError
 
-from tests.unit.conftest import load_module, salt_utils
+from tests.unit.conftest import load_module, salt_utils, start_etcd
 
 etcd_cluster = load_module("_modules/etcd_cluster.py")
 PASSWORDS = {"root": "root-secret", "patroni": "patroni-secret", "reader": "reader-secret"}
@@ -24,12 +19,6 @@ CONFIG: dict = {}
 
 pytestmark = pytest.mark.skipif(not shutil.which("etcd"), reason="etcd-server is not installed "
                                 "(make apt installs it)")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -44,31 +33,11 @@ def configure_loader_modules():
                            "__grains__": {"id": "e1"}}}
 
 
-def _wait_healthy(url: str) -> None:
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=1) as answer:
-                if json.load(answer).get("health") == "true":
-                    return
-        except OSError:
-            pass
-        assert time.monotonic() < deadline, "etcd did not come up"
-        time.sleep(0.1)
-
-
 @pytest.fixture
 def etcd(tmp_path):
     """One etcd member on loopback in plain text, as a cluster deployed without TLS runs."""
-    client, peer = _free_port(), _free_port()
+    process, client, peer = start_etcd(tmp_path / "data")
     url = f"http://127.0.0.1:{client}"
-    process = subprocess.Popen(
-        ["etcd", "--name", "e1", "--data-dir", str(tmp_path / "data"),
-         "--listen-client-urls", url, "--advertise-client-urls", url,
-         "--listen-peer-urls", f"http://127.0.0.1:{peer}",
-         "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
-         "--initial-cluster", f"e1=http://127.0.0.1:{peer}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     CONFIG.clear()
     CONFIG.update({"name": "test", "member_names": ["e1"],
                    "members": {"e1": {"address": "127.0.0.1"}},
@@ -77,7 +46,6 @@ def etcd(tmp_path):
                    "etcd": {"tls": False, "auth": False, "client_port": client, "peer_port": peer,
                             "data_root": str(tmp_path / "var"), "env_file": str(tmp_path / "env"),
                             "urls": {"e1": url}}})
-    _wait_healthy(url)
     yield process
     process.terminate()
     process.wait(timeout=10)
