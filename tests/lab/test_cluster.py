@@ -47,9 +47,9 @@ def test_deploy_reads_as_success_at_a_glance(lab):
     # One line per orchestration step, each ok, then the cluster and the web address.
     steps = re.findall(r"^  (\S+) +(ok|FAILED|not run) +[\d.]+ s", out, re.M)
     assert [name for name, _ in steps] == [
-        "modules-synced", "addresses", "common", "etcd", "postgresql", "pgbackrest", "patroni-first",
-        "patroni-others", "etcd-auth", "app-database", "pgbouncer", "haproxy", "webapp",
-        "backup-repository"]
+        "modules-synced", "addresses", "common", "etcd-tls-switch", "etcd", "postgresql",
+        "pgbackrest", "patroni-first", "patroni-others", "etcd-auth", "app-database", "pgbouncer",
+        "haproxy", "webapp", "backup-repository"]
     assert {status for _, status in steps} == {"ok"}
     assert C.name in out and "Leader" in out
     assert f"web: {C.url}/" in out
