@@ -581,7 +581,6 @@ def auth_plan(timeout=DEFAULT_TIMEOUT, apply=False, enable=True, fresh=True):
 
 # Switching etcd's TLS under a running cluster (the runner pgcluster_etcd.tls_switch): members
 # move one at a time, so for a while some serve https and some http, on the same ports.
-TLS_STAGES = ("plain", "bridge", "tls")
 
 
 def tls_stage(fresh=True, pillar=None):
@@ -590,7 +589,8 @@ def tls_stage(fresh=True, pillar=None):
     ``bridge`` (plain listeners with the certificates that reach peers already on TLS: the
     halfway point of a switch) or None (no data yet: a new member starts as the pillar says),
     read from its environment file, which salt/etcd writes before each restart it makes;
-    ``wanted`` is ``tls`` or ``plain`` (``pgcluster:etcd:tls``). ``pillar``: an override, as
+    ``wanted`` is ``tls`` or ``plain`` (``pgcluster:etcd:tls``); ``pending``: a running etcd
+    not as wanted, which only the switch may change. ``pillar``: an override, as
     ``bin/deploy --pillar`` gives.
 
     CLI Example:
@@ -604,7 +604,7 @@ def tls_stage(fresh=True, pillar=None):
     wanted = "tls" if etcd["tls"] else "plain"
     member_dir = os.path.join(etcd["data_root"], cfg["name"], "member")
     if not (os.path.isdir(member_dir) and os.path.isfile(etcd["env_file"])):
-        return {"running": None, "wanted": wanted}
+        return {"running": None, "wanted": wanted, "pending": False}
     with open(etcd["env_file"], encoding="utf-8") as env:
         text = env.read()
     if 'ETCD_LISTEN_PEER_URLS="https://' in text:
@@ -613,7 +613,7 @@ def tls_stage(fresh=True, pillar=None):
         running = "bridge"
     else:
         running = "plain"
-    return {"running": running, "wanted": wanted}
+    return {"running": running, "wanted": wanted, "pending": running != wanted}
 
 
 def _both_schemes(cfg):
@@ -677,18 +677,17 @@ def tls_switch_health(timeout=DEFAULT_TIMEOUT, pillar=None):
         entry = {"healthy": False, "serves": None, "peers": None, "errors": [],
                  "peer_urls": listed.get(name, {}).get("peer_urls", []),
                  "client_urls": listed.get(name, {}).get("client_urls", [])}
-        for scheme in ("https", "http"):
-            answer, _took = round_.result(f"{scheme}://{address}:{port}")
-            if isinstance(answer, Exception):
-                entry["errors"].append(str(answer))
-                continue
-            entry["serves"] = scheme
+        answers = {scheme: round_.result(f"{scheme}://{address}:{port}")[0]
+                   for scheme in ("https", "http")}
+        served = [scheme for scheme, a in answers.items() if not isinstance(a, Exception)]
+        if not served:
+            entry["errors"] = [str(a) for a in answers.values()]
+        else:
+            scheme = entry["serves"] = served[0]
             entry["peers"] = peers.get(f"{scheme}://{address}:{port}")[1]
-            entry["healthy"] = answer.get("health") == "true"
+            entry["healthy"] = answers[scheme].get("health") == "true"
             if not entry["healthy"]:
-                entry["errors"].append(answer.get("reason") or "etcd reports itself unhealthy")
-        if entry["serves"]:
-            entry["errors"] = entry["errors"][1:] if entry["healthy"] else entry["errors"]
+                entry["errors"] = [answers[scheme].get("reason") or "etcd reports itself unhealthy"]
         report[name] = entry
     return report
 

@@ -811,8 +811,8 @@ def resume(timeout=DEFAULT_TIMEOUT, pillar=None):
 def _own_status(cfg, timeout):
     """(this member's /patroni, the scheme its REST API answered on), or (None, None) while it
     does not answer. Asked on https (verified by the cluster's CA), then on http: what this
-    Patroni runs, which a switch under way may make other than the pillar says (an unsigned
-    status read; nothing is sent)."""
+    Patroni runs, which a switch under way may make other than the pillar says (a read that
+    sends no credentials)."""
     me = __grains__["id"]
     address, port = cfg["members"][me]["address"], cfg["patroni"]["restapi_port"]
     try:

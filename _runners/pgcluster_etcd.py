@@ -103,6 +103,7 @@ class _Switch:
         # How Patroni's REST API is reached, and what its config keeps: as it runs now. The
         # switch changes only etcd's settings; a REST API switch is the patroni step's.
         self.patroni_pillar = self.pillar
+        self.serves = {}  # {member: the scheme its etcd should serve clients now}
         self.done = []
 
     def health(self):
@@ -227,7 +228,7 @@ def tls_switch(members, pillar=None, wait=DEFAULT_WAIT):
         stages = _call(members, "etcd_cluster.tls_stage", kwarg={"pillar": switch.pillar})
         wanted = {s["wanted"] for s in stages.values()}.pop()
         running = {m: s["running"] for m, s in stages.items()}
-        if all(stage in (None, wanted) for stage in running.values()):
+        if not any(s["pending"] for s in stages.values()):
             return {"switched": False, "comment": f"etcd runs {wanted} wherever it runs"}
         refusal, listing = _refusal(switch, running)
         if refusal:

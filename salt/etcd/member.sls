@@ -65,7 +65,7 @@ etcd-tls-copies:
 {#- etcd keeps its members' peer URLs in its data: a running cluster changes TLS member by
     member, which bin/deploy (orch.cluster) does before its etcd step. A plain state.apply that
     would change it is refused before anything changes. #}
-{%- set refused = not switch_stage and stage.running not in (None, stage.wanted) %}
+{%- set refused = stage.pending and not switch_stage %}
 {%- if refused %}
 
 etcd-tls-unchanged:

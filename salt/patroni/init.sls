@@ -82,8 +82,7 @@ patroni-etcd-auth-off:
     on the pillar's TLS yet, its config keeps them until the switch (bin/deploy's
     pgcluster_etcd.tls_switch, which restarts Patroni at the right moment) writes it. #}
 {%- set etcd_stage = salt['etcd_cluster.tls_stage'](fresh=False) %}
-{%- set etcd_switch_pending = etcd_stage.running not in (None, etcd_stage.wanted)
-      and not salt['pillar.get']('etcd_tls_switch') %}
+{%- set etcd_switch_pending = etcd_stage.pending and not salt['pillar.get']('etcd_tls_switch') %}
 {%- if etcd_switch_pending %}
 
 patroni-etcd-tls-unchanged:

@@ -64,9 +64,10 @@ def test_the_stage_a_member_runs_is_read_from_its_environment_file(tmp_path, env
                                             "env_file": str(tmp_path / "env")}})
     (tmp_path / "env").write_text(env)
     # No data yet: a new member starts as the pillar says, whatever its file holds.
-    assert etcd_cluster.tls_stage() == {"running": None, "wanted": "tls"}
+    assert etcd_cluster.tls_stage() == {"running": None, "wanted": "tls", "pending": False}
     (tmp_path / "test" / "member").mkdir(parents=True)
-    assert etcd_cluster.tls_stage() == {"running": running, "wanted": "tls"}
+    assert etcd_cluster.tls_stage() == {"running": running, "wanted": "tls",
+                                        "pending": running != "tls"}
     CONFIG["etcd"]["tls"] = False
     assert etcd_cluster.tls_stage()["wanted"] == "plain"
 
