@@ -2,8 +2,10 @@
 """Failover write outage: seconds without a successful write through HAProxy's primary port.
 
 Needs the lab up and the cluster deployed (`make lab`). A writer on this machine inserts a row
-every 100 ms through the web host's primary port (reconnecting after errors); for each scenario the leader is
-hurt, and the outage is the longest gap between two acknowledged writes around the fault.
+every 100 ms through the web host's primary port (reconnecting after errors); each scenario hurts
+the leader (or a standby), and the outage is the longest gap between two acknowledged writes
+around the fault. The scenarios run interleaved (A B A B ...), so the machine's drift falls on
+each alike.
 Every acknowledged row is then looked for on the new leader: `lost` must be 0.
 
 Each timing preset is applied through Salt first (pillar override of the patroni and haproxy
@@ -30,7 +32,7 @@ REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from bench.common import RESULTS, machine, now, progress, write_results  # noqa: E402
 from lab.cluster import cluster, credentials, leader, on_web, salt  # noqa: E402
-from lab.workload import FAULTS, Timeline, Writer, ensure_table, rows_on, wait_healthy  # noqa: E402
+from lab.workload import FAULTS, Timeline, Writer, ensure_table, rows_on, run_under, wait_healthy  # noqa: E402
 
 # Pillar overrides under `pgcluster`. "project" is the pillar's own defaults (pgcluster.py).
 TIMINGS = {
@@ -62,6 +64,16 @@ def apply_timing(name: str) -> dict:
 
 def run_once(name: str, password: str, ttl: int) -> dict:
     fault = FAULTS[name]
+    if fault.dynamic_config is None:
+        return measure(fault, name, password, ttl)
+    run_under(fault.dynamic_config)
+    try:
+        return measure(fault, name, password, ttl)
+    finally:
+        run_under(None)
+
+
+def measure(fault, name: str, password: str, ttl: int) -> dict:
     tag = f"{name}-{time.time_ns()}"
     writer = Writer(password, tag)
     writer.start()
@@ -148,8 +160,9 @@ def main() -> int:
             applied[timing] = apply_timing(timing)
             progress(f"  Patroni runs with {applied[timing]}")
             wait_healthy(300, sync_standby=True)
-            for name in scenarios:
-                for run in range(args.runs):
+            # Interleaved (A B A B ...): the machine's drift falls on every scenario alike.
+            for run in range(args.runs):
+                for name in scenarios:
                     progress(f"{timing}: {name} run {run + 1}/{args.runs} ...")
                     results.append({"timing": timing,
                                     **run_once(name, password, applied[timing]["ttl"])})

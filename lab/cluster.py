@@ -98,6 +98,22 @@ class Cluster:
         return self.model["patroni"]["retry_timeout"]
 
     @property
+    def settled_roles(self) -> list[str]:
+        """patroni.list's roles, sorted, once a healthy cluster has named its synchronous
+        standbys as the pillar's synchronous_mode asks: with quorum every replica is one of
+        the quorum, with true synchronous_node_count of them are named."""
+        patroni = self.model["patroni"]
+        replicas = len(self.members) - 1
+        mode, count = patroni["synchronous_mode"], patroni["synchronous_node_count"]
+        if mode == "quorum":
+            standbys = ["Quorum Standby"] * replicas
+        elif mode:
+            standbys = ["Sync Standby"] * count + ["Replica"] * (replicas - count)
+        else:
+            standbys = ["Replica"] * replicas
+        return sorted(["Leader", *standbys])
+
+    @property
     def app(self) -> dict[str, str]:
         return self.model["app"]
 
@@ -216,10 +232,24 @@ def on_web(function: str, *args: str, timeout: int = 120, check: bool = False) -
     return salt(web, function, *args, timeout=timeout, check=check).get(web)
 
 
+# The roles patroni.list gives a replica that acknowledges commits: named by Patroni with
+# synchronous_mode true, one of the quorum with synchronous_mode quorum.
+SYNCHRONOUS_ROLES = ("Sync Standby", "Quorum Standby")
+
+
 def roles() -> dict[str, str]:
-    """{member: role} as `patroni.list` reports it ("Leader", "Sync Standby", "Replica")."""
+    """{member: role} as `patroni.list` reports it ("Leader", "Quorum Standby", "Sync Standby",
+    "Replica")."""
     listing = on_web("patroni.list")
     return {m["name"]: m["role"] for m in listing["members"]}
+
+
+def spare_replica() -> str:
+    """A replica whose loss stalls no write: an asynchronous one when there is one, else (with
+    quorum commit, where any one standby may be lost) the first of the standbys."""
+    current = roles()
+    spare = [n for n, r in sorted(current.items()) if r == "Replica"]
+    return (spare or [n for n, r in sorted(current.items()) if r in SYNCHRONOUS_ROLES])[0]
 
 
 def leader() -> str:

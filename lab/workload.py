@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import itertools
+import json
 import subprocess
 import threading
 import time
@@ -19,16 +20,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import settings
-from .cluster import cluster, leader, on_web, roles
+from .cluster import SYNCHRONOUS_ROLES, cluster, leader, on_web, roles
 
 LAB = settings.REPO / "bin" / "lab"
 INTERVAL = 0.1
 TABLE = "bench_writes"
 
 
-def wait_healthy(timeout: float = 180, sync_standby: bool = False) -> dict:
-    """Until patroni.health says healthy and every member runs or streams (and, with
-    sync_standby, a synchronous standby is named: what zero loss depends on); the listing."""
+def wait_healthy(timeout: float = 180, sync_standby: bool | str = False,
+                 settled: bool = False) -> dict:
+    """Until patroni.health says healthy and every member runs or streams; the listing.
+    With sync_standby, also until a replica acknowledges commits (one of SYNCHRONOUS_ROLES, or
+    the role named): what zero loss depends on. With settled, until the roles are those the
+    pillar's synchronous_mode gives (Cluster.settled_roles)."""
     deadline = time.monotonic() + timeout
     while True:
         health = on_web("patroni.health")
@@ -36,11 +40,17 @@ def wait_healthy(timeout: float = 180, sync_standby: bool = False) -> dict:
             listing = on_web("patroni.list")
             members = listing["members"] if isinstance(listing, dict) else []
             if members and all(m["state"] in ("running", "streaming") for m in members) and \
-                    (not sync_standby or "Sync Standby" in [m["role"] for m in members]):
+                    (not sync_standby or _synchronous(members, sync_standby)) and \
+                    (not settled or sorted(m["role"] for m in members) == cluster().settled_roles):
                 return listing
         if time.monotonic() > deadline:
             raise TimeoutError(f"the cluster did not become healthy in {timeout:.0f} s: {health}")
         time.sleep(2)
+
+
+def _synchronous(members: list[dict], role: bool | str) -> bool:
+    wanted = (role,) if isinstance(role, str) else SYNCHRONOUS_ROLES
+    return any(m["role"] in wanted for m in members)
 
 
 def lab(*args: str) -> subprocess.CompletedProcess:
@@ -114,9 +124,9 @@ class _Loop(threading.Thread):
         if conn is not None:
             conn.close()
 
-    def longest_gap(self, since: float) -> float:
-        """Seconds of the longest gap between two successes from `since` on."""
-        times = [t for t, _ in self.ok if t >= since]
+    def longest_gap(self, since: float, until: float = float("inf")) -> float:
+        """Seconds of the longest gap between two successes from `since` on (to `until`)."""
+        times = [t for t, _ in self.ok if since <= t <= until]
         gaps = [b - a for a, b in itertools.pairwise(times)]
         return max(gaps) if gaps else float("nan")
 
@@ -229,8 +239,9 @@ class Timeline:
         }
 
 
-def _members_with(role: str) -> str:
-    return next(name for name, r in roles().items() if r == role)
+def _synchronous_standby() -> str:
+    """A replica that acknowledges commits (the first, with quorum commit)."""
+    return next(name for name, r in sorted(roles().items()) if r in SYNCHRONOUS_ROLES)
 
 
 def _replicas() -> list[str]:
@@ -246,6 +257,9 @@ class Fault:
     inject: Callable[[str], object]
     repair: Callable[[str], object]
     observe: float  # seconds to watch the writer after the fault
+    # Patroni's dynamic configuration the scenario runs under (set before it, the pillar's
+    # value put back after), when not the deployed one.
+    dynamic_config: dict | None = None
 
 
 FAULTS = {
@@ -267,7 +281,26 @@ FAULTS = {
                          lambda h: lab("exec", h, "--", "systemctl", "start", "etcd"), 30),
     "switchover": Fault("planned switchover (salt web patroni.switchover)", lambda: [leader()],
                         lambda h: on_web("patroni.switchover"), lambda h: None, 15),
-    "replica-crash": Fault("power cut of the synchronous standby, then power on",
-                           lambda: [_members_with("Sync Standby")],
+    "replica-crash": Fault("power cut of a synchronous standby, then power on",
+                           lambda: [_synchronous_standby()],
                            lambda h: lab("crash", h), lambda h: lab("start", h), 30),
+    # The same with one named synchronous standby instead of quorum commit: the comparisons.
+    "switchover-sync": Fault("planned switchover (synchronous_mode: true)", lambda: [leader()],
+                             lambda h: on_web("patroni.switchover"), lambda h: None, 15,
+                             dynamic_config={"synchronous_mode": True}),
+    "replica-crash-sync": Fault("power cut of the synchronous standby (synchronous_mode: true), "
+                                "then power on", lambda: [_synchronous_standby()],
+                                lambda h: lab("crash", h), lambda h: lab("start", h), 30,
+                                dynamic_config={"synchronous_mode": True}),
 }
+
+
+def run_under(config: dict | None) -> None:
+    """Put Patroni's dynamic configuration to `config` (None: the pillar's synchronous_mode)
+    and wait until the synchronous standbys it implies are named."""
+    mode = cluster().model["patroni"]["synchronous_mode"]
+    wanted = config or {"synchronous_mode": mode}
+    on_web("patroni.patch_config", json.dumps(wanted), check=True)
+    mode = wanted.get("synchronous_mode", mode)
+    role = "Quorum Standby" if mode == "quorum" else "Sync Standby" if mode else False
+    wait_healthy(240, sync_standby=role)

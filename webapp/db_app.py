@@ -40,7 +40,8 @@ READY_TIMEOUT = 2.5  # seconds: /readyz answers within this whatever the servers
 CSRF_MAX_AGE = 12 * 3600  # seconds a form stays valid
 # Patroni's roles as patronictl shows them.
 ROLE_NAMES = {"leader": "Leader", "primary": "Leader", "sync_standby": "Sync Standby",
-              "replica": "Replica", "standby_leader": "Standby Leader"}
+              "quorum_standby": "Quorum Standby", "replica": "Replica",
+              "standby_leader": "Standby Leader"}
 DIGITS_RE = re.compile(r"[0-9]+")  # always with fullmatch: "$" would let "1\n" through
 # Control characters but tab, newline and carriage return: invisible in a page, terminal
 # escapes in a log, and NUL cannot be stored in PostgreSQL's text at all.

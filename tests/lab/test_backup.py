@@ -11,7 +11,7 @@ import time
 import pytest
 
 from lab import object_storage
-from lab.cluster import cluster, leader, on_web, roles, salt
+from lab.cluster import SYNCHRONOUS_ROLES, cluster, leader, on_web, roles, salt, spare_replica
 from lab.workload import wait_healthy
 from tests.conftest import VENV_BIN, run
 from tests.lab.conftest import lab_exec
@@ -131,7 +131,7 @@ def _patroni_log_since(member: str, since: str) -> str:
 
 
 def test_a_rebuilt_member_is_restored_from_the_repository_not_the_leader(healthy_cluster):
-    replica = next(n for n, role in roles().items() if role == "Replica")
+    replica = spare_replica()
     since = lab_exec(replica, "date", "+%Y-%m-%d %H:%M:%S").stdout.strip()
     lab_exec(replica, "systemctl", "stop", C.model["patroni"]["service"])
     lab_exec(replica, "sh", "-c", f"rm -rf {C.model['postgresql']['data_dir']}")
@@ -139,7 +139,7 @@ def test_a_rebuilt_member_is_restored_from_the_repository_not_the_leader(healthy
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         state = roles()
-        if state.get(replica) in ("Replica", "Sync Standby"):
+        if state.get(replica) in ("Replica", *SYNCHRONOUS_ROLES):
             health = on_web("patroni.health")
             if health and health.get("healthy"):
                 break

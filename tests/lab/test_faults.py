@@ -15,12 +15,12 @@ from datetime import UTC, datetime
 import pytest
 
 from lab.cluster import cluster, credentials, roles
-from lab.workload import FAULTS, Reader, Writer, ensure_table, in_recovery, rows_on, wait_healthy
+from lab.workload import FAULTS, Reader, Writer, ensure_table, in_recovery, rows_on, run_under, wait_healthy
 from tests.conftest import REPO
 from tests.lab.test_webapp import request
 
 RUNS = {"stop": 1, "kill9": 1, "crash": 2, "partition": 2, "etcd-one": 1, "etcd-quorum": 1,
-        "switchover": 1, "replica-crash": 1}
+        "switchover": 1, "replica-crash": 1, "replica-crash-sync": 1}
 CASES = [(name, run) for name, runs in RUNS.items() for run in range(1, runs + 1)]
 OUTPUT = REPO / "tests" / "output"
 MEMBERS = cluster().members
@@ -57,8 +57,19 @@ def all_rows_everywhere(tag: str, acked: set[int], timeout: float = 90) -> dict[
 @pytest.mark.parametrize(("scenario", "run"), CASES, ids=[f"{n}-{r}" for n, r in CASES])
 def test_no_acknowledged_write_is_lost(lab, report, scenario, run):
     fault = FAULTS[scenario]
+    if fault.dynamic_config is None:
+        wait_healthy(240, sync_standby=True)
+        check_scenario(fault, scenario, run, report)
+        return
+    run_under(fault.dynamic_config)
+    try:
+        check_scenario(fault, scenario, run, report)
+    finally:
+        run_under(None)
+
+
+def check_scenario(fault, scenario, run, report):
     password = credentials()["app"]
-    wait_healthy(240, sync_standby=True)
     ensure_table(password)
     tag = f"{scenario}-{run}-{time.time_ns()}"
     writer, reader = Writer(password, tag), Reader(password)

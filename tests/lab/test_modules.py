@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from lab.cluster import cluster, leader, on_web, salt
+from lab.cluster import SYNCHRONOUS_ROLES, cluster, leader, on_web, salt
+from lab.workload import run_under
 from tests.conftest import REPO, VENV_BIN, run
 from tests.lab.conftest import LAB, wait_healthy
 
@@ -21,7 +22,7 @@ MODULE_TIMEOUT = 2.0
 
 @pytest.fixture
 def healthy_cluster(lab):
-    return wait_healthy()
+    return wait_healthy(settled=True)
 
 
 def leader_of(listing: dict) -> str:
@@ -39,18 +40,18 @@ def test_patroni_list_from_the_web_host(healthy_cluster):
     assert listing["system_identifier"].isdigit()
     assert listing["paused"] is False
     roles = sorted(m["role"] for m in listing["members"])
-    assert roles == ["Leader", "Replica", "Sync Standby"]
+    assert roles == C.settled_roles
     for member in listing["members"]:
         assert {"name", "host", "role", "state", "timeline", "lag_mb"} <= set(member)
     # The default outputter shows a table, as patronictl list does.
     table = salt_on_web("patroni.list").stdout
     assert f"+ Cluster: {C.name} (" in table
-    assert "| Member" in table and "| Leader" in table and "| Sync Standby" in table
+    assert "| Member" in table and "| Leader" in table and f"| {roles[-1]}" in table
 
 
 def test_switchover_moves_the_leader_and_list_shows_it(healthy_cluster):
     old = leader_of(healthy_cluster)
-    candidate = next(m["name"] for m in healthy_cluster["members"] if m["role"] == "Sync Standby")
+    candidate = next(m["name"] for m in healthy_cluster["members"] if m["role"] in SYNCHRONOUS_ROLES)
     result = on_web("patroni.switchover", f"candidate={candidate}")
     assert result["previous_leader"] == old
     assert candidate in result["message"]
@@ -73,11 +74,22 @@ def test_patroni_refusals_are_clear(healthy_cluster):
     out = salt_on_web("patroni.reinit", current)
     # Patroni's own message, passed on.
     assert out.returncode != 0 and "Patroni refused the reinitialize" in out.stdout
-    # synchronous_mode: only the synchronous standby can take over in a switchover; the module
-    # says so (naming it) before asking Patroni, and the leader stays.
-    sync = next(m["name"] for m in healthy_cluster["members"] if m["role"] == "Sync Standby")
-    asynchronous = next(m["name"] for m in healthy_cluster["members"] if m["role"] == "Replica")
-    out = salt_on_web("patroni.switchover", f"candidate={asynchronous}")
+    assert leader() == current
+
+
+def test_switchover_to_an_asynchronous_replica_is_refused_with_synchronous_mode_true(
+        healthy_cluster):
+    # synchronous_mode true (not quorum commit): only the synchronous standby can take over in a
+    # switchover; the module says so (naming it) before asking Patroni, and the leader stays.
+    current = leader_of(healthy_cluster)
+    run_under({"synchronous_mode": True})
+    try:
+        listing = wait_healthy(sync_standby="Sync Standby")
+        sync = next(m["name"] for m in listing["members"] if m["role"] == "Sync Standby")
+        asynchronous = next(m["name"] for m in listing["members"] if m["role"] == "Replica")
+        out = salt_on_web("patroni.switchover", f"candidate={asynchronous}")
+    finally:
+        run_under(None)
     assert out.returncode != 0
     assert (f"{asynchronous} is an asynchronous replica; with synchronous_mode Patroni switches "
             f"over only to the synchronous standby: {sync}") in " ".join(out.stdout.split())
@@ -98,7 +110,8 @@ def test_etcd_health_status_and_members(healthy_cluster):
         assert f"members/{name}" in keys, sorted(keys)
         assert keys[f"members/{name}"]["api_url"] == C.patroni_url(name, "/patroni")
     assert keys["leader"] in MEMBERS and keys["leader"] == leader_of(healthy_cluster)
-    assert "config" in keys and keys["config"]["synchronous_mode"] is True
+    assert "config" in keys
+    assert keys["config"]["synchronous_mode"] == C.model["patroni"]["synchronous_mode"]
 
 
 def timed_on_web(function: str) -> tuple[object, float]:

@@ -35,7 +35,7 @@ LAB = REPO / "bin" / "lab"
 MAP = REPO / "cloud.maps.d" / "yandex.map"
 PROVIDER = yaml.safe_load((REPO / "cloud.providers.d" / "yandex.conf.example").read_text())["yandex"]
 # A member back in the cluster: (its role, its state) in Patroni's REST API.
-REJOINED = (("replica", "streaming"), ("sync_standby", "streaming"))
+REJOINED = (("replica", "streaming"), ("sync_standby", "streaming"), ("quorum_standby", "streaming"))
 
 
 def make(target: str, timeout: float = 1800) -> subprocess.CompletedProcess:

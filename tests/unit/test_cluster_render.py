@@ -19,7 +19,7 @@ def test_patroni_config_of_a_member(cfg):
     assert conf["postgresql"]["listen"] == "10.0.0.12,127.0.0.1:5432"
     dcs = conf["bootstrap"]["dcs"]
     assert (dcs["ttl"], dcs["loop_wait"], dcs["retry_timeout"]) == (20, 2, 9)
-    assert dcs["synchronous_mode"] is True and dcs["failsafe_mode"] is True
+    assert dcs["synchronous_mode"] == "quorum" and dcs["failsafe_mode"] is True
     assert dcs["postgresql"]["use_pg_rewind"] is True
     assert dcs == render.dcs_config(cfg)
 
