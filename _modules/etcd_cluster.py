@@ -724,3 +724,93 @@ def peer_scheme_set(scheme, timeout=DEFAULT_TIMEOUT, pillar=None):
     _write(urls, "/v3/cluster/member/update", {"ID": member["ID"], "peerURLs": [url]}, timeout,
            tls=tls, token=token)
     return {"changed": True, "peer_urls": [url]}
+
+
+def _peer_url(cfg, name):
+    scheme = "https" if cfg["etcd"]["tls"] else "http"
+    return f"{scheme}://{cfg['members'][name]['address']}:{cfg['etcd']['peer_port']}"
+
+
+def _named_rows(cfg, rows):
+    """The member list's rows, an unstarted member (no name yet) named by the pillar member
+    whose peer URL it has."""
+    by_url = {_peer_url(cfg, n): n for n in cfg["member_names"]}
+    for row in rows:
+        if not row["name"]:
+            row["name"] = next((by_url[u] for u in row["peer_urls"] if u in by_url), "")
+    return rows
+
+
+def member_add(name, timeout=DEFAULT_TIMEOUT, pillar=None):
+    """
+    Add the pillar member ``name`` to the running etcd cluster with its peer URL from pillar,
+    as ``etcdctl member add`` does, unless the member list has that URL already. Its etcd must
+    then start as a member of an existing cluster, with ``initial_cluster`` (the runner
+    pgcluster_members.join does both). Asked of the other members; as root when etcd's
+    authentication is on. Returns whether it changed, the member's id and ``initial_cluster``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt postgres-srv1 etcd_cluster.member_add postgres-srv4
+    """
+    cfg = _config(True, pillar)
+    if name not in cfg["members"]:
+        raise CommandExecutionError(f"member_add: {name} is no member of pgcluster:members")
+    url = _peer_url(cfg, name)
+    urls = [u for n, u in cfg["etcd"]["urls"].items() if n != name]
+    tls = _tls(cfg)
+    rows = _member_rows(_rpc(urls, "/v3/cluster/member/list", {}, timeout, tls=tls))
+    changed = not any(url in row["peer_urls"] for row in rows)
+    if changed:
+        token = _token(urls, tls, "root", timeout) if cfg["etcd"]["auth"] else None
+        answer = _write(urls, "/v3/cluster/member/add", {"peerURLs": [url]}, timeout,
+                        tls=tls, token=token)
+        rows = _member_rows(answer)
+    rows = _named_rows(cfg, rows)
+    unnamed = [row["peer_urls"] for row in rows if not row["name"]]
+    if unnamed:
+        raise CommandExecutionError(f"member_add: etcd lists members added but never started "
+                                    f"that are no pillar member: {unnamed}")
+    mine = next(row for row in rows if url in row["peer_urls"])
+    initial = ",".join(f"{row['name']}={row['peer_urls'][0]}"
+                       for row in sorted(rows, key=lambda r: r["name"]))
+    return {"changed": changed, "id": mine["id"], "initial_cluster": initial}
+
+
+def member_remove(name, timeout=DEFAULT_TIMEOUT, pillar=None, wait=15):
+    """
+    Remove the member ``name`` from etcd's member list, as ``etcdctl member remove`` does
+    (``name``: as etcd lists it, or a pillar member added but never started); nothing when it
+    is not there. Its etcd stops serving at once. Asked of the pillar's members; as root when
+    etcd's authentication is on. Returns whether it changed and the member's id.
+
+    etcd refuses ("unhealthy cluster") while the members left would not have a quorum of
+    peers connected for 5 s: asked again for up to ``wait`` seconds, then its refusal raised.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt postgres-srv1 etcd_cluster.member_remove postgres-srv4
+    """
+    cfg = _config(True, pillar)
+    urls = [u for n, u in cfg["etcd"]["urls"].items() if n != name]
+    tls = _tls(cfg)
+    answer = _rpc(urls, "/v3/cluster/member/list", {}, timeout, tls=tls)
+    rows = _named_rows(cfg, _member_rows(answer))
+    row = next((r for r in rows if r["name"] == name), None)
+    if row is None:
+        return {"changed": False, "id": None}
+    token = _token(urls, tls, "root", timeout) if cfg["etcd"]["auth"] else None
+    deadline = time.monotonic() + float(wait)
+    while True:
+        try:
+            _write(urls, "/v3/cluster/member/remove", {"ID": str(int(row["id"], 16))}, timeout,
+                   tls=tls, token=token)
+            return {"changed": True, "id": row["id"]}
+        except _Refused as exc:
+            if "unhealthy cluster" not in exc.error or time.monotonic() > deadline:
+                raise
+        time.sleep(1)

@@ -608,7 +608,7 @@ def _candidate_refusal(candidate, rows, current, sync_mode):
     return f"{why}; valid candidates: {', '.join(valid) or 'none now'}"
 
 
-def switchover(candidate=None, scheduled_at=None, timeout=DEFAULT_TIMEOUT):
+def switchover(candidate=None, scheduled_at=None, timeout=DEFAULT_TIMEOUT, pillar=None):
     """
     Planned switchover from the current leader to ``candidate``, now or at ``scheduled_at`` (ISO
     8601 with a time zone). Without a candidate Patroni picks one (with synchronous_mode, the
@@ -619,7 +619,8 @@ def switchover(candidate=None, scheduled_at=None, timeout=DEFAULT_TIMEOUT):
     streaming, one tagged nofailover, and, with synchronous_mode, any but the synchronous standby.
 
     Returns within ``timeout`` (asking every member at once) plus 30 s or ``timeout``, whichever
-    is longer (Patroni answers once the switchover is done).
+    is longer (Patroni answers once the switchover is done). ``pillar``: an override over the
+    master's (the runner pgcluster_members names a leader it is taking out of pillar so).
 
     CLI Example:
 
@@ -629,7 +630,7 @@ def switchover(candidate=None, scheduled_at=None, timeout=DEFAULT_TIMEOUT):
         salt web patroni.switchover candidate=postgres-srv2
         salt web patroni.switchover candidate=postgres-srv2 scheduled_at=2026-12-01T03:00+00:00
     """
-    round_, urls = _survey(timeout, ("/cluster", "/patroni", "/config"))
+    round_, urls = _survey(timeout, ("/cluster", "/patroni", "/config"), pillar=pillar)
     listing = _listing(round_, urls)
     rows = {m["name"]: m for m in listing["members"]}
     current = _leader_of(listing)

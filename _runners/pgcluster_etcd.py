@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import time
 
-import salt.client
+from salt.exceptions import CommandExecutionError
 
 log = logging.getLogger(__name__)
 
@@ -40,61 +40,18 @@ __virtualname__ = "pgcluster_etcd"
 # How long one member's step may take: its etcd's restart and the cluster healthy again, or a
 # Patroni reaching etcd after its restart.
 DEFAULT_WAIT = 180
-# Salt's own wait for a minion's answer to one call (a state run is longer than a probe).
-CALL_TIMEOUT = 300
 
 
 def __virtual__():
     return __virtualname__
 
 
-class _StepFailed(Exception):
-    pass
-
-
-def _call(members, fun, args=(), kwarg=None, timeout=CALL_TIMEOUT):
-    """``fun`` on each of ``members`` (a list); their returns. A member that does not answer,
-    or whose call fails, raises naming it."""
-    client = salt.client.get_local_client(__opts__["conf_file"])
-    answers = client.cmd(list(members), fun, arg=list(args), kwarg=kwarg or {},
-                         tgt_type="list", timeout=timeout, full_return=True)
-    returns = {}
-    for member in members:
-        answer = answers.get(member)
-        if not isinstance(answer, dict) or "ret" not in answer:
-            raise _StepFailed(f"{member} did not answer {fun} within {timeout} s")
-        if answer.get("retcode", 0) != 0 or (isinstance(answer["ret"], str)
-                                             and answer["ret"].startswith(("ERROR", "Error"))):
-            raise _StepFailed(f"{member}: {fun}: {answer['ret']}")
-        returns[member] = answer["ret"]
-    return returns
+def _call(members, fun, args=(), kwarg=None):
+    return __utils__["pgcluster_orch.call"](__opts__, members, fun, args, kwarg)
 
 
 def _state(members, mods, pillar, state_id=None):
-    """A state file (or one state of it, with its requisites) on each of ``members``; raises
-    with each failing state's comment."""
-    if state_id:
-        rets = _call(members, "state.sls_id", [state_id], {"mods": mods, "pillar": pillar})
-    else:
-        rets = _call(members, "state.apply", [mods], {"pillar": pillar})
-    failed = []
-    for member, ret in rets.items():
-        if not isinstance(ret, dict):
-            failed.append(f"{member}: {ret}")
-            continue
-        failed += [f"{member}: {s.get('__id__', key)}: {s.get('comment')}"
-                   for key, s in ret.items() if isinstance(s, dict) and s.get("result") is False]
-    if failed:
-        raise _StepFailed(f"state {mods}: " + "; ".join(failed))
-
-
-def _merged(base, over):
-    """``over`` over ``base``, nested mappings merged (as Salt merges a pillar override)."""
-    merged = dict(base)
-    for key, value in over.items():
-        merged[key] = (_merged(base[key], value) if isinstance(value, dict)
-                       and isinstance(base.get(key), dict) else value)
-    return merged
+    __utils__["pgcluster_orch.state"](__opts__, members, mods, pillar, state_id)
 
 
 class _Switch:
@@ -125,7 +82,7 @@ class _Switch:
             if not wrong:
                 return
             if time.monotonic() > deadline:
-                raise _StepFailed(f"{why}: etcd not healthy after {self.wait} s: " + "; ".join(
+                raise CommandExecutionError(f"{why}: etcd not healthy after {self.wait} s: " + "; ".join(
                     f"{name} serves {e['serves']} (wanted {self.serves[name]}), connected with "
                     f"{e['peers']} of {peers} peers: {' '.join(e['errors']) or 'no error'}"
                     for name, e in wrong.items()))
@@ -198,7 +155,8 @@ def _refusal(switch, running):
                 "Patroni on every member in turn; bring every member's Patroni up on one scheme "
                 "first (salt <member> service.reload patroni takes its config's)"), None
     rest_tls = set(schemes.values()).pop() == "https"
-    switch.patroni_pillar = _merged(switch.pillar, {"pgcluster": {"patroni": {"tls": rest_tls}}})
+    switch.patroni_pillar = __utils__["pgcluster_orch.merged"](
+        switch.pillar, {"pgcluster": {"patroni": {"tls": rest_tls}}})
     listing = switch.patroni("patroni.list")
     down = [m["name"] for m in listing["members"] if m["state"] not in ("running", "streaming")]
     if down:
@@ -237,7 +195,7 @@ def tls_switch(members, pillar=None, wait=DEFAULT_WAIT):
         if not paused:
             switch.patroni("patroni.pause")
         switch.run(running, wanted)
-    except _StepFailed as exc:
+    except CommandExecutionError as exc:
         log.error("etcd's TLS switch failed: %s", exc)
         return {"Error": f"etcd's TLS: {exc} (done before: {', '.join(switch.done) or 'nothing'})"}
     finally:

@@ -356,6 +356,7 @@ SCHEMA = Record({
         "packages": PACKAGES,
         "service": Str(),
         "env_file": Path(),
+        "bootstrap_file": Path(),
         "data_root": Path(),
         "user": Str(),
         "group": Str(),
@@ -540,9 +541,9 @@ def _check_cluster(cfg: dict) -> None:
             seen[host["address"]] = path
     for name in sorted(set(members) & set(web)):
         raise PillarError(("web", name), "is also a database member: a host is one or the other")
-    if len(members) % 2 == 0:
-        raise PillarError(("members",), f"{len(members)} members: etcd runs on each and needs an "
-                          "odd number (3 or 5) to keep a quorum through a failure")
+    if len(members) < 3:
+        raise PillarError(("members",), f"{len(members)} members: etcd runs on each and needs at "
+                          "least 3 to keep a quorum through a failure")
     patroni = cfg["patroni"]
     budget = patroni["loop_wait"] + 2 * patroni["retry_timeout"]
     if budget > patroni["ttl"]:
@@ -623,6 +624,12 @@ def derive(cfg: dict) -> dict:
     cfg["member_names"] = names
     cfg["web_names"] = sorted(cfg["web"])
     cfg["bootstrap_member"] = names[0]
+    # What the cluster runs with but should not: bin/deploy shows them.
+    cfg["warnings"] = [
+        f"pgcluster:members: {len(names)} members, an even number: etcd's quorum is "
+        f"{len(names) // 2 + 1}, so it survives {(len(names) - 1) // 2} down, as "
+        f"{len(names) - 1} members do; {len(names) + 1} would survive {len(names) // 2}"
+    ] if len(names) % 2 == 0 else []
     etcd_scheme = "https" if etcd["tls"] else "http"
     etcd["initial_cluster"] = ",".join(
         f"{n}={etcd_scheme}://{members[n]['address']}:{etcd['peer_port']}" for n in names)

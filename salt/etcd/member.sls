@@ -6,6 +6,7 @@
     would change stage is refused. #}
 {%- from "etcd/map.jinja" import etcd, cluster with context %}
 {%- set me = cluster.members[grains.id] %}
+{%- set data_dir = etcd.data_root ~ '/' ~ cluster.name %}
 {%- set switch_stage = salt['pillar.get']('etcd_tls_stage') %}
 {%- set stage = salt['etcd_cluster.tls_stage'](fresh=False) %}
 {%- if switch_stage and switch_stage not in ('tls', 'plain', 'bridge') %}
@@ -89,7 +90,7 @@ etcd-config:
         name: {{ grains.id }}
         address: {{ me.address }}
         cluster: {{ cluster | json }}
-        data_dir: {{ etcd.data_root }}/{{ cluster.name }}
+        data_dir: {{ data_dir }}
         stage: {{ target }}
 {%- if certificates or refused %}
     - require:
@@ -102,6 +103,29 @@ etcd-config:
 {%-   endif %}
 {%- endif %}
 
+{#- How this member first joins: with the others of a new cluster, as the pillar lists them;
+    or, with pillar etcd_join (the runner pgcluster_members.join, after etcd's member add), as
+    a member added to a running cluster. Written only while there is no data: etcd reads it
+    only then, and a member added later must not restart the running ones. #}
+{%- set join = salt['pillar.get']('etcd_join') %}
+
+etcd-bootstrap-config:
+  file.managed:
+    - name: {{ etcd.bootstrap_file }}
+    - source: salt://etcd/files/etcd-bootstrap.env.jinja
+    - template: jinja
+    - mode: '0644'
+    - context:
+        cluster_name: {{ cluster.name }}
+{%- if join %}
+        initial_cluster: {{ join.initial_cluster }}
+        state: existing
+{%- else %}
+        initial_cluster: {{ etcd.initial_cluster | replace('https://', 'http://') | replace('http://', scheme ~ '://') }}
+        state: new
+{%- endif %}
+    - unless: test -d {{ data_dir }}/member
+
 # etcd reports ready only once it has a quorum: the first member waits for the others.
 etcd-start-timeout:
   file.managed:
@@ -111,12 +135,22 @@ etcd-start-timeout:
         [Service]
         TimeoutStartSec={{ etcd.start_timeout }}
 
+etcd-bootstrap-unit:
+  file.managed:
+    - name: /etc/systemd/system/{{ etcd.service }}.service.d/bootstrap.conf
+    - makedirs: true
+    - contents: |
+        [Service]
+        EnvironmentFile=-{{ etcd.bootstrap_file }}
+
 etcd-packages:
   pkg.installed:
     - pkgs: {{ etcd.packages | json }}
     - require:
       - file: etcd-config
+      - file: etcd-bootstrap-config
       - file: etcd-start-timeout
+      - file: etcd-bootstrap-unit
 
 etcd-service:
   service.running:

@@ -28,6 +28,16 @@ addresses:
     - require:
       - salt: modules-synced
 
+# A member taken out of pillar leaves Patroni and etcd while the firewalls still let it talk
+# (_runners/pgcluster_members; nothing on a new cluster, or when etcd's members are the pillar's).
+members-leave:
+  salt.runner:
+    - name: pgcluster_members.leave
+    - members: {{ members | json }}
+{{- override() }}
+    - require:
+      - salt: addresses
+
 common:
   salt.state:
     - tgt: '*'
@@ -37,7 +47,7 @@ common:
       - tls
 {{- override() }}
     - require:
-      - salt: addresses
+      - salt: members-leave
 
 # etcd's TLS as the pillar says on a running cluster that has it otherwise (nothing to do on a
 # new one, or when it already does): member by member, Patroni paused (_runners/pgcluster_etcd).
@@ -45,11 +55,19 @@ etcd-tls-switch:
   salt.runner:
     - name: pgcluster_etcd.tls_switch
     - members: {{ members | json }}
-{%- if deploy_pillar %}
-    - pillar: {{ deploy_pillar | json }}
-{%- endif %}
+{{- override() }}
     - require:
       - salt: common
+
+# A member new to the pillar (or whose host was made again) joins the running etcd, now that
+# it has its certificates and every firewall lets it in.
+members-join:
+  salt.runner:
+    - name: pgcluster_members.join
+    - members: {{ members | json }}
+{{- override() }}
+    - require:
+      - salt: etcd-tls-switch
 
 # All members at once: each etcd waits for a quorum of the others.
 etcd:
@@ -59,7 +77,7 @@ etcd:
     - sls: etcd
 {{- override() }}
     - require:
-      - salt: etcd-tls-switch
+      - salt: members-join
 
 # After the etcd switch: a switch refused changes nothing here either.
 postgresql:

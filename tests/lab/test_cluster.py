@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lab.cluster import cluster, credentials, leader, on_web, roles, salt, secrets
+from lab.cluster import cluster, credentials, leader, on_web, salt, secrets, spare_replica
 from tests.conftest import REPO, VENV_BIN, run
 from tests.lab.conftest import DEPLOY, LAB, lab_exec, wait_healthy
 
@@ -47,7 +47,8 @@ def test_deploy_reads_as_success_at_a_glance(lab):
     # One line per orchestration step, each ok, then the cluster and the web address.
     steps = re.findall(r"^  (\S+) +(ok|FAILED|not run) +[\d.]+ s", out, re.M)
     assert [name for name, _ in steps] == [
-        "modules-synced", "addresses", "common", "etcd-tls-switch", "etcd", "postgresql",
+        "modules-synced", "addresses", "members-leave", "common", "etcd-tls-switch", "members-join",
+        "etcd", "postgresql",
         "pgbackrest", "patroni-first", "patroni-others", "etcd-auth", "app-database", "pgbouncer",
         "haproxy", "webapp", "backup-repository"]
     assert {status for _, status in steps} == {"ok"}
@@ -90,11 +91,11 @@ def test_deploy_stops_before_configuring_anything_when_a_host_lacks_its_pillar_a
 
 @pytest.mark.parametrize("host", sorted(MEMBERS))
 def test_patronictl_list_on_every_member_shows_one_leader_and_two_streaming_replicas(lab, host):
-    # Patroni names the synchronous standby a loop or two after the replicas stream.
+    # Patroni names the synchronous standbys a loop or two after the replicas stream.
     deadline = time.monotonic() + 60
     while True:
         members = patronictl_list(host)
-        settled = sorted(m["Role"] for m in members) == ["Leader", "Replica", "Sync Standby"] and \
+        settled = sorted(m["Role"] for m in members) == C.settled_roles and \
             all(m["State"] in ("running", "streaming") for m in members)
         if settled or time.monotonic() > deadline:
             break
@@ -103,9 +104,8 @@ def test_patronictl_list_on_every_member_shows_one_leader_and_two_streaming_repl
     roles = sorted(m["Role"] for m in members)
     assert roles.count("Leader") == 1
     replicas = [m for m in members if m["Role"] != "Leader"]
-    assert {m["Role"] for m in replicas} <= {"Sync Standby", "Replica"}
-    # synchronous_mode is on by default: one replica is the synchronous standby.
-    assert "Sync Standby" in roles
+    # Quorum commit by default: every replica is one of the quorum that acknowledges commits.
+    assert roles == C.settled_roles
     assert all(m["State"] == "streaming" for m in replicas)
     assert len({m["TL"] for m in members}) == 1
     for m in members:
@@ -116,7 +116,7 @@ def test_patronictl_on_a_member_cut_off_from_etcd_ends_within_its_bound(lab):
     """Its own etcd stopped, patronictl asks the others; cut off from them too, it says so within
     retry_timeout instead of waiting without end as Patroni's own patronictl does."""
     wait_healthy()
-    replica = next(h for h, role in roles().items() if role == "Replica")  # the asynchronous one
+    replica = spare_replica()
     others = [m for m in MEMBERS if m != replica]
     lab_exec(replica, "systemctl", "stop", "etcd")
     try:
@@ -245,7 +245,7 @@ def test_postgresql_lives_on_its_own_disk_which_a_reboot_mounts_again(lab):
             host, "systemctl", "cat", C.model["patroni"]["service"]).stdout
     # A replica powered off and on: the disk is mounted at boot, its data (and a row written
     # before) still there, and it streams again.
-    replica = next(m for m, role in roles().items() if role == "Replica")
+    replica = spare_replica()
     psql_via_web(C.primary_port, "create table if not exists disk_check (note text)")
     note = f"before the reboot {time.time_ns()}"
     psql_via_web(C.primary_port, f"insert into disk_check values ('{note}')")
@@ -324,9 +324,10 @@ def test_a_second_orchestration_and_test_mode_change_nothing_and_show_no_secret(
     [
         ({"patroni": {"ttl": 10}}, "pillar pgcluster:patroni:ttl: 10 is not allowed"),
         ({"patroni": {"tll": 30}}, "pillar pgcluster:patroni:tll: unknown key (did you mean ttl?)"),
-        ({"members": {"extra": {"address": "10.0.0.99"}}}, "pillar pgcluster:members: 4 members"),
+        ({"patroni": {"synchronous_node_count": len(MEMBERS)}},
+         f"pillar pgcluster:patroni:synchronous_node_count: {len(MEMBERS)} standbys, but"),
     ],
-    ids=["ttl", "typo", "even"],
+    ids=["ttl", "typo", "standbys"],
 )
 def test_bad_pillar_fails_the_render_naming_the_key(lab, override, message):
     member = C.model["bootstrap_member"]

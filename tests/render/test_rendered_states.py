@@ -169,7 +169,9 @@ def test_pgbouncer_config_loads_in_pgbouncer(rendered, pillar):
 
 @pytest.mark.parametrize("pillar", HOSTS)
 def test_etcd_environment_names_only_etcds_own_flags(rendered, pillar):
-    validators.etcd_env(_member(rendered, pillar)["etcd-config"]["text"])
+    # etcd starts with both: the bootstrap file's initial cluster is read while it has no data.
+    member = _member(rendered, pillar)
+    validators.etcd_env(member["etcd-config"]["text"] + member["etcd-bootstrap-config"]["text"])
 
 
 @pytest.mark.parametrize(("pillar", "host"), CASES)
@@ -250,7 +252,8 @@ def test_etcd_speaks_tls_peers_show_certificates_and_patroni_logs_in(rendered):
     member = _member(rendered, "lab")  # postgres-srv1, the bootstrap member
     env = member["etcd-config"]["text"]
     assert 'ETCD_LISTEN_CLIENT_URLS="https://10.0.0.11:2379"\n' in env
-    assert 'ETCD_PEER_CLIENT_CERT_AUTH="true"' in env and "postgres-srv2=https://10.0.0.12:2380" in env
+    assert 'ETCD_PEER_CLIENT_CERT_AUTH="true"' in env
+    assert "postgres-srv2=https://10.0.0.12:2380" in member["etcd-bootstrap-config"]["text"]
     # No client CA: etcd would ask clients for a certificate, which its gateway then refuses.
     assert "ETCD_TRUSTED_CA_FILE" not in env and "ETCD_CLIENT_CERT_AUTH" not in env
     etcd3 = yaml.safe_load(member["patroni-config"]["text"])["etcd3"]
@@ -402,6 +405,25 @@ def test_the_yandex_site_gets_the_yandex_pillar(rendered):
         assert line in conf.splitlines(), conf
     assert "repo2-storage-ca-file" not in conf
     assert not [k for k in states if k.startswith("pgbackrest-repo2-storage-")]
+
+
+def test_a_member_joins_a_running_etcd_by_its_bootstrap_file_which_only_a_new_host_gets():
+    """A new cluster's members start together, from the pillar's list; a member the runner
+    pgcluster_members.join added (pillar etcd_join) starts as one of an existing cluster. The
+    file is written only while etcd has no data, so a member added later restarts no other
+    member: the environment etcd-config writes (and the service watches) names no member."""
+    new = render("postgres-srv1")
+    text = new["files"]["etcd-bootstrap-config"]["text"]
+    assert 'ETCD_INITIAL_CLUSTER_STATE="new"' in text
+    assert ('ETCD_INITIAL_CLUSTER="postgres-srv1=https://10.0.0.11:2380,postgres-srv2=https://'
+            '10.0.0.12:2380,postgres-srv3=https://10.0.0.13:2380"') in text
+    assert "unless" in json.dumps(new["states"]["etcd-bootstrap-config"])
+    assert "/var/lib/etcd/pg-cluster-skynet/member" in json.dumps(new["states"]["etcd-bootstrap-config"])
+    assert "postgres-srv2" not in new["files"]["etcd-config"]["text"]
+    initial = "postgres-srv1=https://10.0.0.11:2380,postgres-srv4=https://10.0.0.14:2380"
+    joining = render("postgres-srv1", pillar={"etcd_join": {"initial_cluster": initial}})
+    text = joining["files"]["etcd-bootstrap-config"]["text"]
+    assert 'ETCD_INITIAL_CLUSTER_STATE="existing"' in text and f'ETCD_INITIAL_CLUSTER="{initial}"' in text
 
 
 def test_switching_etcds_tls_with_a_plain_state_apply_is_refused_and_bin_deploy_named(tmp_path):

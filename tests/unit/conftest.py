@@ -97,17 +97,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_etcd(data_dir: Path) -> tuple[subprocess.Popen, int, int]:
-    """One etcd member (Debian's etcd-server) on loopback in plain text, as a new cluster's:
-    (its process, client port, peer port), once it says it is healthy. The caller ends it."""
-    client, peer = free_port(), free_port()
-    url = f"http://127.0.0.1:{client}"
+def start_etcd(data_dir: Path, name: str = "e1", address: str = "127.0.0.1",
+               ports: tuple[int, int] | None = None, initial_cluster: str | None = None,
+               ) -> tuple[subprocess.Popen, int, int]:
+    """One etcd member (Debian's etcd-server) on loopback in plain text: (its process, client
+    port, peer port), once it says it is healthy. By default a new cluster's only member; with
+    ``initial_cluster``, a member added to a running one. The caller ends it."""
+    client, peer = ports or (free_port(), free_port())
+    url = f"http://{address}:{client}"
     process = subprocess.Popen(
-        ["etcd", "--name", "e1", "--data-dir", str(data_dir),
+        ["etcd", "--name", name, "--data-dir", str(data_dir),
          "--listen-client-urls", url, "--advertise-client-urls", url,
-         "--listen-peer-urls", f"http://127.0.0.1:{peer}",
-         "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
-         "--initial-cluster", f"e1=http://127.0.0.1:{peer}"],
+         "--listen-peer-urls", f"http://{address}:{peer}",
+         "--initial-advertise-peer-urls", f"http://{address}:{peer}",
+         "--initial-cluster", initial_cluster or f"{name}=http://{address}:{peer}",
+         "--initial-cluster-state", "existing" if initial_cluster else "new"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 20
     while True:

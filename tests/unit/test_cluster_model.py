@@ -48,8 +48,18 @@ def test_the_repo_pillar_gives_the_original_tasks_cluster(cfg):
     assert cfg["etcd"]["endpoints"] == ["10.0.0.11:2379", "10.0.0.12:2379", "10.0.0.13:2379"]
     assert cfg["etcd"]["urls"]["postgres-srv2"] == "https://10.0.0.12:2379"
     assert cfg["etcd"]["prefix"] == "/service/pg-cluster-skynet/"
-    assert cfg["patroni"]["synchronous_mode"] is True
+    # Quorum commit by default: any one of the two replicas acknowledges a commit.
+    assert (cfg["patroni"]["synchronous_mode"], cfg["patroni"]["synchronous_node_count"]) == ("quorum", 1)
     assert cfg["backend_port"] == 6432  # PgBouncer is on by default
+
+
+def test_an_even_member_count_works_with_a_warning_that_says_what_it_costs():
+    assert build({})["warnings"] == []
+    four = build({"members": {**CLUSTER_PILLAR["members"], "postgres-srv4": {"address": "10.0.0.14"}}})
+    assert four["member_names"][-1] == "postgres-srv4"
+    assert four["warnings"] == [
+        "pgcluster:members: 4 members, an even number: etcd's quorum is 3, so it survives 1 "
+        "down, as 3 members do; 5 would survive 2"]
 
 
 def test_quorum_commit_is_chosen_with_its_standby_count_and_reaches_patronis_config():
@@ -220,8 +230,8 @@ def test_a_key_left_empty_is_an_error_not_the_default():
         ({"web": {"web": {"address": "10.0.0.12"}}},
          "pillar pgcluster:web:web:address: 10.0.0.12 is already the address of "
          "pgcluster:members:postgres-srv2"),
-        ({"members": {**CLUSTER_PILLAR["members"], "postgres-srv4": {"address": "10.0.0.14"}}},
-         "pillar pgcluster:members: 4 members: etcd runs on each and needs an odd number"),
+        ({"members": {n: CLUSTER_PILLAR["members"][n] for n in ("postgres-srv1", "postgres-srv2")}},
+         "pillar pgcluster:members: 2 members: etcd runs on each and needs at least 3"),
         ({"members": {**CLUSTER_PILLAR["members"], "postgres-srv2": {}}},
          "pillar pgcluster:members:postgres-srv2:address: missing"),
         ({"web": {"postgres-srv1": {"address": "10.0.0.20"}}},

@@ -39,3 +39,13 @@ def test_a_runners_error_is_the_steps_failure_and_the_next_step_did_not_run():
     lines, failures = deploy.summarize(steps)
     assert "etcd-tls-switch   FAILED" in lines[0] and "etcd              not run" in lines[1]
     assert failures == [f"master (etcd-tls-switch): {error}"]
+
+
+def test_a_membership_step_lists_what_it_did_and_the_models_warnings():
+    steps = {"a": {**_runner_step(True, {
+        "changed": True, "steps": ["postgres-srv4: into etcd", "postgres-srv4: etcd running with 3 peers"],
+        "warnings": ["pgcluster:members: 4 members, an even number: ..."]}), "__id__": "members-join"}}
+    lines, failures = deploy.summarize(steps)
+    assert lines[0].endswith("postgres-srv4: into etcd; postgres-srv4: etcd running with 3 peers")
+    assert lines[1].strip() == "warning: pgcluster:members: 4 members, an even number: ..."
+    assert failures == []
