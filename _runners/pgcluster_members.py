@@ -67,12 +67,14 @@ def _address(peer_urls):
 def changes(wanted, listed, has_data):
     """
     What converging etcd's members to the pillar's would do: ``leave`` (listed, not wanted),
-    ``join`` (wanted, not listed, or listed but never started) and ``replace`` (listed and
-    started, but its host has no etcd data: the host was made again), each a sorted list of
-    names; and ``refusal``, why not (more than one change), or None.
+    ``join`` (wanted, not listed, or added but never started) and ``replace`` (listed, has run,
+    but its host has no etcd data: the host was made again), each a sorted list of names; and
+    ``refusal``, why not (more than one change), or None. A member of a new cluster's initial
+    list that never ran (no client URLs yet) is left to the etcd step, which starts it.
 
     ``wanted``: {pillar member: address}; ``listed``: etcd's member list (``name``,
-    ``status``, ``peer_urls``); ``has_data``: {pillar member: whether its host has etcd data}.
+    ``status``, ``peer_urls``, ``client_urls``); ``has_data``: {pillar member: whether its host
+    has etcd data}.
     """
     addresses = {_address(row["peer_urls"]): row for row in listed}
     leave = sorted(row["name"] or _address(row["peer_urls"]) for row in listed
@@ -82,7 +84,7 @@ def changes(wanted, listed, has_data):
         row = addresses.get(address)
         if row is None or row["status"] == "unstarted":
             join.append(name)
-        elif has_data.get(name) is False:
+        elif has_data.get(name) is False and row.get("client_urls"):
             replace.append(name)
     changed = [*(f"removes {n}" for n in leave), *(f"adds {n}" for n in join),
                *(f"makes {n} again" for n in replace)]

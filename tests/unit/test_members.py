@@ -79,9 +79,10 @@ def test_only_a_pillar_member_is_added():
         etcd_cluster.member_add("e9")
 
 
-def _row(name, address, status="started"):
+def _row(name, address, status="started", ran=True):
     return {"name": name if status == "started" else "", "status": status,
-            "peer_urls": [f"https://{address}:2380"]}
+            "peer_urls": [f"https://{address}:2380"],
+            "client_urls": [f"https://{address}:2379"] if ran else []}
 
 
 WANTED = {"srv1": "10.0.0.11", "srv2": "10.0.0.12", "srv3": "10.0.0.13"}
@@ -100,7 +101,10 @@ DATA = dict.fromkeys(WANTED, True)
     (WANTED, LISTED, {**DATA, "srv2": False}, {"replace": ["srv2"]}),
     # A host that does not answer is not taken for one made again.
     (WANTED, LISTED, {**DATA, "srv2": None}, {}),
-], ids=["same", "added", "added-unstarted", "removed", "made-again", "host-silent"])
+    # A new cluster's member that never ran (a first deployment that stopped before it): the
+    # etcd step starts it as one of the new cluster.
+    (WANTED, [*LISTED[:2], _row("srv3", "10.0.0.13", ran=False)], {**DATA, "srv3": False}, {}),
+], ids=["same", "added", "added-unstarted", "removed", "made-again", "host-silent", "never-ran"])
 def test_the_plan_follows_the_pillars_members(wanted, listed, has_data, expected):
     plan = runner.changes(wanted, listed, has_data)
     assert plan == {"leave": [], "join": [], "replace": [], "refusal": None, **expected}
