@@ -602,7 +602,7 @@ def tls_stage(fresh=True, pillar=None):
     cfg = _config(fresh, pillar)
     etcd = cfg["etcd"]
     wanted = "tls" if etcd["tls"] else "plain"
-    member_dir = os.path.join(etcd["data_root"], cfg["name"], "member")
+    member_dir = os.path.join(etcd["data_dir"], "member")
     if not (os.path.isdir(member_dir) and os.path.isfile(etcd["env_file"])):
         return {"running": None, "wanted": wanted, "pending": False}
     with open(etcd["env_file"], encoding="utf-8") as env:

@@ -49,14 +49,7 @@ def _call(members, fun, args=(), kwarg=None):
 
 
 def _on_one(members, fun, args=(), kwarg=None):
-    """``fun`` on the first of ``members`` whose minion answers it well; raises the last error."""
-    error = None
-    for member in members:
-        try:
-            return _call([member], fun, args, kwarg)[member]
-        except CommandExecutionError as exc:
-            error = exc
-    raise error or CommandExecutionError("no member to ask")
+    return __utils__["pgcluster_orch.on_one"](__opts__, members, fun, args, kwarg)
 
 
 def _address(peer_urls):
@@ -113,7 +106,7 @@ class _Members:
 
     def has_data(self):
         """{member: whether its host has etcd data}; None for a host that does not answer."""
-        data = f"{self.model['etcd']['data_root']}/{self.model['name']}/member"
+        data = f"{self.model['etcd']['data_dir']}/member"
         hosts = __utils__["pgcluster_orch.answering"](__opts__, self.members)
         found = _call(hosts, "file.directory_exists", [data]) if hosts else {}
         return {m: found.get(m) for m in self.members}
@@ -189,7 +182,7 @@ class _Members:
     def move_data_aside(self, host):
         """The host's etcd data renamed: a member removed from etcd can never use it again, and
         with it the host could not join as a new member."""
-        data = f"{self.model['etcd']['data_root']}/{self.model['name']}"
+        data = self.model["etcd"]["data_dir"]
         if _call([host], "file.directory_exists", [data])[host]:
             aside = f"{data}.removed-{time.strftime('%Y%m%d%H%M%S')}"
             _call([host], "file.rename", [data, aside])
@@ -202,8 +195,7 @@ class _Members:
         if replace:
             _on_one(others, "etcd_cluster.member_remove", [name], {"pillar": self.pillar})
             self.done.append(f"{name}: its old member out of etcd")
-        elif _call([name], "file.directory_exists",
-                   [f"{self.model['etcd']['data_root']}/{self.model['name']}"])[name]:
+        elif _call([name], "file.directory_exists", [self.model["etcd"]["data_dir"]])[name]:
             self.stop(name, [self.model["etcd"]["service"]])
             self.move_data_aside(name)
         added = _on_one(others, "etcd_cluster.member_add", [name], {"pillar": self.pillar})

@@ -39,15 +39,19 @@ def _call(members, fun, args=(), kwarg=None):
     return __utils__["pgcluster_orch.call"](__opts__, members, fun, args, kwarg)
 
 
+def _on_one(members, fun, args=(), kwarg=None):
+    return __utils__["pgcluster_orch.on_one"](__opts__, members, fun, args, kwarg)
+
+
 class _Rolling:
     def __init__(self, members, wait):
         self.members, self.wait = sorted(members), int(wait)
         self.done = []
 
     def ask(self, fun, args=(), kwarg=None, avoid=None):
-        """A patroni module function on a member other than ``avoid`` (the one restarting)."""
-        asker = next(m for m in self.members if m != avoid)
-        return _call([asker], fun, args, kwarg)[asker]
+        """A patroni module function on a member other than ``avoid`` (the one restarting),
+        the next when one does not answer."""
+        return _on_one([m for m in self.members if m != avoid], fun, args, kwarg)
 
     def listing(self):
         return {m["name"]: m for m in self.ask("patroni.list")["members"]}

@@ -631,6 +631,8 @@ def derive(cfg: dict) -> dict:
         f"{len(names) - 1} members do; {len(names) + 1} would survive {len(names) // 2}"
     ] if len(names) % 2 == 0 else []
     etcd_scheme = "https" if etcd["tls"] else "http"
+    # This cluster's etcd data on a member (its "member" folder exists once etcd has run).
+    etcd["data_dir"] = f"{etcd['data_root']}/{cfg['name']}"
     etcd["initial_cluster"] = ",".join(
         f"{n}={etcd_scheme}://{members[n]['address']}:{etcd['peer_port']}" for n in names)
     # Patroni's form (etcd3 hosts, with protocol) and every other client's (a URL per member).

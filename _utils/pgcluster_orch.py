@@ -31,6 +31,18 @@ def call(opts, members, fun, args=(), kwarg=None, *, timeout=CALL_TIMEOUT):
     return returns
 
 
+def on_one(opts, members, fun, args=(), kwarg=None):
+    """``fun`` on the first of ``members`` whose minion answers it well; its return. Raises the
+    last member's error when none does."""
+    error = CommandExecutionError(f"no member to ask {fun} of")
+    for member in members:
+        try:
+            return call(opts, [member], fun, args, kwarg)[member]
+        except CommandExecutionError as exc:
+            error = exc
+    raise error
+
+
 def answering(opts, hosts, timeout=10):
     """The hosts among ``hosts`` whose minion answers a ping within ``timeout`` seconds."""
     client = salt.client.get_local_client(opts["conf_file"])

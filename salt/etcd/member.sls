@@ -6,7 +6,6 @@
     would change stage is refused. #}
 {%- from "etcd/map.jinja" import etcd, cluster with context %}
 {%- set me = cluster.members[grains.id] %}
-{%- set data_dir = etcd.data_root ~ '/' ~ cluster.name %}
 {%- set switch_stage = salt['pillar.get']('etcd_tls_stage') %}
 {%- set stage = salt['etcd_cluster.tls_stage'](fresh=False) %}
 {%- if switch_stage and switch_stage not in ('tls', 'plain', 'bridge') %}
@@ -90,7 +89,7 @@ etcd-config:
         name: {{ grains.id }}
         address: {{ me.address }}
         cluster: {{ cluster | json }}
-        data_dir: {{ data_dir }}
+        data_dir: {{ etcd.data_dir }}
         stage: {{ target }}
 {%- if certificates or refused %}
     - require:
@@ -124,7 +123,7 @@ etcd-bootstrap-config:
         initial_cluster: {{ etcd.initial_cluster | replace('https://', 'http://') | replace('http://', scheme ~ '://') }}
         state: new
 {%- endif %}
-    - unless: test -d {{ data_dir }}/member
+    - unless: test -d {{ etcd.data_dir }}/member
 
 # etcd reports ready only once it has a quorum: the first member waits for the others.
 etcd-start-timeout:

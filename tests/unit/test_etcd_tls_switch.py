@@ -44,7 +44,7 @@ def etcd(tmp_path):
                    "tls": {"ca_file": str(tmp_path / "no-ca.crt")},
                    # The pillar wants no TLS, and this host has no CA: asking on https fails.
                    "etcd": {"tls": False, "auth": False, "client_port": client, "peer_port": peer,
-                            "data_root": str(tmp_path / "var"), "env_file": str(tmp_path / "env"),
+                            "data_dir": str(tmp_path / "var" / "test"), "env_file": str(tmp_path / "env"),
                             "urls": {"e1": url}}})
     yield process
     process.terminate()
@@ -60,7 +60,7 @@ def etcd(tmp_path):
 ])
 def test_the_stage_a_member_runs_is_read_from_its_environment_file(tmp_path, env, running):
     CONFIG.clear()
-    CONFIG.update({"name": "test", "etcd": {"tls": True, "data_root": str(tmp_path),
+    CONFIG.update({"name": "test", "etcd": {"tls": True, "data_dir": str(tmp_path / "test"),
                                             "env_file": str(tmp_path / "env")}})
     (tmp_path / "env").write_text(env)
     # No data yet: a new member starts as the pillar says, whatever its file holds.
