@@ -4,7 +4,7 @@ PYTHON := /usr/bin/python3
 VENV := .venv
 APT_PACKAGES := debootstrap systemd-container dpkg-dev iproute2 nftables python3-venv postgresql-15 \
 	python3-dev util-linux procps chromium wrk haproxy nginx pgbouncer etcd-server openssh-client \
-	openssl
+	openssl prometheus prometheus-alertmanager
 PYTEST_ARGS ?=
 
 .PHONY: lab lab-down yandex-lab yandex-lab-down test test-unit lint bench deps apt venv
@@ -77,6 +77,7 @@ deps: apt venv
 # debootstrap, systemd-container, dpkg-dev, iproute2, nftables, util-linux, procps: the lab;
 # python3-venv, python3-dev: .venv; postgresql-15: the web app's tests and the pg_hba check;
 # haproxy, nginx, pgbouncer, etcd-server: the rendered configs, each checked by its own tool;
+# prometheus, prometheus-alertmanager: promtool tests the alert rules, amtool checks the config;
 # chromium: the browser test; wrk: bench/web.py; openssh-client: salt-cloud's SSH bootstrap of
 # the emulated cloud's VMs.
 apt:

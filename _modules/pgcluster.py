@@ -238,3 +238,56 @@ def pgbackrest_config(minion_id=None, show_secrets=False):
         s3_keys = {n: dict.fromkeys(keys, REDACTED) for n, keys in s3_keys.items()}
     render = __utils__["pgcluster_render.pgbackrest_config"]
     return __utils__["pgcluster_render.ini"](render(cfg, host, cipher, s3_keys))
+
+
+def prometheus_config():
+    """
+    Prometheus's configuration (``/etc/prometheus/prometheus.yml`` on the Prometheus host): a
+    scrape job per component, its targets from the cluster model.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt web pgcluster.prometheus_config
+    """
+    return __utils__["pgcluster_render.prometheus_config"](config())
+
+
+def alert_rules():
+    """
+    The alert rules (``/etc/prometheus/rules/pgcluster.yml``), their thresholds from pillar
+    ``pgcluster:monitoring:alerts``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt web pgcluster.alert_rules
+    """
+    return __utils__["pgcluster_render.alert_rules"](config())
+
+
+def alertmanager_config(show_secrets=False):
+    """
+    Alertmanager's configuration (``/etc/prometheus/alertmanager.yml``): the receivers of
+    pillar ``pgcluster:monitoring:receivers``. The SMTP password shows as ``**********``
+    unless ``show_secrets=True`` (what the config template asks for).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt web pgcluster.alertmanager_config
+    """
+    cfg = config()
+    email = cfg["monitoring"]["receivers"]["email"]
+    password = None
+    if email and email["auth_password_file"]:
+        password = _credentials().get("smtp_password")
+        if password is None:
+            raise CommandExecutionError(
+                f"{__opts__['id']} has no SMTP password in pillar pgcluster_credentials: only "
+                f"the Prometheus host ({cfg['monitoring']['host']}) gets it")
+        password = password if show_secrets else REDACTED
+    return __utils__["pgcluster_render.alertmanager_config"](cfg, password)

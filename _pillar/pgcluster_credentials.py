@@ -6,14 +6,16 @@ knows the members and the web hosts from wherever ``pgcluster:members`` and ``pg
 are set, and gives each minion only its share as ``pgcluster_credentials``: the database
 members all of them, the web hosts the application's, the Patroni REST API's and etcd's
 reader's, the backup repository host the repositories' passphrase, any other minion none
-(``webapp_csrf`` signs the web app's form tokens; ``etcd_*`` are etcd's users). The object
-storage keys the pillar names by file (``pgcluster:pgbackrest:repositories:N:s3:
-credentials_file``, a file on the master, relative to the pillar's directory unless absolute)
-come as
+(``webapp_csrf`` signs the web app's form tokens; ``etcd_*`` are etcd's users;
+``pgbouncer_stats`` is PgBouncer's exporter's). The object storage keys the pillar names by
+file (``pgcluster:pgbackrest:repositories:N:s3:credentials_file``, a file on the master,
+relative to the pillar's directory unless absolute) come as
 ``s3: {repository number: {access_key_id, secret_access_key}}`` to the members and the
 repository host, with the store's CA certificate (``ca``) when one is named. The store
 (``pillar/generated/credentials.yaml`` beside the pillar by default) is written 0600,
-atomically, under a lock: several minions render their pillar at once.
+atomically, under a lock: several minions render their pillar at once. The Prometheus host
+(``pgcluster:monitoring:host``) gets ``smtp_password``, the first line of the file
+``pgcluster:monitoring:receivers:email:auth_password_file`` names, when it names one.
 
 .. code-block:: yaml
 
@@ -37,7 +39,7 @@ log = logging.getLogger(__name__)
 __virtualname__ = "pgcluster_credentials"
 
 NAMES = ("superuser", "replication", "rewind", "app", "restapi", "pgbouncer_admin", "webapp_csrf",
-         "pgbackrest_cipher", "etcd_root", "etcd_patroni", "etcd_reader")
+         "pgbackrest_cipher", "etcd_root", "etcd_patroni", "etcd_reader", "pgbouncer_stats")
 # etcd_reader: the etcd_cluster module reads Patroni's keys from a web host too.
 WEB_NEEDS = ("app", "restapi", "webapp_csrf", "etcd_reader")
 # The repository host (a web host) encrypts the backups.
@@ -86,15 +88,21 @@ def _hosts(pillar, section):
     return hosts if isinstance(hosts, dict) else {}
 
 
-def _backup(pillar):
+def _section(pillar, name):
+    """pgcluster:NAME of the compiled pillar ({} when missing or malformed)."""
     cluster = pillar.get("pgcluster")
-    backup = cluster.get("pgbackrest") if isinstance(cluster, dict) else None
-    return backup if isinstance(backup, dict) else {}
+    section = cluster.get(name) if isinstance(cluster, dict) else None
+    return section if isinstance(section, dict) else {}
 
 
-def _backup_host(pillar):
-    host = _backup(pillar).get("host")
+def _host_of(pillar, name):
+    """pgcluster:NAME:host, by default the first web host (pgbackrest's and monitoring's)."""
+    host = _section(pillar, name).get("host")
     return host if host is not None else next(iter(sorted(_hosts(pillar, "web"))), None)
+
+
+def _backup(pillar):
+    return _section(pillar, "pgbackrest")
 
 
 def _s3_keys(pillar):
@@ -135,7 +143,7 @@ S3_KEYS = ("access_key_id", "secret_access_key")
 
 def ext_pillar(minion_id, pillar, store=None):
     """This minion's share of the passwords, from the compiled ``pgcluster`` pillar."""
-    backup_host = minion_id == _backup_host(pillar) and _backup(pillar).get("enabled", True)
+    backup_host = minion_id == _host_of(pillar, "pgbackrest") and _backup(pillar).get("enabled", True)
     if minion_id in _hosts(pillar, "members"):
         wanted = NAMES
     elif minion_id in _hosts(pillar, "web"):
@@ -148,4 +156,28 @@ def ext_pillar(minion_id, pillar, store=None):
         s3 = _s3_keys(pillar)
         if s3:
             share["s3"] = s3
+    if minion_id == _host_of(pillar, "monitoring"):
+        password = _smtp_password(pillar)
+        if password is not None:
+            share["smtp_password"] = password
     return {"pgcluster_credentials": share}
+
+
+def _smtp_password(pillar):
+    """The SMTP relay's password from the file pgcluster:monitoring:receivers:email:
+    auth_password_file names on the master (its first line), for Alertmanager."""
+    receivers = _section(pillar, "monitoring").get("receivers")
+    email = receivers.get("email") if isinstance(receivers, dict) else None
+    if not isinstance(email, dict) or not email.get("auth_password_file"):
+        return None
+    path = _on_master(email["auth_password_file"])
+    try:
+        with open(path) as fh:
+            password = fh.readline().rstrip("\r\n")
+    except OSError as exc:
+        raise SaltInvocationError(f"pgcluster:monitoring:receivers:email:auth_password_file: "
+                                  f"cannot read {path} on the salt-master: {exc.strerror}") from None
+    if not password:
+        raise SaltInvocationError(f"pgcluster:monitoring:receivers:email:auth_password_file: "
+                                  f"{path} is empty: its first line is the password")
+    return password

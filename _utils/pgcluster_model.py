@@ -121,6 +121,20 @@ def Duration() -> Str:
     return Str(r"[0-9]+(us|ms|s|m|h|d)?", "a duration such as 500ms, 3s, 30m")
 
 
+def PromDuration() -> Str:
+    # Prometheus's duration format.
+    return Str(r"([0-9]+(ms|s|m|h|d|w|y))+", "a duration such as 10s, 15d, 1h30m")
+
+
+def Url() -> Str:
+    return Str(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[\w./?=&%~+-]*)?",
+               "an http:// or https:// URL such as http://alerts.example.net:9000/hook")
+
+
+def Email() -> Str:
+    return Str(r"[\w.+-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+", "an e-mail address")
+
+
 class Enum(Type):
     def __init__(self, *values):
         self.values = values
@@ -335,6 +349,10 @@ REPOSITORY = Record({
 PATRONI_TAGS = Record({"nofailover": Bool(), "noloadbalance": Bool(), "clonefrom": Bool(),
                        "nosync": Bool(), "failover_priority": Int(0, 1000000)})
 
+MONITORING_SERVICES = ("prometheus", "alertmanager", "node_exporter", "postgres_exporter",
+                       "pgbouncer_exporter")
+MONITORING_PORTS = (*MONITORING_SERVICES, "haproxy")
+
 SCHEMA = Record({
     "name": Str(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", "a cluster name (letters, digits, . _ -)"),
     "members": Map(MINION_ID, HOST, minimum=1, what="members"),
@@ -475,6 +493,38 @@ SCHEMA = Record({
             "sign_command": List(Str(), minimum=1),
         }, required=("certificate",)), "the salt-master makes the cluster's own CA"),
     }),
+    "monitoring": Record({
+        "enabled": Bool(),
+        "host": Optional(MINION_ID, "the first web host"),
+        "scrape_interval": PromDuration(),
+        "retention": PromDuration(),
+        "alerts": Record({
+            "replication_lag": Int(0, 2**63 - 1, "(bytes)"),
+            "archive_age": Int(60, 86400 * 7, "(seconds)"),
+            "certificate_days": Int(1, 3650, "(days)"),
+            "disk_free_percent": Int(1, 99, "(per cent)"),
+            "memory_free_percent": Int(1, 99, "(per cent)"),
+        }),
+        "receivers": Record({
+            "webhook": Optional(Url(), "no webhook"),
+            "email": Optional(Record({
+                "to": Email(),
+                "from": Email(),
+                "smarthost": Str(r"[A-Za-z0-9.-]+:[0-9]{1,5}", "HOST:PORT of an SMTP relay, "
+                                 "such as smtp.example.net:587"),
+                "require_tls": Bool(),
+                "auth_username": Str(),
+                "auth_password_file": MasterFile(),
+            }, required=("to", "from", "smarthost")), "no e-mail"),
+        }),
+        "ports": Record({name: Port() for name in MONITORING_PORTS}),
+        "packages": Record({name: PACKAGES for name in MONITORING_SERVICES}),
+        "services": Record({name: Str() for name in MONITORING_SERVICES}),
+        "config_dir": Path(),
+        "textfile_dir": Path(),
+        "postgres_role": Name(),
+        "pgbouncer_user": Name(),
+    }),
     "webapp": Record({
         "port": Port(),
         "bind": HostPort(),
@@ -559,14 +609,8 @@ def _check_cluster(cfg: dict) -> None:
         if name not in members:
             raise PillarError(("patroni", "tags", name),
                               f"unknown member; members: {', '.join(sorted(members))}")
-    backup = [("pgbackrest", "tls_port")] if cfg["pgbackrest"]["enabled"] else []
-    _distinct_ports(cfg, "a database member", [
-        ("postgresql", "port"), ("patroni", "restapi_port"), ("etcd", "client_port"),
-        ("etcd", "peer_port"), *([("pgbouncer", "port")] if cfg["pgbouncer"]["enabled"] else []),
-        *backup])
-    _distinct_ports(cfg, "a web host", [
-        ("haproxy", "primary_port"), ("haproxy", "replica_port"), ("haproxy", "stats_port"),
-        ("webapp", "port"), ("webapp", "bind"), *backup])
+    _check_monitoring(cfg)
+    _check_ports(cfg)
     _check_backup(cfg)
     tls = cfg["tls"]
     if tls["renew_days"] >= tls["days"]:
@@ -606,10 +650,46 @@ def _check_backup(cfg: dict) -> None:
                               "is set by the backups (pgcluster:pgbackrest) while they are on")
 
 
+def _check_ports(cfg: dict) -> None:
+    """No two services of a host on one port: a member's, a web host's, and the Prometheus
+    host's own (on a member or a web host)."""
+    members, monitoring = cfg["members"], cfg["monitoring"]
+    backup = [("pgbackrest", "tls_port")] if cfg["pgbackrest"]["enabled"] else []
+    exporters = [("monitoring", "ports", "node_exporter")] if monitoring["enabled"] else []
+    server = [("monitoring", "ports", "prometheus"), ("monitoring", "ports", "alertmanager")] \
+        if monitoring["enabled"] else []
+    member_ports = [
+        ("postgresql", "port"), ("patroni", "restapi_port"), ("etcd", "client_port"),
+        ("etcd", "peer_port"), *([("pgbouncer", "port")] if cfg["pgbouncer"]["enabled"] else []),
+        *backup, *exporters]
+    if monitoring["enabled"]:
+        member_ports.append(("monitoring", "ports", "postgres_exporter"))
+        if cfg["pgbouncer"]["enabled"]:
+            member_ports.append(("monitoring", "ports", "pgbouncer_exporter"))
+    web_ports = [
+        ("haproxy", "primary_port"), ("haproxy", "replica_port"), ("haproxy", "stats_port"),
+        ("webapp", "port"), ("webapp", "bind"), *backup, *exporters,
+        *([("monitoring", "ports", "haproxy")] if monitoring["enabled"] else [])]
+    on_member = monitoring["host"] in members  # null: the first web host
+    _distinct_ports(cfg, "a database member", member_ports + (server if on_member else []))
+    _distinct_ports(cfg, "a web host", web_ports + ([] if on_member else server))
+
+
+def _check_monitoring(cfg: dict) -> None:
+    host = cfg["monitoring"]["host"]
+    if cfg["monitoring"]["enabled"] and host is not None and host not in cfg["members"] \
+            and host not in cfg["web"]:
+        raise PillarError(("monitoring", "host"), f"{host!r} is neither a member nor a web host; "
+                          f"members: {', '.join(sorted(cfg['members']))}; web hosts: "
+                          f"{', '.join(sorted(cfg['web']))}")
+
+
 def _distinct_ports(cfg: dict, host: str, keys: list[tuple]) -> None:
     seen: dict[int, tuple] = {}
     for key in keys:
-        value = cfg[key[0]][key[1]]
+        value = cfg
+        for part in key:
+            value = value[part]
         port = int(str(value).rpartition(":")[2])
         if port in seen:
             raise PillarError(key, f"port {port} is already {where(seen[port])} on {host}")
@@ -661,6 +741,13 @@ def derive(cfg: dict) -> dict:
     # postgres's copies of the certificates (postgresql.tls_dir) serve PostgreSQL and Patroni's
     # REST API.
     pg["tls_copies"] = pg["tls"] or cfg["patroni"]["tls"]
+    monitoring = cfg["monitoring"]
+    monitoring["host"] = monitoring["host"] or cfg["web_names"][0]
+    monitoring["address"] = {**members, **cfg["web"]}[monitoring["host"]]["address"]
+    # Alertmanager runs only when it has somewhere to deliver the alerts.
+    monitoring["alertmanager"] = any(v is not None for v in monitoring["receivers"].values())
+    if monitoring["receivers"]["email"] is not None:
+        monitoring["receivers"]["email"] = {**EMAIL_DEFAULTS, **monitoring["receivers"]["email"]}
     backup = cfg["pgbackrest"]
     backup["host"] = backup["host"] or cfg["web_names"][0]
     backup["stanza"] = backup["stanza"] or cfg["name"]
@@ -671,6 +758,7 @@ def derive(cfg: dict) -> dict:
     return cfg
 
 
+EMAIL_DEFAULTS = {"require_tls": True, "auth_username": None, "auth_password_file": None}
 REPOSITORY_DEFAULTS = {"retention_full": 2, "retention_diff": None, "encrypt": True}
 S3_DEFAULTS = {"uri_style": "host", "port": 443, "ca_file": None, "address": None}
 

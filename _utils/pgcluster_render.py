@@ -31,6 +31,9 @@ def pg_hba(cfg: dict, member: str, admins: list[str]) -> list[str]:
     rules = [
         "local all postgres peer",
         "host all postgres 127.0.0.1/32 scram-sha-256",
+        # PostgreSQL's exporter (salt/monitoring): its own OS user over the socket, no password.
+        *([f"local postgres {cfg['monitoring']['postgres_role']} peer"]
+          if cfg["monitoring"]["enabled"] else []),
         # Patroni reads a stopped replica's timeline over a replication connection to itself
         # (use_unix_socket_repl); without this rule an old leader cannot decide on pg_rewind
         # and never rejoins.
@@ -282,7 +285,91 @@ def firewall_rules(cfg: dict, host: str, masters: list[str], master_ports: list[
             allow("haproxy-replica", cfg["haproxy"]["replica_port"], admins)
         if backup["enabled"] and host == backup["host"]:
             allow("pgbackrest", backup["tls_port"], members)
+    monitoring = cfg["monitoring"]
+    if monitoring["enabled"] and (host in cfg["members"] or host in cfg["web"]):
+        # The exporters answer the Prometheus host only (Patroni's and etcd's /metrics share
+        # ports the cluster's hosts reach anyway); Prometheus answers the operators and the web
+        # hosts (the web app's charts), Alertmanager the operators.
+        ports, prometheus = monitoring["ports"], [monitoring["address"]]
+        allow("node-exporter", ports["node_exporter"], prometheus)
+        if host in cfg["members"]:
+            allow("postgres-exporter", ports["postgres_exporter"], prometheus)
+            if cfg["pgbouncer"]["enabled"]:
+                allow("pgbouncer-exporter", ports["pgbouncer_exporter"], prometheus)
+        else:
+            allow("haproxy-metrics", ports["haproxy"], prometheus)
+        if host == monitoring["host"]:
+            allow("prometheus", ports["prometheus"], web + admins)
+            if monitoring["alertmanager"] and admins:
+                allow("alertmanager", ports["alertmanager"], admins)
     return rules
+
+
+def prometheus_config(cfg: dict) -> dict:
+    """/etc/prometheus/prometheus.yml: a job per component, its targets from the model (a
+    member added in pillar is scraped after the next deployment), each named by its host
+    (label instance) rather than ADDRESS:PORT, so that alerts name the host."""
+    monitoring = cfg["monitoring"]
+    ports = monitoring["ports"]
+    members = [(n, cfg["members"][n]["address"]) for n in cfg["member_names"]]
+    web = [(n, cfg["web"][n]["address"]) for n in cfg["web_names"]]
+    ca = {"tls_config": {"ca_file": cfg["tls"]["ca_file"]}}
+
+    def job(name: str, hosts: list, port: int, **options) -> dict:
+        return {"job_name": name, **options, "static_configs": [
+            {"targets": [f"{address}:{port}"], "labels": {"instance": host}}
+            for host, address in hosts]}
+
+    jobs = [
+        job("node", members + web, ports["node_exporter"]),
+        job("postgres", members, ports["postgres_exporter"]),
+        *([job("pgbouncer", members, ports["pgbouncer_exporter"])]
+          if cfg["pgbouncer"]["enabled"] else []),
+        # Patroni's and etcd's own /metrics, over HTTPS when they have TLS (their servers ask
+        # for no client certificate).
+        job("patroni", members, cfg["patroni"]["restapi_port"],
+            **({"scheme": "https", **ca} if cfg["patroni"]["tls"] else {})),
+        job("etcd", members, cfg["etcd"]["client_port"],
+            **({"scheme": "https", **ca} if cfg["etcd"]["tls"] else {})),
+        job("haproxy", web, ports["haproxy"]),
+        job("webapp", web, cfg["webapp"]["port"]),
+        job("prometheus", [(monitoring["host"], monitoring["address"])], ports["prometheus"]),
+    ]
+    config = {
+        "global": {"scrape_interval": monitoring["scrape_interval"],
+                   "evaluation_interval": monitoring["scrape_interval"],
+                   "external_labels": {"cluster": cfg["name"]}},
+        "rule_files": [f"{monitoring['config_dir']}/rules/*.yml"],
+        "scrape_configs": jobs,
+    }
+    if monitoring["alertmanager"]:
+        alertmanager = f"{monitoring['address']}:{ports['alertmanager']}"
+        config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]}
+        jobs.append(job("alertmanager", [(monitoring["host"], monitoring["address"])],
+                        ports["alertmanager"]))
+    return config
+
+
+def alertmanager_config(cfg: dict, smtp_password: str | None) -> dict:
+    """/etc/prometheus/alertmanager.yml: every alert to the pillar's receivers (a webhook, an
+    e-mail address, or both), grouped per alert and host; a resolved alert is told too."""
+    receivers = cfg["monitoring"]["receivers"]
+    receiver: dict = {"name": "pgcluster"}
+    if receivers["webhook"]:
+        receiver["webhook_configs"] = [{"url": receivers["webhook"], "send_resolved": True}]
+    email = receivers["email"]
+    if email:
+        receiver["email_configs"] = [{
+            "to": email["to"], "from": email["from"], "smarthost": email["smarthost"],
+            "require_tls": email["require_tls"], "send_resolved": True,
+            **({"auth_username": email["auth_username"]} if email["auth_username"] else {}),
+            **({"auth_password": smtp_password} if smtp_password else {}),
+        }]
+    return {
+        "route": {"receiver": "pgcluster", "group_by": ["alertname", "instance"],
+                  "group_wait": "10s", "group_interval": "1m", "repeat_interval": "4h"},
+        "receivers": [receiver],
+    }
 
 
 def pgbackrest_config(cfg: dict, host: str, cipher_pass: str, s3_keys: dict) -> dict:
@@ -393,3 +480,100 @@ def ini(sections: dict) -> str:
                 lines.append(f"{option}={one}")
         lines.append("")
     return "\n".join(lines)
+
+
+def _alert(name: str, expr: str, summary: str, severity: str = "critical",
+           for_: str | None = None) -> dict:
+    return {"alert": name, "expr": expr, **({"for": for_} if for_ else {}),
+            "labels": {"severity": severity}, "annotations": {"summary": summary}}
+
+
+def alert_rules(cfg: dict) -> dict:
+    """/etc/prometheus/rules/pgcluster.yml: the alerts, their thresholds from the pillar
+    (pgcluster:monitoring:alerts). Each is tested with `promtool test rules`
+    (tests/unit/test_alert_rules.py). The `for` durations let a switchover (about 2 s) or a
+    rolling restart (about 6 s per member) pass without an alert; a member down fires within a
+    minute (scrape interval + 20 s + an evaluation)."""
+    monitoring, members = cfg["monitoring"], cfg["member_names"]
+    limits = monitoring["alerts"]
+    patroni = 'job="patroni"'
+    rules = [
+        _alert("PatroniNoLeader", f'(sum(patroni_primary{{{patroni}}}) or vector(0)) < 1',
+               "No member of the cluster is the leader: writes fail", for_="30s"),
+        _alert("PatroniMoreThanOneLeader", f'sum(patroni_primary{{{patroni}}}) > 1',
+               "{{ $value }} members say they are the leader", for_="30s"),
+        _alert("PatroniMemberDown",
+               f'up{{{patroni}}} == 0 or patroni_postgres_running{{{patroni}}} == 0',
+               "{{ $labels.instance }}: Patroni or its PostgreSQL is not running", for_="20s"),
+        _alert("PostgreSQLReplicationLag",
+               f'(scalar(max(patroni_xlog_location{{{patroni}}})) - '
+               f'patroni_xlog_replayed_location{{{patroni}}} > {limits["replication_lag"]})'
+               f' and on(instance) (patroni_replica{{{patroni}}} == 1)'
+               # A stopped PostgreSQL reports replayed position 0: down, not lagging.
+               f' and on(instance) (patroni_postgres_running{{{patroni}}} == 1)',
+               "{{ $labels.instance }} has {{ $value | humanize1024 }}B of WAL left to replay "
+               f"(more than {limits['replication_lag']} bytes)", severity="warning", for_="1m"),
+    ]
+    sync = cfg["patroni"]
+    if sync["synchronous_mode"]:
+        wanted = sync["synchronous_node_count"]
+        rules.append(_alert(
+            "PatroniNoSynchronousStandby",
+            f'(count(patroni_sync_standby{{{patroni}}} == 1 or patroni_quorum_standby{{{patroni}}}'
+            f' == 1) or vector(0)) < {wanted}',
+            f"Fewer than {wanted} synchronous standby(s): "
+            + ("writes wait" if sync["synchronous_mode_strict"] else
+               "a commit is acknowledged by the leader alone"), severity="warning", for_="30s"))
+    quorum = len(members) // 2 + 1
+    rules += [
+        _alert("EtcdNoQuorum", f'(sum(up{{job="etcd"}}) or vector(0)) < {quorum}',
+               f"Fewer than {quorum} of the {len(members)} etcd members answer: the cluster "
+               "cannot change its leader", for_="20s"),
+        _alert("EtcdNoLeader", 'etcd_server_has_leader{job="etcd"} == 0',
+               "{{ $labels.instance }}: its etcd member sees no leader", for_="30s"),
+        _alert("EtcdMemberDown", 'up{job="etcd"} == 0',
+               "{{ $labels.instance }}: its etcd member does not answer", severity="warning",
+               for_="30s"),
+    ]
+    if cfg["pgbackrest"]["enabled"]:
+        age = limits["archive_age"]
+        rules += [
+            _alert("PostgreSQLArchiveFailing",
+                   'increase(pg_stat_archiver_failed_count{job="postgres"}[5m]) > 0',
+                   "{{ $labels.instance }}: archiving WAL to the backup repositories fails "
+                   "(pgbackrest's log on the member says why)", for_="1m"),
+            # An idle leader writes no WAL and archives nothing, rightly: only WAL written
+            # within the window and not archived in it is an alert. The WAL position is 0
+            # while PostgreSQL restarts: a gap, not a counter reset (the subquery drops it).
+            _alert("PostgreSQLArchiveStale",
+                   f'pg_stat_archiver_last_archive_age{{job="postgres"}} > {age} and on(instance) '
+                   f'increase((patroni_xlog_location{{{patroni}}} > 0)[{age}s:]) > 0',
+                   "{{ $labels.instance }} last archived WAL {{ $value | humanizeDuration }} ago "
+                   "while it writes WAL", for_="1m"),
+        ]
+    days = limits["certificate_days"]
+    disk, memory = limits["disk_free_percent"], limits["memory_free_percent"]
+    rules += [
+        _alert("CertificateExpiring",
+               f'pgcluster_certificate_not_after_seconds - time() < {days * 86400}',
+               "{{ $labels.instance }}: {{ $labels.file }} ends in {{ $value | "
+               "humanizeDuration }}", severity="warning"),
+        _alert("DiskNearlyFull",
+               '100 * node_filesystem_avail_bytes{fstype!~"tmpfs|ramfs|squashfs|nsfs|fuse.*"} '
+               f'/ node_filesystem_size_bytes < {disk} and node_filesystem_readonly == 0',
+               "{{ $labels.instance }}: {{ $labels.mountpoint }} has {{ $value | printf "
+               "\"%.1f\" }}% free", severity="warning", for_="5m"),
+        _alert("MemoryNearlyFull",
+               '100 * node_memory_MemAvailable_bytes / node_memory_MemTotal_bytes '
+               f'< {memory}',
+               "{{ $labels.instance }}: {{ $value | printf \"%.1f\" }}% of memory available",
+               severity="warning", for_="5m"),
+        _alert("HAProxyNoLeaderBackend",
+               'haproxy_backend_active_servers{job="haproxy",proxy="primary"} < 1',
+               f"{{{{ $labels.instance }}}}: HAProxy's port {cfg['haproxy']['primary_port']} "
+               "has no healthy server: writes fail", for_="30s"),
+        _alert("ExporterDown", 'up{job!~"patroni|etcd"} == 0',
+               "{{ $labels.instance }}: the {{ $labels.job }} exporter does not answer",
+               severity="warning", for_="1m"),
+    ]
+    return {"groups": [{"name": "pgcluster", "rules": rules}]}

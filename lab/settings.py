@@ -73,6 +73,11 @@ APT_PACKAGES = (
     "less",
     "rsync",
     "pgbackrest",
+    "prometheus",
+    "prometheus-alertmanager",
+    "prometheus-node-exporter",
+    "prometheus-postgres-exporter",
+    "python3-prometheus-client",
 )
 
 # What the states install from PyPI, fetched once for the hosts' Python (Debian 12's 3.11).

@@ -16,6 +16,7 @@ base:
     - etcd.auth
     - postgresql.app
     - pgbouncer
+    - monitoring
 {%- endif %}
 {%- if cluster.get('web') %}
   '{{ cluster.web | join(",") }}':
@@ -23,4 +24,5 @@ base:
     - haproxy
     - webapp
     - pgbackrest.repository
+    - monitoring
 {%- endif %}

@@ -5,6 +5,10 @@ port 5000 (the leader), reads through 5001 (the replicas, the leader when none i
 Connections are kept per worker and reopened after a failover. Every answer to bad input is a
 4xx with a clear message; a write that finds no leader is a 503 with Retry-After. /healthz is
 liveness (no database); /readyz answers 200 only when a primary takes writes and a reader answers.
+/metrics is Prometheus's: every answer counted by method, route and status, its time in a
+histogram, and the messages added. gunicorn's workers are separate processes: with
+PROMETHEUS_MULTIPROC_DIR set (the service sets it) each writes its values to a file there and
+/metrics sums every worker's; without it (the tests) the process's own default registry answers.
 
 Configuration: a JSON file named by WEBAPP_CONFIG (default /etc/webapp/config.json):
 {"writer": {dsn parts}, "reader": {dsn parts}, "patroni": ["https://10.0.0.11:8008", ...],
@@ -31,6 +35,18 @@ from urllib.parse import parse_qs
 import psycopg2
 import psycopg2.extras
 
+# Debian 12's python3-prometheus-client (0.16) on the web host; the tests run the one Salt
+# brings into .venv (0.26): only API both have.
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+
 MAX_TEXT = 1000  # characters
 MAX_BODY = 16 * 1024  # bytes
 LATEST = 10
@@ -49,6 +65,61 @@ CONTROL_RE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 FIELDS = ("text", "idempotency_key")
 JSON_TYPES = {bool: "true or false", int: "a number", float: "a number", type(None): "null",
               list: "an array", dict: "an object"}
+
+# -- metrics ---------------------------------------------------------------------------------
+# Labels come from fixed sets only, whatever a client sends: a scanner's paths and methods fall
+# into "other" and cannot make new series.
+ROUTES = {"/": "/", "/cgi-bin/db_app.cgi": "/",  # the original address serves the same page
+          "/healthz": "/healthz", "/readyz": "/readyz", "/api/cluster": "/api/cluster",
+          "/api/messages": "/api/messages", "/metrics": "/metrics"}
+MESSAGE_PREFIX = "/api/messages/"
+MESSAGE_ROUTE = "/api/messages/{id}"
+METHODS = {m: m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+
+REQUESTS = Counter("webapp_requests_total", "HTTP answers, by method, route template and status.",
+                   ("method", "route", "status"))
+DURATION = Histogram("webapp_request_duration_seconds", "Time to make an answer, by method and "
+                     "route template (the app's own time, without nginx's).", ("method", "route"),
+                     buckets=BUCKETS)
+MESSAGES_ADDED = Counter("webapp_messages_added_total", "Messages inserted, from the API and "
+                         "the form; a retried post that found its own row is not counted again.")
+
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    # Every worker's files, summed at each scrape; a registry of its own, so that this
+    # process's values are not counted twice. It fails here, at the worker's start, when the
+    # directory is missing, rather than at each request.
+    EXPOSITION = CollectorRegistry()
+    MultiProcessCollector(EXPOSITION)
+else:
+    EXPOSITION = REGISTRY
+
+# (method, route, status) -> (its counter, its histogram): .labels() takes a lock and makes a
+# tuple of str each time; a worker meets a few dozen combinations at most.
+_SERIES: dict[tuple, tuple] = {}
+
+
+def route_of(path: str) -> str:
+    """The route template a path is answered by, "other" when none: PATH_INFO as the server
+    gives it (the routes are ASCII, and no multi-byte UTF-8 sequence holds a "/")."""
+    route = ROUTES.get(path)
+    if route is not None:
+        return route
+    if path.startswith(MESSAGE_PREFIX) and "/" not in path[len(MESSAGE_PREFIX):]:
+        return MESSAGE_ROUTE
+    return "other"
+
+
+def record(method: str, route: str, status: int, seconds: float) -> None:
+    method = METHODS.get(method, "other")
+    key = (method, route, status)
+    series = _SERIES.get(key)
+    if series is None:
+        series = _SERIES[key] = (REQUESTS.labels(method, route, str(status)),
+                                 DURATION.labels(method, route))
+    series[0].inc()
+    series[1].observe(seconds)
+
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -217,12 +288,14 @@ class App:
         text = self._valid_text(text)
         key = self._valid_key(key) or str(uuid.uuid4())
         try:
-            # A retried post with the same key returns the row the first one made.
+            # A retried post with the same key returns the row the first one made. xmax is 0
+            # only in a row this statement inserted: the conflict's update leaves its lock there.
             row = self.db.run(
                 "writer",
                 "INSERT INTO messages (text, idempotency_key) VALUES (%s, %s) "
                 "ON CONFLICT (idempotency_key) DO UPDATE SET idempotency_key = EXCLUDED.idempotency_key "
-                "RETURNING id, text, created_at, host(inet_server_addr()) AS server",
+                "RETURNING id, text, created_at, host(inet_server_addr()) AS server, "
+                "xmax = 0 AS inserted",
                 (text, key),
             )
         except psycopg2.Error:
@@ -238,6 +311,8 @@ class App:
                                      f"this text.")
             raise HTTPError(422, f"The idempotency key {key} was already used for another message "
                                  f"(ID {row['id']}): send a new key for a new message.")
+        if row.pop("inserted"):
+            MESSAGES_ADDED.inc()
         return row
 
     def get(self, message_id: str, role: str = "reader") -> dict:
@@ -380,8 +455,10 @@ class App:
     # -- HTTP ------------------------------------------------------------------------------
 
     def __call__(self, environ, start_response):
+        started = time.perf_counter()
+        route = route_of(environ.get("PATH_INFO") or "/")
         try:
-            status, headers, body = self.route(environ)
+            status, headers, body = self.route(environ, route)
         except HTTPError as exc:
             status, headers, body = self.error(environ, exc)
         except Exception:
@@ -393,33 +470,36 @@ class App:
                                                                   "on our side: retry shortly.",
                                                                   [("Retry-After", RETRY_AFTER)]))
         # "replace": a stray surrogate in a page must not turn the answer into a server error.
-        payload = body.encode("utf-8", "replace")
+        payload = body if isinstance(body, bytes) else body.encode("utf-8", "replace")
         start_response(f"{status} {STATUS.get(status, '')}".strip(),
                        [*headers, ("Content-Length", str(len(payload)))])
+        record(environ.get("REQUEST_METHOD", ""), route, status, time.perf_counter() - started)
         return [payload]
 
-    def route(self, environ):
+    def route(self, environ, route: str):
+        """The answer to a request of the route route_of() found for its path."""
         method = environ["REQUEST_METHOD"]
         path = _wsgi_text(environ.get("PATH_INFO") or "/", "The path")
-        if path in ("/", "/cgi-bin/db_app.cgi"):
+        if route == "/":
             return self.page(environ, method)
-        if path == "/healthz":
-            # Liveness only: a database outage must not make the orchestrator restart the app.
-            self._allow(method, "GET", "HEAD")
-            return 200, [("Content-Type", "application/json")], json.dumps({"status": "ok"})
-        if path == "/readyz":
-            self._allow(method, "GET", "HEAD")
-            return self.json(*self.readiness())
-        if path == "/api/cluster":
-            self._allow(method, "GET", "HEAD")
-            return self.json(200, self.cluster())
-        if path == "/api/messages":
+        if route == "/api/messages":
             return self.messages(environ, method)
-        match = re.fullmatch(r"/api/messages/([^/]*)", path)
-        if match:
-            self._allow(method, "GET", "HEAD")
-            return self.json(200, self.get(match.group(1)))
-        raise HTTPError(404, f"There is no page {_shown(path)}.")
+        if route == "other":
+            raise HTTPError(404, f"There is no page {_shown(path)}.")
+        self._allow(method, "GET", "HEAD")  # every other route only reads
+        return self.read(route, path)
+
+    def read(self, route: str, path: str):
+        if route == "/healthz":
+            # Liveness only: a database outage must not make the orchestrator restart the app.
+            return 200, [("Content-Type", "application/json")], json.dumps({"status": "ok"})
+        if route == "/readyz":
+            return self.json(*self.readiness())
+        if route == "/api/cluster":
+            return self.json(200, self.cluster())
+        if route == "/metrics":
+            return 200, [("Content-Type", CONTENT_TYPE_LATEST)], generate_latest(EXPOSITION)
+        return self.json(200, self.get(path[len(MESSAGE_PREFIX):]))  # MESSAGE_ROUTE
 
     def messages(self, environ, method):
         self._allow(method, "GET", "HEAD", "POST")

@@ -169,6 +169,16 @@ webapp:
     - require:
       - salt: haproxy
 
+# Every host's exporters, and Prometheus with the alert rules on its host: before the backups,
+# so that a cluster whose backups cannot start is watched too.
+monitoring:
+  salt.state:
+    - tgt: '*'
+    - sls: monitoring
+{{- override() }}
+    - require:
+      - salt: webapp
+
 # Last, so that a cluster whose backups cannot start still serves: the repository host's
 # repositories, the stanza, a first full backup, the schedule (pgbackrest.repository acts on
 # pgcluster:pgbackrest:host only).
@@ -179,4 +189,4 @@ backup-repository:
     - sls: pgbackrest.repository
 {{- override() }}
     - require:
-      - salt: webapp
+      - salt: monitoring

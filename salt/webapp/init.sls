@@ -19,6 +19,14 @@ webapp-code:
     - makedirs: true
     - mode: '0644'
 
+# Its hooks for Prometheus's multiprocess mode (the unit names it with --config).
+webapp-gunicorn-config:
+  file.managed:
+    - name: {{ webapp.app_dir }}/gunicorn.conf.py
+    - source: salt://webapp/files/gunicorn.conf.py
+    - makedirs: true
+    - mode: '0644'
+
 # The database password: readable by the app's user only, never shown.
 webapp-config:
   file.managed:
@@ -52,6 +60,7 @@ webapp-service:
       - pkg: webapp-packages
     - watch:
       - file: webapp-code
+      - file: webapp-gunicorn-config
       - file: webapp-config
       - file: webapp-unit
 
@@ -68,6 +77,8 @@ webapp-nginx-site:
     - template: jinja
     - context:
         webapp: {{ webapp | json }}
+        # Who may read /metrics besides loopback: the Prometheus host, when there is one.
+        metrics_allow: {{ ([cluster.monitoring.address] if cluster.monitoring.enabled else []) | json }}
     - require:
       - pkg: webapp-packages
 

@@ -50,7 +50,7 @@ def test_deploy_reads_as_success_at_a_glance(lab):
         "modules-synced", "addresses", "members-leave", "common", "etcd-tls-switch", "members-join",
         "etcd", "postgresql",
         "pgbackrest", "patroni-first", "patroni-others", "etcd-auth", "app-database", "pgbouncer",
-        "haproxy", "webapp", "backup-repository"]
+        "haproxy", "webapp", "monitoring", "backup-repository"]
     assert {status for _, status in steps} == {"ok"}
     assert C.name in out and "Leader" in out
     assert f"web: {C.url}/" in out

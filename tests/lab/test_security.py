@@ -38,6 +38,11 @@ DB_CLIENT_PORTS = [C.model["postgresql"]["port"], C.model["pgbouncer"]["port"], 
 PEER_PORT = C.model["etcd"]["peer_port"]
 WEB_PRIVATE_PORTS = [C.primary_port, C.replica_port, C.model["haproxy"]["stats_port"],
                      int(C.model["webapp"]["bind"].rpartition(":")[2])]
+# The exporters (the Prometheus host's only) and Prometheus (the operators' and the web hosts').
+MONITORING_PORTS = C.model["monitoring"]["ports"]
+DB_EXPORTER_PORTS = [MONITORING_PORTS[name] for name in
+                     ("node_exporter", "postgres_exporter", "pgbouncer_exporter")]
+WEB_MONITORING_PORTS = [MONITORING_PORTS[name] for name in ("node_exporter", "haproxy", "prometheus")]
 # An address on the lab bridge that belongs to no cluster host: a stranger in the subnet.
 OUTSIDER = next(f"{settings.SUBNET_PREFIX}.{i}" for i in range(254, 1, -1)
                 if f"{settings.SUBNET_PREFIX}.{i}" not in C.hosts.values())
@@ -73,15 +78,23 @@ def connects_from(host: str, address: str, port: int) -> bool:
     return lab_exec(host, "python3", "-c", probe).stdout.strip() == "0"
 
 
-@pytest.mark.parametrize("port", [*DB_CLIENT_PORTS, PEER_PORT])
+@pytest.mark.parametrize("port", [*DB_CLIENT_PORTS, PEER_PORT, *DB_EXPORTER_PORTS])
 def test_database_ports_are_closed_to_an_outsider(outsider, port):
     assert not connects(DB, port, source=outsider)
 
 
-@pytest.mark.parametrize("port", WEB_PRIVATE_PORTS)
+@pytest.mark.parametrize("port", [*WEB_PRIVATE_PORTS, *WEB_MONITORING_PORTS])
 def test_the_web_host_shows_an_outsider_only_http(outsider, port):
     assert connects(WEB, C.model["webapp"]["port"], source=outsider)
     assert not connects(WEB, port, source=outsider)
+
+
+def test_the_web_apps_metrics_are_refused_to_an_outsider(outsider):
+    with socket.create_connection((WEB, C.model["webapp"]["port"]), timeout=5,
+                                  source_address=(outsider, 0)) as s:
+        s.sendall(b"GET /metrics HTTP/1.0\r\nHost: web\r\n\r\n")
+        answer = s.recv(200).decode()
+    assert answer.startswith("HTTP/1.1 403"), answer
 
 
 def test_the_web_host_reaches_the_database_ports_it_uses_and_not_etcds_peer_port(lab):

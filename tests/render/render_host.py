@@ -19,6 +19,7 @@ from pathlib import Path
 
 import salt.client
 import salt.config
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -61,9 +62,13 @@ def _render(host: str, pillar_root: str | None, pillar: dict | None, root: str,
         if state_id.startswith("__") or "file" not in body:
             continue
         chunk = body["file"]
+        args = _args(chunk)
+        if "serialize" in chunk and args.get("serializer") == "yaml":
+            text = yaml.safe_dump(json.loads(json.dumps(args["dataset"])), default_flow_style=False)
+            files[state_id] = {"name": args.get("name", state_id), "text": text}
+            continue
         if "managed" not in chunk:
             continue
-        args = _args(chunk)
         name = args.get("name", state_id)
         if "contents" in args:
             files[state_id] = {"name": name, "text": args["contents"]}

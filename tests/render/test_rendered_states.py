@@ -41,6 +41,9 @@ VARIANT = {
     "haproxy": {"primary_port": 6000, "replica_port": 6001, "check": {"inter": "1s"}},
     "webapp": {"port": 8080, "bind": "127.0.0.1:8100", "workers": 2},
     "firewall": {"enabled": True, "admin_sources": ["10.20.0.0/16", "172.16.1.9"]},
+    # Prometheus on a member, with Alertmanager for a webhook.
+    "monitoring": {"host": "db5", "scrape_interval": "15s", "retention": "30d",
+                   "receivers": {"webhook": "http://hooks.example.net:9000/alerts"}},
 }
 PILLARS = {
     "lab": None,
@@ -97,9 +100,13 @@ def rendered(tmp_path_factory) -> dict:
 
 
 MEMBER_STATES = {"common.address", "common", "firewall", "tls", "etcd", "etcd.member", "postgresql",
-                 "pgbackrest", "patroni", "etcd.auth", "postgresql.app", "pgbouncer"}
+                 "pgbackrest", "patroni", "etcd.auth", "postgresql.app", "pgbouncer",
+                 "monitoring.exporters", "monitoring.prometheus", "monitoring.alertmanager"}
 WEB_STATES = {"common.address", "common", "firewall", "tls", "haproxy", "webapp", "pgbackrest",
-              "pgbackrest.repository"}
+              "pgbackrest.repository", "monitoring.exporters", "monitoring.prometheus",
+              "monitoring.alertmanager"}
+# Where each pillar runs Prometheus (it alone has the reload helper, monitoring.reload).
+PROMETHEUS_HOST = {"lab": "web", "yandex": "web", "example": "web", "variant": "db5"}
 
 
 def _sls(states: dict) -> set[str]:
@@ -113,6 +120,8 @@ def test_every_state_renders(rendered, pillar, host):
     expected = WEB_STATES if host == HOSTS[pillar][1] else MEMBER_STATES
     if pillar in DATA_DISK and host != HOSTS[pillar][1]:
         expected = expected | {"postgresql.data_disk"}
+    if host == PROMETHEUS_HOST[pillar]:
+        expected = expected | {"monitoring.reload"}
     assert _sls(result["states"]) == expected
 
 
@@ -187,6 +196,60 @@ def test_haproxy_config_passes_haproxy_check(rendered, pillar):
 @pytest.mark.parametrize("pillar", HOSTS)
 def test_nginx_site_passes_nginx_check(rendered, pillar):
     validators.nginx_site(_web(rendered, pillar)["webapp-nginx-site"]["text"])
+
+
+def _metrics_allowed(site: str) -> list[str]:
+    """The addresses nginx's location = /metrics lets in; it must deny everyone else."""
+    block = site[site.index("location = /metrics {"):]
+    block = block[:block.index("}")]
+    lines = [line.strip() for line in block.splitlines()[1:]]
+    allowed = [line.removeprefix("allow ").rstrip(";") for line in lines if line.startswith("allow ")]
+    assert lines[len(allowed)] == "deny all;", block  # right after the allows: first match wins
+    assert "proxy_pass http://" in block
+    return allowed
+
+
+@pytest.mark.parametrize("pillar", HOSTS)
+def test_the_web_apps_metrics_are_for_loopback_and_prometheus_only(rendered, pillar):
+    """Prometheus runs on the first web host unless the pillar says otherwise (the variant's
+    runs on its member db5): nginx lets in its address (nginx -t passes it above)."""
+    host = PROMETHEUS_HOST[pillar]
+    own = next(arg["name"] for arg in rendered[pillar, host]["states"]
+               ["common-host-has-its-pillar-address"]["pgcluster"] if isinstance(arg, dict) and "name" in arg)
+    assert _metrics_allowed(_web(rendered, pillar)["webapp-nginx-site"]["text"]) == ["127.0.0.1", own]
+
+
+def test_the_web_apps_metrics_follow_the_monitoring_host_or_are_loopbacks_alone():
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        elsewhere, off = pool.map(lambda monitoring: render("web", pillar={"pgcluster": {
+            "monitoring": monitoring}}), [{"host": "postgres-srv2"}, {"enabled": False}])
+    for result in (elsewhere, off):
+        assert result["errors"] == []
+    site = elsewhere["files"]["webapp-nginx-site"]["text"]
+    assert _metrics_allowed(site) == ["127.0.0.1", "10.0.0.12"]
+    site = off["files"]["webapp-nginx-site"]["text"]
+    assert _metrics_allowed(site) == ["127.0.0.1"]
+    if not validators.missing("nginx_site"):
+        validators.nginx_site(site)
+
+
+@pytest.mark.parametrize("pillar", HOSTS)
+def test_the_web_apps_workers_share_a_metrics_directory_emptied_at_each_start(rendered, pillar):
+    files, states = _web(rendered, pillar), rendered[pillar, HOSTS[pillar][1]]["states"]
+    unit = files["webapp-unit"]["text"]
+    runtime = [line.removeprefix("RuntimeDirectory=") for line in unit.splitlines()
+               if line.startswith("RuntimeDirectory=")]
+    assert len(runtime) == 1 and runtime[0] and not runtime[0].startswith("/"), unit
+    assert f"\nEnvironment=PROMETHEUS_MULTIPROC_DIR=/run/{runtime[0]}\n" in unit
+    hooks = files["webapp-gunicorn-config"]
+    assert f" --config {hooks['name']} " in unit
+    assert "def child_exit(server, worker):" in hooks["text"] and "mark_process_dead" in hooks["text"]
+    watched = [w for arg in states["webapp-service"]["service"] if isinstance(arg, dict)
+               for w in arg.get("watch", [])]
+    assert {"file": "webapp-gunicorn-config"} in watched and {"file": "webapp-unit"} in watched
+    packages = next(arg["pkgs"] for arg in states["webapp-packages"]["pkg"]
+                    if isinstance(arg, dict) and "pkgs" in arg)
+    assert "python3-prometheus-client" in packages
 
 
 @pytest.mark.parametrize("pillar", HOSTS)
@@ -457,3 +520,26 @@ def test_switching_etcds_tls_with_a_plain_state_apply_is_refused_and_bin_deploy_
     # The same data with https peers, as this version deploys them: nothing refused.
     env.write_text('ETCD_LISTEN_PEER_URLS="https://10.0.0.11:2380"\n')
     assert "etcd-tls-unchanged" not in render("postgres-srv1", pillar={"pgcluster": {"etcd": etcd}})["states"]
+
+
+def _prometheus_host(rendered, pillar) -> dict:
+    hosts = [files for (p, _), result in rendered.items() if p == pillar
+             for files in [result["files"]] if "monitoring-prometheus-config" in files]
+    assert len(hosts) == 1, f"{pillar}: Prometheus on {len(hosts)} of the rendered hosts"
+    return hosts[0]
+
+
+@pytest.mark.parametrize("pillar", HOSTS)
+def test_prometheus_config_and_rules_pass_promtool(rendered, pillar):
+    files = _prometheus_host(rendered, pillar)
+    validators.prometheus_config(files["monitoring-prometheus-config"]["text"],
+                                 files["monitoring-prometheus-rules"]["text"])
+
+
+def test_alertmanager_config_passes_amtool_where_a_receiver_is_set(rendered):
+    for (pillar, host), result in rendered.items():
+        files = result["files"]
+        if pillar == "variant" and host == "db5":
+            validators.alertmanager_config(files["monitoring-alertmanager-config"]["text"])
+        else:
+            assert "monitoring-alertmanager-config" not in files, (pillar, host)

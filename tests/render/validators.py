@@ -560,16 +560,45 @@ def etcd_env(text: str) -> None:
                     "\n".join(complaints or output[-20:]))
 
 
+# --- Prometheus and Alertmanager -------------------------------------------------------------
+
+def prometheus_config(config_text: str, rules_text: str) -> None:
+    """``promtool check config`` on prometheus.yml with its rule files (``promtool check
+    rules`` on each): the rule_files glob points at this check's copy of the rules."""
+    promtool = _tool("promtool")
+    with _workdir() as tmp:
+        (tmp / "rules").mkdir()
+        _write(tmp / "rules" / "pgcluster.yml", rules_text)
+        config = yaml.safe_load(config_text)
+        config["rule_files"] = [str(tmp / "rules" / "*.yml")]
+        path = _write(tmp / "prometheus.yml", yaml.safe_dump(config))
+        result = _run([promtool, "check", "config", path])
+    if result.returncode != 0:
+        raise _fail(f"promtool check config refused it (exit {result.returncode})",
+                    result.stdout + result.stderr)
+
+
+def alertmanager_config(text: str) -> None:
+    """``amtool check-config``."""
+    amtool = _tool("amtool")
+    with _workdir() as tmp:
+        result = _run([amtool, "check-config", _write(tmp / "alertmanager.yml", text)])
+    if result.returncode != 0:
+        raise _fail(f"amtool check-config refused it (exit {result.returncode})",
+                    result.stdout + result.stderr)
+
+
 # --- availability -----------------------------------------------------------------------------
 
 def missing(kind: str) -> str | None:
     """Why the validator ``kind`` (its function's name) cannot run here, or None."""
     tools = {"haproxy_cfg": ["haproxy"], "nginx_site": ["nginx"], "nftables_conf": ["nft"],
-             "patroni_config": [], "pgbouncer_ini": ["pgbouncer"], "pg_hba": [], "etcd_env": ["etcd"]}
+             "patroni_config": [], "pgbouncer_ini": ["pgbouncer"], "pg_hba": [], "etcd_env": ["etcd"],
+             "prometheus_config": ["promtool"], "alertmanager_config": ["amtool"]}
     for tool in tools[kind]:
         if not _which(tool):
             return f"{tool} is not installed (make apt installs it)"
-    if kind not in {"haproxy_cfg", "pg_hba"}:
+    if kind not in {"haproxy_cfg", "pg_hba", "prometheus_config", "alertmanager_config"}:
         problem = _namespace_problem()
         if problem:
             return problem

@@ -118,12 +118,35 @@ def test_the_firewall_opens_each_port_to_the_hosts_that_use_it(cfg):
         "etcd-peer": (2380, ["10.0.0.11", "10.0.0.12", "10.0.0.13"]),
         # pgBackRest's TLS server: the repository host only.
         "pgbackrest": (8432, ["10.0.0.10"]),
+        # The exporters: the Prometheus host (the web host) only.
+        "node-exporter": (9100, ["10.0.0.10"]), "postgres-exporter": (9187, ["10.0.0.10"]),
+        "pgbouncer-exporter": (9127, ["10.0.0.10"]),
     }
     web = render.firewall_rules(cfg, "web", [MASTER], [4505, 4506])
     assert web["open"] == [22, 80]
     assert {s["name"]: s["sources"] for s in web["services"]} == {
         "haproxy-primary": [MASTER], "haproxy-replica": [MASTER],
-        "pgbackrest": ["10.0.0.11", "10.0.0.12", "10.0.0.13"]}
+        "pgbackrest": ["10.0.0.11", "10.0.0.12", "10.0.0.13"],
+        "node-exporter": ["10.0.0.10"], "haproxy-metrics": ["10.0.0.10"],
+        # Prometheus: the operators (the master) and the web hosts (the web app's charts).
+        "prometheus": [MASTER, "10.0.0.10"]}
+
+
+def test_prometheus_on_a_member_is_reached_there_and_its_exporters_answer_it():
+    cfg = build({"monitoring": {"host": "postgres-srv3"}})
+    rules = {host: {s["name"]: s["sources"] for s in render.firewall_rules(
+        cfg, host, [MASTER], [4505, 4506])["services"]} for host in ("postgres-srv3", "web")}
+    assert rules["postgres-srv3"]["prometheus"] == [MASTER, "10.0.0.10"]
+    assert "prometheus" not in rules["web"]
+    assert rules["web"]["node-exporter"] == rules["web"]["haproxy-metrics"] == ["10.0.0.13"]
+
+
+def test_monitoring_off_opens_no_exporter_port(cfg):
+    cfg = build({"monitoring": {"enabled": False}})
+    for host in ("postgres-srv1", "web"):
+        names = {s["name"] for s in render.firewall_rules(cfg, host, [MASTER], [4505])["services"]}
+        assert not names & {"node-exporter", "postgres-exporter", "pgbouncer-exporter",
+                            "haproxy-metrics", "prometheus", "alertmanager"}, host
 
 
 def test_a_host_outside_the_cluster_opens_only_ssh(cfg):

@@ -53,8 +53,8 @@ def credentials(salt_dir, minion_id):
 def test_each_minion_gets_its_share_from_the_compiled_pillar(salt_dir):
     member = credentials(salt_dir, "db2")
     assert sorted(member) == ["app", "etcd_patroni", "etcd_reader", "etcd_root",
-                              "pgbackrest_cipher", "pgbouncer_admin", "replication", "restapi",
-                              "rewind", "superuser", "webapp_csrf"]
+                              "pgbackrest_cipher", "pgbouncer_admin", "pgbouncer_stats",
+                              "replication", "restapi", "rewind", "superuser", "webapp_csrf"]
     assert all(len(value) >= 32 for value in member.values())
     # A web host reads Patroni's keys in etcd (etcd_cluster.patroni_keys), never writes them.
     web_share = {"app": member["app"], "restapi": member["restapi"],
@@ -75,7 +75,7 @@ def test_the_store_is_private_and_outside_the_pillar(salt_dir):
     assert stat.S_IMODE(store.parent.stat().st_mode) == 0o700
     assert sorted(yaml.safe_load(store.read_text())) == [
         "app", "etcd_patroni", "etcd_reader", "etcd_root", "pgbackrest_cipher", "pgbouncer_admin",
-        "replication", "restapi", "rewind", "superuser", "webapp_csrf"]
+        "pgbouncer_stats", "replication", "restapi", "rewind", "superuser", "webapp_csrf"]
 
 
 def test_every_components_defaults_come_with_the_pillar(salt_dir):
@@ -116,3 +116,36 @@ def test_a_missing_keys_file_is_an_error_naming_the_key(salt_dir):
     assert errors and any(
         "pgcluster:pgbackrest:repositories:1:s3:credentials_file: cannot read "
         f"{salt_dir / 'nowhere.yaml'} on the salt-master" in e for e in errors), errors
+
+
+def _with_email(salt_dir, password_file, host=None):
+    email = {"to": "dba@example.net", "from": "pg@example.net", "smarthost": "smtp.example.net:587",
+             "auth_username": "pg", "auth_password_file": str(password_file)}
+    (salt_dir / "pillar" / "monitoring.sls").write_text(yaml.safe_dump({"pgcluster": {
+        "monitoring": {"receivers": {"email": email}, **({"host": host} if host else {})}}}))
+    top = salt_dir / "pillar" / "top.sls"
+    top.write_text(top.read_text() + "    - monitoring\n")
+
+
+def test_the_smtp_password_goes_to_the_prometheus_host_only(salt_dir):
+    # Relative to the pillar's directory, first line only.
+    (salt_dir / "pillar" / "smtp-password").write_text("s3cret\n")
+    _with_email(salt_dir, "smtp-password")
+    assert credentials(salt_dir, "front")["smtp_password"] == "s3cret"  # the first web host
+    for other in ("front2", "db1"):
+        assert "smtp_password" not in credentials(salt_dir, other), other
+
+
+def test_the_smtp_password_follows_the_prometheus_host(salt_dir):
+    (salt_dir / "pillar" / "smtp-password").write_text("s3cret\n")
+    _with_email(salt_dir, "smtp-password", host="db3")
+    assert credentials(salt_dir, "db3")["smtp_password"] == "s3cret"
+    assert "smtp_password" not in credentials(salt_dir, "front")
+
+
+def test_a_missing_smtp_password_file_is_an_error_naming_the_key(salt_dir):
+    _with_email(salt_dir, salt_dir / "nowhere")
+    errors = pillar_of(salt_dir, "front").get("_errors")
+    assert errors and any(
+        "pgcluster:monitoring:receivers:email:auth_password_file: cannot read "
+        f"{salt_dir / 'nowhere'} on the salt-master" in e for e in errors), errors
