@@ -30,7 +30,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlencode
 
 import psycopg2
 import psycopg2.extras
@@ -71,7 +71,14 @@ JSON_TYPES = {bool: "true or false", int: "a number", float: "a number", type(No
 # into "other" and cannot make new series.
 ROUTES = {"/": "/", "/cgi-bin/db_app.cgi": "/",  # the original address serves the same page
           "/healthz": "/healthz", "/readyz": "/readyz", "/api/cluster": "/api/cluster",
-          "/api/messages": "/api/messages", "/metrics": "/metrics"}
+          "/api/charts": "/api/charts", "/api/messages": "/api/messages", "/metrics": "/metrics"}
+# The page's own scripts and styles, and uPlot (npm's uplot 1.6.32, MIT: static/uPlot.LICENSE),
+# served from the app's folder: no CDN.
+STATIC = {"/static/uPlot.iife.min.js": "application/javascript; charset=utf-8",
+          "/static/uPlot.min.css": "text/css; charset=utf-8",
+          "/static/live.js": "application/javascript; charset=utf-8"}
+ROUTES.update(dict.fromkeys(STATIC, "/static/{file}"))
+STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 MESSAGE_PREFIX = "/api/messages/"
 MESSAGE_ROUTE = "/api/messages/{id}"
 METHODS = {m: m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
@@ -119,6 +126,50 @@ def record(method: str, route: str, status: int, seconds: float) -> None:
                                  DURATION.labels(method, route))
     series[0].inc()
     series[1].observe(seconds)
+
+
+# -- charts ----------------------------------------------------------------------------------
+# The page's charts over the last hour, from Prometheus (pgcluster:monitoring): each a range
+# query, one series per label set. Rows written on the leader: what the cluster is asked to
+# keep; the replicas' lag behind it; who led when (the member's row, a jump is a failover or a
+# switchover).
+CHART_MINUTES = 60
+CHART_STEP = 15  # seconds between points: 240 per series
+CHART_CACHE = 10.0  # seconds a worker reuses its last answer (several pages open)
+CHARTS = {
+    "writes": {
+        "title": "Rows written per second (leader)", "unit": "rows/s",
+        "query": 'sum(rate(pg_stat_database_tup_inserted{job="postgres"}[1m]) + '
+                 'rate(pg_stat_database_tup_updated{job="postgres"}[1m]) + '
+                 'rate(pg_stat_database_tup_deleted{job="postgres"}[1m]) '
+                 'and on(instance) patroni_primary{job="patroni"} == 1)',
+        "label": lambda labels: "writes"},
+    "lag": {
+        "title": "Replication lag (bytes left to replay)", "unit": "bytes",
+        "query": '(scalar(max(patroni_xlog_location{job="patroni"})) - '
+                 'patroni_xlog_replayed_location{job="patroni"}) '
+                 'and on(instance) patroni_replica{job="patroni"} == 1',
+        "label": lambda labels: labels.get("instance", "?")},
+    "leader": {
+        "title": "Leader (a jump: failover or switchover)", "unit": "member",
+        "query": 'patroni_primary{job="patroni"} == 1',
+        "label": lambda labels: labels.get("instance", "?")},
+}
+
+
+def chart_data(answer: dict, label, start: int, end: int, step: int) -> dict:
+    """A Prometheus range answer (its "data") as uPlot wants it: the shared times, and one
+    list of values per series (null where the series has no point)."""
+    times = list(range(start, end + 1, step))
+    index = {t: i for i, t in enumerate(times)}
+    series: dict[str, list] = {}
+    for result in answer.get("result", []):
+        values = series.setdefault(label(result.get("metric", {})), [None] * len(times))
+        for stamp, value in result.get("values", []):
+            i = index.get(int(float(stamp)))
+            if i is not None:
+                values[i] = round(float(value), 3)
+    return {"times": times, "series": dict(sorted(series.items()))}
 
 
 SCHEMA = """
@@ -281,6 +332,9 @@ class App:
         self.patroni = config.get("patroni", [])
         self.patroni_ca = config.get("patroni_ca")
         self.csrf = Csrf(csrf_secret(config))
+        self.prometheus = config.get("prometheus")  # its URL; none: monitoring is off
+        self._charts: tuple[float, dict] | None = None
+        self._static: dict[str, bytes] = {}
 
     # -- data ------------------------------------------------------------------------------
 
@@ -356,8 +410,45 @@ class App:
                 continue
             return {"scope": data.get("scope"), "members": [
                 {"name": m.get("name"), "host": m.get("host"), "role": m.get("role"),
-                 "state": m.get("state"), "lag": m.get("lag")} for m in data.get("members", [])]}
+                 "role_name": ROLE_NAMES.get(m.get("role"), str(m.get("role"))),
+                 "state": m.get("state"), "timeline": m.get("timeline"), "lag": m.get("lag")}
+                for m in data.get("members", [])]}
         return {"scope": None, "members": [], "error": "no Patroni REST API answered"}
+
+    def charts(self) -> dict:
+        """The page's charts (CHARTS) over the last hour, from Prometheus's HTTP API."""
+        if not self.prometheus:
+            raise HTTPError(503, "No charts: monitoring is off (pgcluster:monitoring), so the "
+                                 "app has no Prometheus to ask.")
+        now = time.monotonic()
+        if self._charts and now - self._charts[0] < CHART_CACHE:
+            return self._charts[1]
+        end = int(time.time()) // CHART_STEP * CHART_STEP
+        start = end - CHART_MINUTES * 60
+        charts = {}
+        for name, chart in CHARTS.items():
+            query = urlencode({"query": chart["query"], "start": start, "end": end,
+                               "step": CHART_STEP})
+            url = f"{self.prometheus}/api/v1/query_range?{query}"
+            try:
+                with urllib.request.urlopen(url, timeout=2) as answer:
+                    data = json.loads(answer.read())["data"]
+            except (OSError, ValueError, KeyError) as exc:
+                raise HTTPError(503, f"No charts: Prometheus at {self.prometheus} did not "
+                                     f"answer ({_first_line(exc)}).",
+                                [("Retry-After", RETRY_AFTER)]) from None
+            charts[name] = {"title": chart["title"], "unit": chart["unit"],
+                            **chart_data(data, chart["label"], start, end, CHART_STEP)}
+        result = {"minutes": CHART_MINUTES, "step": CHART_STEP, "charts": charts}
+        self._charts = (now, result)
+        return result
+
+    def static(self, path: str):
+        if path not in self._static:
+            with open(os.path.join(STATIC_DIR, path.rpartition("/")[2]), "rb") as fh:
+                self._static[path] = fh.read()
+        return 200, [("Content-Type", STATIC[path]), ("Cache-Control", "max-age=3600")], \
+            self._static[path]
 
     def readiness(self) -> tuple[int, dict]:
         """Both roles checked at once on fresh connections, each in a thread so that a server
@@ -495,8 +586,10 @@ class App:
             return 200, [("Content-Type", "application/json")], json.dumps({"status": "ok"})
         if route == "/readyz":
             return self.json(*self.readiness())
-        if route == "/api/cluster":
-            return self.json(200, self.cluster())
+        if route in ("/api/cluster", "/api/charts"):
+            return self.json(200, self.cluster() if route == "/api/cluster" else self.charts())
+        if route == "/static/{file}":
+            return self.static(path)
         if route == "/metrics":
             return 200, [("Content-Type", CONTENT_TYPE_LATEST)], generate_latest(EXPOSITION)
         return self.json(200, self.get(path[len(MESSAGE_PREFIX):]))  # MESSAGE_ROUTE
@@ -633,11 +726,13 @@ class App:
             f"<td>{html.escape(str(m['host']))}</td>"
             f"<td>{html.escape(ROLE_NAMES.get(m['role'], str(m['role'])))}</td>"
             f"<td>{html.escape(str(m['state']))}</td>"
+            f"<td>{'' if m.get('timeline') is None else html.escape(str(m['timeline']))}</td>"
             f"<td>{'' if m.get('lag') is None else html.escape(str(m['lag']))}</td></tr>"
-            for m in cluster["members"]) or "<tr><td colspan=5>no Patroni REST API answered</td></tr>"
+            for m in cluster["members"]) or "<tr><td colspan=6>no Patroni REST API answered</td></tr>"
         text = text if isinstance(text, str) else ""
-        # A page that re-shows what was typed does not reload itself: that would lose it.
-        refresh = "" if text else '<meta http-equiv="refresh" content="30">'
+        # Without scripts the page reloads itself, unless it re-shows what was typed (a reload
+        # would lose it); with them (static/live.js) the cluster and the charts refresh alone.
+        refresh = "" if text else '<noscript><meta http-equiv="refresh" content="30"></noscript>'
         return PAGE.format(notice=notice, key=key or uuid.uuid4(), csrf=self.csrf.token(),
                            text=html.escape(text), refresh=refresh,
                            latest=self._latest_html(), members=members, max_text=MAX_TEXT,
@@ -647,9 +742,13 @@ class App:
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Messages</title>
 {refresh}
-<style>body{{font-family:sans-serif;max-width:50em;margin:2em auto}}
+<link rel="stylesheet" href="/static/uPlot.min.css">
+<style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}
 table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.2em .6em}}
-.leader td{{background:#e6ffe6}}.error{{color:#b00}}.added,.found{{background:#eef}}</style>
+.leader td{{background:#e6ffe6}}.error{{color:#b00}}.added,.found{{background:#eef}}
+#charts{{display:flex;flex-wrap:wrap;gap:1em}}.chart h3{{font-size:1em;margin:.5em 0}}
+.updated{{color:#666;font-size:.85em}}</style>
+<script src="/static/uPlot.iife.min.js" defer></script><script src="/static/live.js" defer></script>
 </head><body>
 <h1>Messages</h1>
 {notice}
@@ -661,9 +760,13 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.2em .6em}
 required></label> <button type="submit" id="show">Show</button></form>
 <h2>Latest messages</h2>
 {latest}
-<h2>Cluster {scope}</h2>
-<table id="cluster"><tr><th>Member</th><th>Host</th><th>Role</th><th>State</th><th>Lag</th></tr>
-{members}</table>
+<h2>Cluster <span id="scope">{scope}</span></h2>
+<table id="cluster"><thead><tr><th>Member</th><th>Host</th><th>Role</th><th>State</th><th>TL</th>
+<th>Lag</th></tr></thead><tbody id="members">
+{members}</tbody></table>
+<p class="updated" id="cluster-updated"></p>
+<h2>The last hour</h2>
+<div id="charts"><p class="updated" id="charts-status">Charts load with scripts on.</p></div>
 </body></html>
 """
 

@@ -28,6 +28,15 @@ webapp-gunicorn-config:
     - mode: '0644'
 
 # The database password: readable by the app's user only, never shown.
+# The page's script and uPlot (vendored from npm, with its licence): no CDN.
+webapp-static:
+  file.recurse:
+    - name: {{ webapp.app_dir }}/static
+    - source: salt://webapp/files/static
+    - file_mode: '0644'
+    - dir_mode: '0755'
+    - clean: true
+
 webapp-config:
   file.managed:
     - name: {{ webapp.config_file }}
@@ -60,6 +69,7 @@ webapp-service:
       - pkg: webapp-packages
     - watch:
       - file: webapp-code
+      - file: webapp-static
       - file: webapp-gunicorn-config
       - file: webapp-config
       - file: webapp-unit

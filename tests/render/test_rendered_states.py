@@ -259,6 +259,10 @@ def test_web_app_config_is_json_with_its_connections(rendered, pillar):
     assert config["writer"]["port"] != config["reader"]["port"]
     # The form tokens' own key, not one derived from the database password.
     assert config["csrf_secret"] and config["csrf_secret"] != config["writer"]["password"]
+    # The page's charts ask Prometheus on its host (the variant's runs on db5, port 9090).
+    expected = {"lab": "http://10.0.0.10:9090", "yandex": "http://10.0.1.10:9090",
+                "example": "http://10.0.0.10:9090", "variant": "http://192.168.40.15:9090"}
+    assert config["prometheus"] == expected[pillar]
 
 
 @pytest.mark.parametrize("pillar", HOSTS)
