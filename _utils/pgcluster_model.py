@@ -122,13 +122,28 @@ def Duration() -> Str:
 
 
 def PromDuration() -> Str:
-    # Prometheus's duration format.
-    return Str(r"([0-9]+(ms|s|m|h|d|w|y))+", "a duration such as 10s, 15d, 1h30m")
+    # Prometheus's duration format: its units largest first, each once.
+    return Str(r"(?=[0-9])([0-9]+y)?([0-9]+w)?([0-9]+d)?([0-9]+h)?([0-9]+m)?([0-9]+s)?([0-9]+ms)?",
+               "a duration such as 10s, 15d, 1h30m (units largest first)")
 
 
-def Url() -> Str:
-    return Str(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[\w./?=&%~+-]*)?",
-               "an http:// or https:// URL such as http://alerts.example.net:9000/hook")
+def prom_seconds(duration: str) -> float:
+    """A Prometheus duration (checked by PromDuration) in seconds."""
+    units = {"y": 365 * 86400, "w": 7 * 86400, "d": 86400, "h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    return sum(int(n) * units[u] for n, u in re.findall(r"([0-9]+)(ms|y|w|d|h|m|s)", duration))
+
+
+class Url(Str):
+    def __init__(self):
+        super().__init__(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[\w./?=&%~+-]*)?",
+                         "an http:// or https:// URL such as http://alerts.example.net:9000/hook")
+
+    def check(self, value, path):
+        value = super().check(value, path)
+        port = re.match(r"https?://[^:/]+:([0-9]+)", value)
+        if port and not 1 <= int(port.group(1)) <= 65535:
+            raise self.fail(value, path, f"port {port.group(1)} is not a TCP port")
+        return value
 
 
 def Email() -> Str:
@@ -510,8 +525,9 @@ SCHEMA = Record({
             "email": Optional(Record({
                 "to": Email(),
                 "from": Email(),
-                "smarthost": Str(r"[A-Za-z0-9.-]+:[0-9]{1,5}", "HOST:PORT of an SMTP relay, "
-                                 "such as smtp.example.net:587"),
+                "smarthost": Str(r"[A-Za-z0-9.-]+:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}"
+                                 r"|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])",
+                                 "HOST:PORT of an SMTP relay, such as smtp.example.net:587"),
                 "require_tls": Bool(),
                 "auth_username": Str(),
                 "auth_password_file": MasterFile(),
@@ -522,7 +538,9 @@ SCHEMA = Record({
         "services": Record({name: Str() for name in MONITORING_SERVICES}),
         "config_dir": Path(),
         "textfile_dir": Path(),
-        "postgres_role": Name(),
+        # Debian's postgres_exporter runs as the OS user prometheus, and logs in as its own
+        # OS user (peer): the role has its name.
+        "postgres_role": Enum("prometheus"),
         "pgbouncer_user": Name(),
     }),
     "webapp": Record({
@@ -676,12 +694,30 @@ def _check_ports(cfg: dict) -> None:
 
 
 def _check_monitoring(cfg: dict) -> None:
-    host = cfg["monitoring"]["host"]
-    if cfg["monitoring"]["enabled"] and host is not None and host not in cfg["members"] \
-            and host not in cfg["web"]:
+    monitoring = cfg["monitoring"]
+    host = monitoring["host"]
+    if host is not None and host not in cfg["members"] and host not in cfg["web"]:
         raise PillarError(("monitoring", "host"), f"{host!r} is neither a member nor a web host; "
                           f"members: {', '.join(sorted(cfg['members']))}; web hosts: "
                           f"{', '.join(sorted(cfg['web']))}")
+    # Prometheus looks back 5 minutes for a series' last sample: scraped more rarely, every
+    # series would drop out between scrapes (and "no leader" fire).
+    interval = prom_seconds(monitoring["scrape_interval"])
+    if not 1 <= interval <= 60:
+        raise PillarError(("monitoring", "scrape_interval"), f"{monitoring['scrape_interval']!r} "
+                          "is not allowed: from 1s to 1m")
+    backup = cfg["pgbackrest"]
+    if backup["enabled"] and monitoring["alerts"]["archive_age"] < 2 * backup["archive_timeout"]:
+        raise PillarError(("monitoring", "alerts", "archive_age"),
+                          f"{monitoring['alerts']['archive_age']} is less than twice "
+                          f"pgcluster:pgbackrest:archive_timeout ({backup['archive_timeout']}): a "
+                          "leader that writes little archives once per archive_timeout, and the "
+                          "alert would fire between")
+    email = monitoring["receivers"]["email"]
+    if email and email.get("auth_password_file") and not email.get("auth_username"):
+        raise PillarError(("monitoring", "receivers", "email", "auth_username"),
+                          "missing: a password (auth_password_file) needs its user name, or "
+                          "Alertmanager sends the mail without logging in")
 
 
 def _distinct_ports(cfg: dict, host: str, keys: list[tuple]) -> None:

@@ -288,8 +288,9 @@ def firewall_rules(cfg: dict, host: str, masters: list[str], master_ports: list[
     monitoring = cfg["monitoring"]
     if monitoring["enabled"] and (host in cfg["members"] or host in cfg["web"]):
         # The exporters answer the Prometheus host only (Patroni's and etcd's /metrics share
-        # ports the cluster's hosts reach anyway); Prometheus answers the operators and the web
-        # hosts (the web app's charts), Alertmanager the operators.
+        # ports the cluster's hosts reach anyway); Prometheus answers the operators and the
+        # cluster's hosts (the web app's charts, `salt <any host> monitoring.alerts`),
+        # Alertmanager the operators.
         ports, prometheus = monitoring["ports"], [monitoring["address"]]
         allow("node-exporter", ports["node_exporter"], prometheus)
         if host in cfg["members"]:
@@ -299,7 +300,7 @@ def firewall_rules(cfg: dict, host: str, masters: list[str], master_ports: list[
         else:
             allow("haproxy-metrics", ports["haproxy"], prometheus)
         if host == monitoring["host"]:
-            allow("prometheus", ports["prometheus"], web + admins)
+            allow("prometheus", ports["prometheus"], members + web + admins)
             if monitoring["alertmanager"] and admins:
                 allow("alertmanager", ports["alertmanager"], admins)
     return rules
@@ -572,6 +573,17 @@ def alert_rules(cfg: dict) -> dict:
                'haproxy_backend_active_servers{job="haproxy",proxy="primary"} < 1',
                f"{{{{ $labels.instance }}}}: HAProxy's port {cfg['haproxy']['primary_port']} "
                "has no healthy server: writes fail", for_="30s"),
+        # The exporters answer even when what they watch does not: their own "up" says so.
+        *([_alert("PgBouncerDown", 'pgbouncer_up{job="pgbouncer"} == 0',
+                  "{{ $labels.instance }}: PgBouncer does not answer its exporter: the "
+                  "connections through it fail", for_="30s")]
+          if cfg["pgbouncer"]["enabled"] else []),
+        _alert("PostgreSQLExporterCannotConnect",
+               'pg_up{job="postgres"} == 0 and on(instance) '
+               'patroni_postgres_running{job="patroni"} == 1',
+               "{{ $labels.instance }}: PostgreSQL runs but its exporter cannot log in (role "
+               f"{monitoring['postgres_role']}, peer): the archive alerts are blind",
+               severity="warning", for_="1m"),
         _alert("ExporterDown", 'up{job!~"patroni|etcd"} == 0',
                "{{ $labels.instance }}: the {{ $labels.job }} exporter does not answer",
                severity="warning", for_="1m"),

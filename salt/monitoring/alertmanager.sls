@@ -2,7 +2,7 @@
     an e-mail address: every alert to them, and again when it is resolved. Alone (no cluster
     of Alertmanagers: its gossip port stays closed). #}
 {%- from "monitoring/map.jinja" import cluster, monitoring, me, address with context %}
-{%- from "monitoring/off.jinja" import service_off with context %}
+{%- from "monitoring/units.jinja" import service_off, after_network with context %}
 {%- set service = monitoring.services.alertmanager %}
 {%- set args = ["--config.file=" ~ monitoring.config_dir ~ "/alertmanager.yml",
                 "--web.listen-address=" ~ address ~ ":" ~ monitoring.ports.alertmanager,
@@ -41,6 +41,8 @@ monitoring-alertmanager-config:
     - require:
       - pkg: monitoring-alertmanager-package
 
+{{ after_network("monitoring-alertmanager-dropin", service, "monitoring-alertmanager-package") }}
+
 monitoring-alertmanager-service:
   service.running:
     - name: {{ service }}
@@ -49,6 +51,7 @@ monitoring-alertmanager-service:
       - file: monitoring-alertmanager-config
     - watch:
       - file: monitoring-alertmanager-args
+      - file: monitoring-alertmanager-dropin
 
 monitoring-alertmanager-reload:
   cmd.run:

@@ -3,7 +3,7 @@
     for it); on the members PostgreSQL's and PgBouncer's. Patroni, etcd, HAProxy and the web
     app serve their own /metrics. #}
 {%- from "monitoring/map.jinja" import cluster, monitoring, me, address with context %}
-{%- from "monitoring/off.jinja" import service_off with context %}
+{%- from "monitoring/units.jinja" import service_off, after_network with context %}
 {%- set services, ports = monitoring.services, monitoring.ports %}
 {%- set member = me in cluster.members %}
 {%- set pgbouncer = member and cluster.pgbouncer.enabled %}
@@ -26,12 +26,15 @@ monitoring-node-exporter-args:
     - require_in:
       - pkg: monitoring-node-exporter-package
 
+{{ after_network("monitoring-node-exporter-dropin", services.node_exporter, "monitoring-node-exporter-package") }}
+
 monitoring-node-exporter-service:
   service.running:
     - name: {{ services.node_exporter }}
     - enable: true
     - watch:
       - file: monitoring-node-exporter-args
+      - file: monitoring-node-exporter-dropin
 
 # The end of each certificate of this host, for the alert CertificateExpiring: written again
 # whenever a certificate file changes (a systemd path unit), so a renewal clears the alert.
@@ -119,12 +122,15 @@ monitoring-postgres-exporter-args:
     - require_in:
       - pkg: monitoring-postgres-exporter-package
 
+{{ after_network("monitoring-postgres-exporter-dropin", services.postgres_exporter, "monitoring-postgres-exporter-package") }}
+
 monitoring-postgres-exporter-service:
   service.running:
     - name: {{ services.postgres_exporter }}
     - enable: true
     - watch:
       - file: monitoring-postgres-exporter-args
+      - file: monitoring-postgres-exporter-dropin
 {%-   else %}
 {{ service_off("monitoring-postgres-exporter-service", services.postgres_exporter) }}
 {%-   endif %}
@@ -142,17 +148,20 @@ monitoring-pgbouncer-exporter-script:
     - makedirs: true
     - mode: '0755'
 
-# Its user's password (PgBouncer's stats_users: SHOW commands only), for the local socket.
+# Its user's password (PgBouncer's stats_users: SHOW commands only), for the local socket;
+# the exporter runs as prometheus (the node exporter's package makes the user), not postgres.
 monitoring-pgbouncer-exporter-pgpass:
   file.managed:
     - name: /etc/pgcluster/pgbouncer-exporter.pgpass
     - source: salt://monitoring/files/pgbouncer-exporter.pgpass.jinja
     - template: jinja
     - makedirs: true
-    - user: postgres
-    - group: postgres
+    - user: prometheus
+    - group: prometheus
     - mode: '0600'
     - show_changes: false
+    - require:
+      - pkg: monitoring-node-exporter-package
 
 monitoring-pgbouncer-exporter-unit:
   file.managed:
@@ -161,10 +170,11 @@ monitoring-pgbouncer-exporter-unit:
         # Managed by Salt (salt/monitoring).
         [Unit]
         Description=PgBouncer's statistics for Prometheus
+        Wants=network-online.target
         After=network-online.target {{ cluster.pgbouncer.service }}.service
         [Service]
-        User=postgres
-        Group=postgres
+        User=prometheus
+        Group=prometheus
         Environment=PGPASSFILE=/etc/pgcluster/pgbouncer-exporter.pgpass
         ExecStart=/usr/local/lib/pgcluster/pgbouncer-exporter --listen {{ address }}:{{ ports.pgbouncer_exporter }} \
             --port {{ cluster.pgbouncer.port }} --user {{ monitoring.pgbouncer_user }}
@@ -179,6 +189,7 @@ monitoring-pgbouncer-exporter-service:
     - enable: true
     - require:
       - pkg: monitoring-pgbouncer-exporter-package
+      - pkg: monitoring-node-exporter-package
     - watch:
       - file: monitoring-pgbouncer-exporter-script
       - file: monitoring-pgbouncer-exporter-pgpass

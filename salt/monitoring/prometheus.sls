@@ -2,7 +2,7 @@
     model (pgcluster.prometheus_config), the alert rules (pgcluster.alert_rules), each checked
     by promtool before it is written; a changed config or rule is taken by a reload. #}
 {%- from "monitoring/map.jinja" import cluster, monitoring, me, address with context %}
-{%- from "monitoring/off.jinja" import service_off with context %}
+{%- from "monitoring/units.jinja" import service_off, after_network with context %}
 {%- set service = monitoring.services.prometheus %}
 {%- set args = ["--config.file=" ~ monitoring.config_dir ~ "/prometheus.yml",
                 "--web.listen-address=" ~ address ~ ":" ~ monitoring.ports.prometheus,
@@ -46,6 +46,8 @@ monitoring-prometheus-config:
     - require:
       - pkg: monitoring-prometheus-package
 
+{{ after_network("monitoring-prometheus-dropin", service, "monitoring-prometheus-package") }}
+
 monitoring-prometheus-service:
   service.running:
     - name: {{ service }}
@@ -55,6 +57,7 @@ monitoring-prometheus-service:
       - file: monitoring-prometheus-rules
     - watch:
       - file: monitoring-prometheus-args
+      - file: monitoring-prometheus-dropin
 
 monitoring-prometheus-reload:
   cmd.run:

@@ -69,6 +69,16 @@ members-join:
     - require:
       - salt: etcd-tls-switch
 
+# Prometheus's targets as the pillar says them now (a member taken out, a scheme switched),
+# before the steps below: no alert about a host that is gone. On a new cluster it comes here.
+monitoring-targets:
+  salt.state:
+    - tgt: {{ cluster.get('monitoring', {}).get('host') or web[0] }}
+    - sls: monitoring.prometheus
+{{- override() }}
+    - require:
+      - salt: members-join
+
 # All members at once: each etcd waits for a quorum of the others.
 etcd:
   salt.state:
@@ -169,11 +179,12 @@ webapp:
     - require:
       - salt: haproxy
 
-# Every host's exporters, and Prometheus with the alert rules on its host: before the backups,
-# so that a cluster whose backups cannot start is watched too.
+# Every host's exporters, and Prometheus with the alert rules on its host. Beside the backups,
+# not before them: neither stops the other.
 monitoring:
   salt.state:
-    - tgt: '*'
+    - tgt: {{ (members + web) | join(',') }}
+    - tgt_type: list
     - sls: monitoring
 {{- override() }}
     - require:
@@ -189,4 +200,4 @@ backup-repository:
     - sls: pgbackrest.repository
 {{- override() }}
     - require:
-      - salt: monitoring
+      - salt: webapp

@@ -72,6 +72,11 @@ def test_prometheus_scrapes_every_target_the_model_names_and_each_is_up(healthy)
         print(json.dumps(targets, indent=1))
     found = {(job, host) for job, hosts in targets.items() for host in hosts}
     assert found == expected
+    # An exporter that answers may still not reach what it watches: each says whether it does.
+    for metric in ("pg_up", "pgbouncer_up"):
+        reached = {item["labels"]["instance"]: item["value"]
+                   for item in on_web("monitoring.query", metric, check=True)}
+        assert reached == dict.fromkeys(C.members, 1.0), (metric, reached)
     # A healthy cluster fires no critical alert.
     alerts = on_web("monitoring.alerts", check=True)
     assert [a for a in alerts if a["severity"] == "critical"] == [], alerts

@@ -110,6 +110,10 @@ class Cluster:
             self.set("patroni_postgres_running", self.patroni(member), 1)
             self.set("etcd_server_has_leader", target("etcd", member), 1)
             self.set("pg_stat_archiver_failed_count", target("postgres", member), 0)
+            # The exporters reach what they watch.
+            self.set("pg_up", target("postgres", member), 1)
+            if cfg["pgbouncer"]["enabled"]:
+                self.set("pgbouncer_up", target("pgbouncer", member), 1)
         self.lead(self.members[0])
         for host in self.hosts:
             self.filesystem(host, "/dev/vda1", "/", "ext4", 60)
@@ -197,6 +201,7 @@ class Cluster:
         for name in ("pg_stat_archiver_last_archive_age", "pg_stat_archiver_failed_count"):
             self.set(name, target("postgres", member), lambda t: STALE if t == start else None,
                      start, end)
+        self.set("pg_up", target("postgres", member), 0, start, end)
 
     def filesystem(self, host: str, device: str, mountpoint: str, fstype: str,
                    free_percent: float, start: int = 0, end: int | None = None,
@@ -643,6 +648,34 @@ def exporter_down(s: Scenario):
     c.stop("postgres", member, 3 * 60)
     s.starts_firing("ExporterDown", 3 * 60 + s.for_("ExporterDown"),
                     (target("postgres", member), f"{member}: the postgres exporter does not answer"))
+
+
+@scenario()
+def pgbouncer_down_under_its_answering_exporter(s: Scenario):
+    """PgBouncer stops on a member; its exporter answers (up 1) that it does not reach it:
+    PgBouncerDown after its `for`, and nothing about the exporter."""
+    c = s.cluster(8 * 60)
+    member = c.members[0]
+    c.set("pgbouncer_up", target("pgbouncer", member), 0, 3 * 60)
+    s.starts_firing("PgBouncerDown", 3 * 60 + s.for_("PgBouncerDown"),
+                    (target("pgbouncer", member), f"{member}: PgBouncer does not answer its "
+                     "exporter: the connections through it fail"))
+
+
+@scenario()
+def postgres_exporter_cannot_log_in(s: Scenario):
+    """PostgreSQL runs but its exporter cannot log in (pg_up 0): an alert after its `for`; the
+    same pg_up 0 while PostgreSQL is stopped is PatroniMemberDown's, not this one's."""
+    c = s.cluster(10 * 60)
+    member, stopped = c.members[1], c.members[2]
+    c.set("pg_up", target("postgres", member), 0, 3 * 60)
+    c.postgres_stops(stopped, 3 * 60)
+    role = s.cfg["monitoring"]["postgres_role"]
+    s.starts_firing("PostgreSQLExporterCannotConnect",
+                    3 * 60 + s.for_("PostgreSQLExporterCannotConnect"),
+                    (target("postgres", member), f"{member}: PostgreSQL runs but its exporter "
+                     f"cannot log in (role {role}, peer): the archive alerts are blind"))
+    s.check_only("PostgreSQLExporterCannotConnect")
 
 
 @scenario()

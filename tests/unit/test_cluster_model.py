@@ -277,6 +277,26 @@ def test_a_key_left_empty_is_an_error_not_the_default():
          "pillar pgcluster:tls:ca:sign_comand: unknown key (did you mean sign_command?)"),
         ({"tls": {"ca": {"certificate": "/srv/pki/ca.crt", "sign_command": "sign-host -p x"}}},
          "pillar pgcluster:tls:ca:sign_command: 'sign-host -p x' is not allowed: a list of"),
+        # Monitoring: what Prometheus or Alertmanager would refuse, or run wrongly with.
+        ({"monitoring": {"retention": "30m1h"}},
+         "pillar pgcluster:monitoring:retention: '30m1h' is not allowed: a duration such as"),
+        ({"monitoring": {"scrape_interval": "5m"}},
+         "pillar pgcluster:monitoring:scrape_interval: '5m' is not allowed: from 1s to 1m"),
+        ({"monitoring": {"host": "elsewhere", "enabled": False}},
+         "pillar pgcluster:monitoring:host: 'elsewhere' is neither a member nor a web host"),
+        ({"monitoring": {"alerts": {"archive_age": 100}}},
+         "pillar pgcluster:monitoring:alerts:archive_age: 100 is less than twice "
+         "pgcluster:pgbackrest:archive_timeout (60)"),
+        ({"monitoring": {"receivers": {"email": {"to": "a@example.net", "from": "b@example.net",
+                                                 "smarthost": "smtp.example.net:587",
+                                                 "auth_password_file": "smtp-password"}}}},
+         "pillar pgcluster:monitoring:receivers:email:auth_username: missing"),
+        ({"monitoring": {"receivers": {"webhook": "http://hooks.example.net:70000/x"}}},
+         "pillar pgcluster:monitoring:receivers:webhook: 'http://hooks.example.net:70000/x' is "
+         "not allowed"),
+        ({"monitoring": {"host": "postgres-srv1", "ports": {"prometheus": 8008}}},
+         "pillar pgcluster:monitoring:ports:prometheus: port 8008 is already "
+         "pgcluster:patroni:restapi_port on a database member"),
     ],
 )
 def test_what_no_single_key_can_tell_is_checked_across_keys(override, message):

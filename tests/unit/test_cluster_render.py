@@ -128,15 +128,16 @@ def test_the_firewall_opens_each_port_to_the_hosts_that_use_it(cfg):
         "haproxy-primary": [MASTER], "haproxy-replica": [MASTER],
         "pgbackrest": ["10.0.0.11", "10.0.0.12", "10.0.0.13"],
         "node-exporter": ["10.0.0.10"], "haproxy-metrics": ["10.0.0.10"],
-        # Prometheus: the operators (the master) and the web hosts (the web app's charts).
-        "prometheus": [MASTER, "10.0.0.10"]}
+        # Prometheus: the operators (the master) and the cluster's hosts.
+        "prometheus": [MASTER, "10.0.0.10", "10.0.0.11", "10.0.0.12", "10.0.0.13"]}
 
 
 def test_prometheus_on_a_member_is_reached_there_and_its_exporters_answer_it():
     cfg = build({"monitoring": {"host": "postgres-srv3"}})
     rules = {host: {s["name"]: s["sources"] for s in render.firewall_rules(
         cfg, host, [MASTER], [4505, 4506])["services"]} for host in ("postgres-srv3", "web")}
-    assert rules["postgres-srv3"]["prometheus"] == [MASTER, "10.0.0.10"]
+    assert rules["postgres-srv3"]["prometheus"] == [MASTER, "10.0.0.10", "10.0.0.11", "10.0.0.12",
+                                                    "10.0.0.13"]
     assert "prometheus" not in rules["web"]
     assert rules["web"]["node-exporter"] == rules["web"]["haproxy-metrics"] == ["10.0.0.13"]
 

@@ -68,3 +68,16 @@ def test_label_values_are_escaped(name):
     line = next(line for line in text.splitlines() if line.startswith(
         "pgbouncer_pools_client_active_connections"))
     assert line.count('"') - line.count('\\"') == 4, line
+
+
+def test_a_scrape_while_another_hangs_answers_at_once_that_pgbouncer_does_not(monkeypatch):
+    asked = []
+    monkeypatch.setattr(exporter, "_scrape", lambda port, user: asked.append(port) or "")
+    exporter.SCRAPING.acquire()  # a scrape stuck in PgBouncer's admin console
+    try:
+        assert samples(exporter.scrape(6432, "pgbouncer_stats")) == {"pgbouncer_up": "0"}
+        assert asked == []  # PgBouncer was not asked a second time
+    finally:
+        exporter.SCRAPING.release()
+    exporter.scrape(6432, "pgbouncer_stats")
+    assert asked == [6432]

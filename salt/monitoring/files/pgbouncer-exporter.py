@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import http.server
+import threading
 
 import psycopg2
 
@@ -87,7 +88,22 @@ def _show(cursor, what: str) -> list[dict]:
     return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
+# One scrape at a time: connect_timeout bounds the login only, and a PgBouncer that stalls
+# after it would hold a thread and a connection per scrape. While one hangs, the others answer
+# at once that PgBouncer does not (pgbouncer_up 0, the alert PgBouncerDown).
+SCRAPING = threading.Lock()
+
+
 def scrape(port: int, user: str) -> str:
+    if not SCRAPING.acquire(blocking=False):
+        return exposition([], [], up=False)
+    try:
+        return _scrape(port, user)
+    finally:
+        SCRAPING.release()
+
+
+def _scrape(port: int, user: str) -> str:
     try:
         connection = psycopg2.connect(dbname="pgbouncer", user=user, port=port, connect_timeout=3)
     except psycopg2.Error:
