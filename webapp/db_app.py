@@ -146,9 +146,12 @@ CHARTS = {
         "label": lambda labels: "writes"},
     "lag": {
         "title": "Replication lag (bytes left to replay)", "unit": "bytes",
-        "query": '(scalar(max(patroni_xlog_location{job="patroni"})) - '
-                 'patroni_xlog_replayed_location{job="patroni"}) '
-                 'and on(instance) patroni_replica{job="patroni"} == 1',
+        # Running replicas only (a stopped one reports position 0), never below 0 (the
+        # leader's position and a replica's come from scrapes a moment apart).
+        "query": 'clamp_min(scalar(max(patroni_xlog_location{job="patroni"})) - '
+                 'patroni_xlog_replayed_location{job="patroni"}, 0) '
+                 'and on(instance) patroni_replica{job="patroni"} == 1 '
+                 'and on(instance) patroni_postgres_running{job="patroni"} == 1',
         "label": lambda labels: labels.get("instance", "?")},
     "leader": {
         "title": "Leader (a jump: failover or switchover)", "unit": "member",
@@ -766,7 +769,8 @@ required></label> <button type="submit" id="show">Show</button></form>
 {members}</tbody></table>
 <p class="updated" id="cluster-updated"></p>
 <h2>The last hour</h2>
-<div id="charts"><p class="updated" id="charts-status">Charts load with scripts on.</p></div>
+<p class="updated" id="charts-status">Charts load with scripts on.</p>
+<div id="charts"></div>
 </body></html>
 """
 

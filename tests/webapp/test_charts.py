@@ -26,23 +26,29 @@ def _free_port() -> int:
 
 def _series(now: int) -> str:
     """An hour of a cluster's metrics in OpenMetrics: srv1 leads, then srv2 (a switchover 30
-    minutes ago); the leader writes 10 rows a second; srv3 replays 4 KiB behind."""
+    minutes ago, srv1's PostgreSQL stopped for 5 minutes after it); the leader writes 10 rows a
+    second; srv3 replays 4 KiB behind; srv2, while a replica, reports a position a scrape
+    ahead of the leader's (scrapes are a moment apart)."""
     lines = []
     start, switch = now - 3600, now - 1800
-    for name in ("patroni_primary", "patroni_replica", "patroni_xlog_location",
-                 "patroni_xlog_replayed_location", "pg_stat_database_tup_inserted",
-                 "pg_stat_database_tup_updated", "pg_stat_database_tup_deleted"):
+    for name in ("patroni_primary", "patroni_replica", "patroni_postgres_running",
+                 "patroni_xlog_location", "patroni_xlog_replayed_location",
+                 "pg_stat_database_tup_inserted", "pg_stat_database_tup_updated",
+                 "pg_stat_database_tup_deleted"):
         lines.append(f"# TYPE {name} gauge")
         for member in MEMBERS:
             job = "postgres" if name.startswith("pg_") else "patroni"
             for t in range(start, now + 1, STEP):
                 leader = ("postgres-srv1" if t < switch else "postgres-srv2") == member
                 position = (t - start) * 1000
+                stopped = member == "postgres-srv1" and switch <= t < switch + 300
+                behind = {"postgres-srv3": 4096, "postgres-srv2": -1000}.get(member, 0)
                 value = {
                     "patroni_primary": int(leader), "patroni_replica": int(not leader),
+                    "patroni_postgres_running": int(not stopped),
                     "patroni_xlog_location": position if leader else 0,
                     "patroni_xlog_replayed_location":
-                        0 if leader else position - (4096 if member == "postgres-srv3" else 0),
+                        0 if leader or stopped else position - behind,
                     "pg_stat_database_tup_inserted": 10 * (t - start),
                 }.get(name, 0)
                 labels = f'job="{job}",instance="{member}"' + (
@@ -97,10 +103,16 @@ def test_the_charts_show_the_hours_writes_lag_and_who_led(prometheus):
     srv1 = [i for i, v in enumerate(leader["postgres-srv1"]) if v is not None]
     srv2 = [i for i, v in enumerate(leader["postgres-srv2"]) if v is not None]
     assert srv1 and srv2 and max(srv1) < min(srv2)
-    # The replicas' lag, srv3 4 KiB behind.
+    # The replicas' lag: srv3 4 KiB behind; srv2 "ahead" shows 0, not less; srv1 while its
+    # PostgreSQL is stopped (position 0) shows nothing, not the leader's whole WAL.
     lag = charts["lag"]["series"]
-    assert set(lag) <= {"postgres-srv1", "postgres-srv2", "postgres-srv3"}
+    assert set(lag) == {"postgres-srv1", "postgres-srv2", "postgres-srv3"}
     assert max(v for v in lag["postgres-srv3"] if v is not None) == 4096
+    assert {v for v in lag["postgres-srv2"] if v is not None} == {0}
+    assert max(v for v in lag["postgres-srv1"] if v is not None) == 0
+    switch = min(srv2)  # srv1's PostgreSQL is stopped for 5 minutes from here
+    assert all(v is None for v in lag["postgres-srv1"][switch + 2:switch + 300 // STEP - 1])
+    assert _points(lag["postgres-srv1"][switch + 300 // STEP + 5:]) > 0
     # 10 rows a second on whichever member leads, one series.
     writes = charts["writes"]["series"]["writes"]
     assert _points(writes) > 100

@@ -42,12 +42,22 @@ async function refreshCluster() {
   }
 }
 
+// 12345678 bytes -> "11.8 MiB"; rows/s as they are.
+function human(value, unit) {
+  if (value === null || value === undefined) return "";
+  if (unit !== "bytes") return String(Math.round(value * 100) / 100);
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  while (Math.abs(value) >= 1024 && i < units.length - 1) { value /= 1024; i += 1; }
+  return `${Math.round(value * 10) / 10} ${units[i]}`;
+}
+
 function chartOptions(name, chart, names, width) {
   const series = [{}].concat(names.map((label, i) => ({
     label, stroke: COLORS[i % COLORS.length], width: 2, spanGaps: false,
     ...(name === "leader" ? {paths: uPlot.paths.stepped({align: 1}), points: {show: false}} : {}),
   })));
-  const axes = [{}, {size: 70}];
+  const axes = [{}, {size: 80, values: (_, ticks) => ticks.map((t) => human(t, chart.unit))}];
   if (name === "leader") {
     // One row per member: the line is at the member that led.
     axes[1] = {size: 110, splits: () => names.map((_, i) => i + 1),
