@@ -2,8 +2,8 @@
 The cluster's monitoring, read from Prometheus's HTTP API on the Prometheus host
 (``pgcluster:monitoring:host``): the alerts that fire, and whether every target answers.
 
-Any minion of the cluster can ask (the firewall lets the web hosts and the admin sources reach
-Prometheus; on the Prometheus host itself it asks its own address). Every call is bounded by
+Any minion of the cluster can ask (the firewall lets the cluster's hosts and the admin sources
+reach Prometheus). Every call is bounded by
 ``timeout`` (default 5 s) and names Prometheus's URL when it does not answer.
 
 CLI Example:
@@ -40,7 +40,7 @@ def _prometheus(pillar=None) -> str:
     monitoring = cfg["monitoring"]
     if not monitoring["enabled"]:
         raise CommandExecutionError("monitoring is off (pillar pgcluster:monitoring:enabled)")
-    return f"http://{monitoring['address']}:{monitoring['ports']['prometheus']}"
+    return monitoring["url"]
 
 
 def _api(path: str, timeout: float, pillar=None, **params) -> dict | list:

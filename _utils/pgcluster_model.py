@@ -780,6 +780,8 @@ def derive(cfg: dict) -> dict:
     monitoring = cfg["monitoring"]
     monitoring["host"] = monitoring["host"] or cfg["web_names"][0]
     monitoring["address"] = {**members, **cfg["web"]}[monitoring["host"]]["address"]
+    # Prometheus's HTTP API (the web app's charts, the monitoring module, its own reload).
+    monitoring["url"] = f"http://{monitoring['address']}:{monitoring['ports']['prometheus']}"
     # Alertmanager runs only when it has somewhere to deliver the alerts.
     monitoring["alertmanager"] = any(v is not None for v in monitoring["receivers"].values())
     if monitoring["receivers"]["email"] is not None:

@@ -61,7 +61,7 @@ monitoring-prometheus-service:
 
 monitoring-prometheus-reload:
   cmd.run:
-    - name: /usr/local/lib/pgcluster/reload-when-ready {{ service }} http://{{ address }}:{{ monitoring.ports.prometheus }}/-/ready
+    - name: /usr/local/lib/pgcluster/reload-when-ready {{ service }} {{ monitoring.url }}/-/ready
     - onchanges:
       - file: monitoring-prometheus-config
       - file: monitoring-prometheus-rules

@@ -77,6 +77,14 @@ def test_prometheus_scrapes_every_target_the_model_names_and_each_is_up(healthy)
         reached = {item["labels"]["instance"]: item["value"]
                    for item in on_web("monitoring.query", metric, check=True)}
         assert reached == dict.fromkeys(C.members, 1.0), (metric, reached)
+    # Every host's certificates' ends, for CertificateExpiring (the node exporter's textfile),
+    # each in the future.
+    ends = on_web("monitoring.query", "pgcluster_certificate_not_after_seconds - time()",
+                  check=True)
+    found = {(item["labels"]["instance"], item["labels"]["file"]) for item in ends}
+    files = {f"{C.model['tls']['dir']}/host.crt", C.model["tls"]["ca_file"]}
+    assert found == {(host, file) for host in C.hosts for file in files}, found
+    assert all(item["value"] > 86400 for item in ends), ends
     # A healthy cluster fires no critical alert.
     alerts = on_web("monitoring.alerts", check=True)
     assert [a for a in alerts if a["severity"] == "critical"] == [], alerts
