@@ -741,13 +741,31 @@ def _named_rows(cfg, rows):
     return rows
 
 
-def member_add(name, timeout=DEFAULT_TIMEOUT, pillar=None):
+def _membership_write(urls, path, body, timeout, *, tls, token, wait):
+    """A member list change. etcd refuses one ("unhealthy cluster") unless its leader has been
+    connected to every voting member for the last 5 s, which a peer connection just made again
+    (an etcd restarted, a firewall reloaded) breaks for a moment: asked again, a second apart,
+    for up to ``wait`` seconds, then etcd's refusal raised."""
+    deadline = time.monotonic() + float(wait)
+    while True:
+        try:
+            return _write(urls, path, body, timeout, tls=tls, token=token)
+        except _Refused as exc:
+            if "unhealthy cluster" not in exc.error or time.monotonic() > deadline:
+                raise
+        time.sleep(1)
+
+
+def member_add(name, timeout=DEFAULT_TIMEOUT, pillar=None, wait=15):
     """
     Add the pillar member ``name`` to the running etcd cluster with its peer URL from pillar,
     as ``etcdctl member add`` does, unless the member list has that URL already. Its etcd must
     then start as a member of an existing cluster, with ``initial_cluster`` (the runner
     pgcluster_members.join does both). Asked of the other members; as root when etcd's
     authentication is on. Returns whether it changed, the member's id and ``initial_cluster``.
+
+    etcd refuses ("unhealthy cluster") until its leader has been connected to every member
+    for 5 s: asked again for up to ``wait`` seconds, then its refusal raised.
 
     CLI Example:
 
@@ -765,8 +783,8 @@ def member_add(name, timeout=DEFAULT_TIMEOUT, pillar=None):
     changed = not any(url in row["peer_urls"] for row in rows)
     if changed:
         token = _token(urls, tls, "root", timeout) if cfg["etcd"]["auth"] else None
-        answer = _write(urls, "/v3/cluster/member/add", {"peerURLs": [url]}, timeout,
-                        tls=tls, token=token)
+        answer = _membership_write(urls, "/v3/cluster/member/add", {"peerURLs": [url]},
+                                   timeout, tls=tls, token=token, wait=wait)
         rows = _member_rows(answer)
     rows = _named_rows(cfg, rows)
     unnamed = [row["peer_urls"] for row in rows if not row["name"]]
@@ -804,13 +822,6 @@ def member_remove(name, timeout=DEFAULT_TIMEOUT, pillar=None, wait=15):
     if row is None:
         return {"changed": False, "id": None}
     token = _token(urls, tls, "root", timeout) if cfg["etcd"]["auth"] else None
-    deadline = time.monotonic() + float(wait)
-    while True:
-        try:
-            _write(urls, "/v3/cluster/member/remove", {"ID": str(int(row["id"], 16))}, timeout,
-                   tls=tls, token=token)
-            return {"changed": True, "id": row["id"]}
-        except _Refused as exc:
-            if "unhealthy cluster" not in exc.error or time.monotonic() > deadline:
-                raise
-        time.sleep(1)
+    _membership_write(urls, "/v3/cluster/member/remove", {"ID": str(int(row["id"], 16))},
+                      timeout, tls=tls, token=token, wait=wait)
+    return {"changed": True, "id": row["id"]}

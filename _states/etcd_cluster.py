@@ -10,9 +10,10 @@ in what it returns.
 
 Patroni must never meet authentication it cannot pass: a Patroni leader that etcd refuses
 demotes itself at once. So authentication goes on only once every member's running Patroni
-says it has its login (``patroni.etcd_logins``), and a Patroni drops its login only once
-etcd no longer asks for one (``auth_off_awaited``, in salt/patroni). Both wait, so a plain
-``salt '*' state.apply``, whose hosts run at once, keeps that order as the orchestration does.
+says it has its login (``patroni.etcd_logins``); it waits, so a plain ``salt '*'
+state.apply``, whose hosts run at once, keeps that order as the orchestration does. Patroni
+keeps its login when authentication goes off (see pgcluster_render.patroni_etcd), so going off
+needs no order.
 
 .. code-block:: yaml
 
@@ -69,7 +70,7 @@ def auth_managed(name, enable=True, wait=DEFAULT_WAIT):
         ``False``: the users and roles, and authentication off when the pillar wants it off,
         but not on: what runs before Patroni has its etcd login (salt/etcd). Turning it on
         comes after (salt/etcd/auth.sls), so a running cluster never meets authentication
-        before its Patroni can log in, and leaves it only after Patroni stops logging in.
+        before its Patroni can log in.
     wait
         Seconds to wait, before turning authentication on, for every member's Patroni to run
         with its login (their patroni states give it, maybe at this moment on other hosts);
@@ -108,37 +109,3 @@ def auth_managed(name, enable=True, wait=DEFAULT_WAIT):
         ret.update(comment="etcd: " + "; ".join(steps), changes={"etcd": steps})
     return ret
 
-
-def auth_off_awaited(name, wait=DEFAULT_WAIT):
-    """
-    Waits until etcd's authentication is off (turned off from the bootstrap member by its etcd
-    state with ``pgcluster:etcd:auth: false``), so that this host's Patroni drops its etcd
-    login only once etcd no longer asks for one (salt/patroni requires this then). Changes
-    nothing; under ``test=True`` it only says what it would wait for.
-
-    name
-        A label for the state.
-    wait
-        Seconds to wait; past it the state fails, and the Patroni keeps its login.
-    """
-    ret = {"name": name, "changes": {}, "result": True, "comment": ""}
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            enabled = __salt__["etcd_cluster.auth_enabled"](fresh=False)
-            why = "etcd still asks for a user"
-        except CommandExecutionError as exc:
-            enabled, why = True, f"etcd cannot say whether it asks for a user: {exc}"
-        if not enabled:
-            ret["comment"] = "etcd's authentication is off"
-            return ret
-        if __opts__["test"]:
-            ret.update(result=None, comment=f"would wait until etcd's authentication is off "
-                                            f"(now: {why})")
-            return ret
-        if time.monotonic() >= deadline:
-            ret.update(result=False, comment=(
-                f"{why} after {wait:g} s: its authentication is turned off from the bootstrap "
-                f"member by its etcd state, before Patroni drops its login; apply that first"))
-            return ret
-        time.sleep(POLL_INTERVAL)

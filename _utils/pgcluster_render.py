@@ -81,13 +81,18 @@ PATRONI_ETCD_USER_HEADER = "X-Pgcluster-Etcd-User"
 def patroni_etcd(cfg: dict, credentials: dict) -> dict:
     """Patroni's etcd3 section: the members' client endpoints; over HTTPS, verified by the
     cluster's CA (pgcluster:etcd:tls); as etcd's ``patroni`` user, whose role reaches the
-    cluster's prefix only (pgcluster:etcd:auth)."""
+    cluster's prefix only.
+
+    The login stays with pgcluster:etcd:auth off: Patroni asks, etcd answers "authentication
+    is not enabled", and Patroni goes on without a token. A Patroni that dropped its login
+    instead kept the token it had (Patroni 4.1 keeps it across a reload), which etcd refuses
+    once its authentication is off ("invalid auth token"), and without a login Patroni could
+    not get another: a leader demoted itself (seen in the lab's auth off/on test)."""
     etcd = cfg["etcd"]
-    section: dict = {"hosts": etcd["endpoints"]}
+    section: dict = {"hosts": etcd["endpoints"], "username": "patroni",
+                     "password": credentials["etcd_patroni"]}
     if etcd["tls"]:
         section.update(protocol="https", cacert=cfg["tls"]["ca_file"])
-    if etcd["auth"]:
-        section.update(username="patroni", password=credentials["etcd_patroni"])
     return section
 
 
@@ -210,8 +215,7 @@ def patroni_config(cfg: dict, member: str, credentials: dict, admins: list[str],
             "request_queue_size": patroni["request_queue_size"],
             "authentication": restapi_auth,
             **patroni_restapi_tls(cfg),
-            **({"http_extra_headers": {PATRONI_ETCD_USER_HEADER: "patroni"}}
-               if cfg["etcd"]["auth"] else {}),
+            "http_extra_headers": {PATRONI_ETCD_USER_HEADER: "patroni"},
         },
         "ctl": {"authentication": restapi_auth},
         "etcd3": patroni_etcd(cfg, credentials),

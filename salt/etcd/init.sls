@@ -7,8 +7,8 @@ include:
 
 {#- Users and roles as pgcluster:etcd:auth wants, or authentication off, from one member.
     Authentication goes on only after Patroni has its etcd login (etcd/auth.sls, after the
-    patroni state), and off here, before Patroni stops logging in: under a running cluster
-    Patroni never meets authentication it cannot pass. #}
+    patroni state), so under a running cluster Patroni never meets authentication it cannot
+    pass; it goes off here (Patroni keeps its login, which etcd then does not ask for). #}
 {%- if grains.id == cluster.bootstrap_member %}
 
 etcd-auth:

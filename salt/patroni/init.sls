@@ -68,16 +68,6 @@ patroni-config-dir:
     - require:
       - pkg: postgresql-packages
 
-{%- if not cluster.etcd.auth %}
-
-# A Patroni leader that etcd refuses demotes itself at once: Patroni drops its etcd login only
-# once etcd no longer asks for one (the bootstrap member's etcd state turns it off; a plain
-# state.apply runs the hosts at once, so this waits for it).
-patroni-etcd-auth-off:
-  etcd_cluster.auth_off_awaited:
-    - name: etcd's authentication off before Patroni drops its login
-{%- endif %}
-
 {#- Patroni takes etcd's endpoints and CA only when it starts: while this member's etcd is not
     on the pillar's TLS yet, its config keeps them until the switch (bin/deploy's
     pgcluster_etcd.tls_switch, which restarts Patroni at the right moment) writes it. #}
@@ -108,9 +98,6 @@ patroni-config:
     - require:
       - file: patroni-config-dir
       - pip: patroni-pip
-{%- if not cluster.etcd.auth %}
-      - etcd_cluster: patroni-etcd-auth-off
-{%- endif %}
 {%- if etcd_switch_pending %}
       - test: patroni-etcd-tls-unchanged
 {%- endif %}

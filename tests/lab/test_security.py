@@ -523,52 +523,30 @@ def _patronis_login(member: str) -> bool:
     return headers.get(ETCD_USER_HEADER) == "patroni"
 
 
-def _within(seconds: float, condition) -> bool:
-    """Whether condition() comes true within ``seconds``; a call that gets no answer is a no."""
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            if condition():
-                return True
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.2)
-
-
 def _timeline() -> int:
     return next(m["timeline"] for m in on_web("patroni.list")["members"] if m["role"] == "Leader")
 
 
-class _AuthWatch(threading.Thread):
-    """Samples, every 0.2 s, whether etcd asks for a user and whether each member's Patroni
-    runs with its login, and keeps every sample in which etcd asked while a Patroni could not
-    answer (what makes a Patroni leader demote itself). ``order`` says what is read first so
-    that no sample shows a breach that was not one: authentication's state before the logins
-    while it goes on, the logins before it while it goes off."""
+class _LoginWatch(threading.Thread):
+    """Samples, every 0.2 s, whether each member's running Patroni logs in to etcd, and keeps
+    every sample in which one did not (with etcd's authentication on, what makes a Patroni
+    leader demote itself; with it off, a Patroni that dropped its login was left with a token
+    etcd refuses)."""
 
     def __init__(self):
         super().__init__(daemon=True)
-        self.order, self.samples, self.breaches = "auth first", 0, []
+        self.samples, self.without = 0, []
         self.stop = threading.Event()
-
-    def sample(self) -> tuple[bool, dict[str, bool]]:
-        if self.order == "auth first":
-            asks = _etcd_asks_for_a_user()
-            return asks, {m: _patronis_login(m) for m in MEMBERS}
-        logins = {m: _patronis_login(m) for m in MEMBERS}
-        return _etcd_asks_for_a_user(), logins
 
     def run(self):
         while not self.stop.is_set():
             try:
-                asks, logins = self.sample()
+                logins = {m: _patronis_login(m) for m in MEMBERS}
             except (OSError, ValueError):  # busy past the call's timeout, or not JSON: again
                 continue
             self.samples += 1
-            if asks and not all(logins.values()):
-                self.breaches.append((time.monotonic(), logins))
+            if not all(logins.values()):
+                self.without.append((time.monotonic(), logins))
             self.stop.wait(0.2)
 
 
@@ -585,37 +563,35 @@ def _apply_staggered(first: list[str], later: list[str], *args: str, delay: floa
 def test_etcds_authentication_goes_off_and_on_under_load_with_a_plain_state_apply(lab):
     """etcd's authentication switched off, then on again, each with a plain `state.apply` of
     the members in which the host that acts on etcd (the bootstrap member) runs 10 s after the
-    others going off and 10 s before them going on, under the fault tests' writer: etcd never
-    asks for a user while a Patroni runs without its login (a leader refused by etcd demotes
-    itself), no acknowledged write is lost, and no failover happens (the timeline stays)."""
+    others going off and 10 s before them going on, under the fault tests' writer: every
+    Patroni keeps its etcd login throughout (etcd answers "not enabled" while it is off), no
+    acknowledged write is lost, and no failover happens (the timeline stays). Patronis that
+    dropped their login going off kept a token etcd refused: the leader demoted itself (CI,
+    and 2 runs of 3 in the lab, 2026-12-05)."""
     boot = C.model["bootstrap_member"]
     others = [m for m in MEMBERS if m != boot]
     password = credentials()["app"]
     ensure_table(password)
     writer = Writer(password, f"auth-off-on-{time.time_ns()}")
-    watch = _AuthWatch()
+    watch = _LoginWatch()
     leader_before, timeline_before = leader(), _timeline()
     writer.start()
     watch.start()
     try:
-        watch.order = "logins first"
         off = "pillar=" + json.dumps({"pgcluster": {"etcd": {"auth": False}}})
         _apply_staggered(others, [boot], "etcd,patroni", off)
         assert not _etcd_asks_for_a_user()
-        # Patroni applies a reloaded config in its next loop (loop_wait), not at once.
-        assert _within(5 * C.model["patroni"]["loop_wait"],
-                       lambda: not any(_patronis_login(m) for m in MEMBERS))
-        watch.order = "auth first"
+        # Patroni's loops go on without a token (a leader refused would show in 2 loops).
+        time.sleep(2 * C.model["patroni"]["loop_wait"])
         _apply_staggered([boot], others, "etcd,patroni,etcd.auth")
         assert _etcd_asks_for_a_user()
-        assert _within(5 * C.model["patroni"]["loop_wait"],
-                       lambda: all(_patronis_login(m) for m in MEMBERS))
+        time.sleep(2 * C.model["patroni"]["loop_wait"])
     finally:
         watch.stop.set()
         watch.join()
         writer.stop.set()
         writer.join()
-    assert watch.samples > 20 and not watch.breaches, watch.breaches
+    assert watch.samples > 20 and not watch.without, watch.without
     assert writer.acked and not writer.acked - rows_on(leader(), writer.tag)
     assert (leader(), _timeline()) == (leader_before, timeline_before)
 

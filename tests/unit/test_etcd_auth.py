@@ -1,7 +1,7 @@
-"""etcd_cluster.auth_plan and the states etcd_cluster.auth_managed and auth_off_awaited against
-a real etcd 3.4 (Debian's etcd-server, as on the members), one member on loopback for each
-test; the members' Patroni REST APIs answer as recorded from the lab (tests/unit/recorded_api),
-each with or without the header that says it runs with its etcd login."""
+"""etcd_cluster.auth_plan and the state etcd_cluster.auth_managed against a real etcd 3.4
+(Debian's etcd-server, as on the members), one member on loopback for each test; the members'
+Patroni REST APIs answer as recorded from the lab (tests/unit/recorded_api), each with or
+without the header that says it runs with its etcd login."""
 
 from __future__ import annotations
 
@@ -202,29 +202,3 @@ def test_a_patroni_without_its_login_keeps_authentication_off_and_is_named(patro
     assert auth_state.auth_managed("auth-test", wait=1) == {
         "name": "auth-test", "changes": {}, "result": True,
         "comment": "etcd's users, roles and authentication are as pillar wants them"}
-
-
-def test_patroni_drops_its_login_only_once_etcd_stops_asking_for_one(monkeypatch):
-    """salt/patroni with the switch off: its Patroni keeps the login until the bootstrap
-    member's etcd state has turned authentication off."""
-    etcd_cluster.auth_plan(apply=True)
-    monkeypatch.setitem(auth_state.__opts__, "test", True)
-    dry = auth_state.auth_off_awaited("off")
-    assert dry["result"] is None and "would wait until etcd's authentication is off" in dry["comment"]
-    monkeypatch.setitem(auth_state.__opts__, "test", False)
-    late = auth_state.auth_off_awaited("off", wait=1)
-    assert late["result"] is False and late["comment"].startswith("etcd still asks for a user")
-    assert "turned off from the bootstrap member by its etcd state" in late["comment"]
-
-    def bootstrap_turns_it_off():
-        CONFIG["etcd"]["auth"] = False
-        etcd_cluster.auth_plan(apply=True)
-
-    timer = threading.Timer(2.0, bootstrap_turns_it_off)
-    timer.start()
-    started = time.monotonic()
-    done = auth_state.auth_off_awaited("off", wait=30)
-    timer.join()
-    assert done == {"name": "off", "changes": {}, "result": True,
-                    "comment": "etcd's authentication is off"}
-    assert time.monotonic() - started >= 2.0
