@@ -537,6 +537,7 @@ SCHEMA = Record({
         "packages": Record({name: PACKAGES for name in MONITORING_SERVICES}),
         "services": Record({name: Str() for name in MONITORING_SERVICES}),
         "config_dir": Path(),
+        "postgres_exporter_queries": Path(),
         "textfile_dir": Path(),
         # Debian's postgres_exporter runs as the OS user prometheus, and logs in as its own
         # OS user (peer): the role has its name.

@@ -112,13 +112,22 @@ monitoring-postgres-role:
       - fun: patroni.is_leader
         fresh: false
 
+monitoring-postgres-exporter-queries:
+  file.managed:
+    - name: {{ monitoring.postgres_exporter_queries }}
+    - source: salt://monitoring/files/postgres-exporter-queries.yaml
+    - makedirs: true
+    - mode: '0644'
+
 monitoring-postgres-exporter-args:
   file.managed:
     - name: /etc/default/{{ services.postgres_exporter }}
     - contents: |
         # Managed by Salt (salt/monitoring).
         DATA_SOURCE_NAME='user={{ monitoring.postgres_role }} host=/var/run/postgresql port={{ cluster.postgresql.port }} dbname=postgres'
-        ARGS="--web.listen-address={{ address }}:{{ ports.postgres_exporter }}"
+        ARGS="--web.listen-address={{ address }}:{{ ports.postgres_exporter }} --extend.query-path={{ monitoring.postgres_exporter_queries }}"
+    - require:
+      - file: monitoring-postgres-exporter-queries
     - require_in:
       - pkg: monitoring-postgres-exporter-package
 
@@ -130,6 +139,7 @@ monitoring-postgres-exporter-service:
     - enable: true
     - watch:
       - file: monitoring-postgres-exporter-args
+      - file: monitoring-postgres-exporter-queries
       - file: monitoring-postgres-exporter-dropin
 {%-   else %}
 {{ service_off("monitoring-postgres-exporter-service", services.postgres_exporter) }}

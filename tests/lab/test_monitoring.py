@@ -77,6 +77,13 @@ def test_prometheus_scrapes_every_target_the_model_names_and_each_is_up(healthy)
         reached = {item["labels"]["instance"]: item["value"]
                    for item in on_web("monitoring.query", metric, check=True)}
         assert reached == dict.fromkeys(C.members, 1.0), (metric, reached)
+    # Every member's replication slots, the standbys' too (Patroni keeps the others' slots on
+    # them): the exporter's own query asks a standby for pg_current_wal_lsn(), which it
+    # refuses, an ERROR in its log at every scrape (salt/monitoring replaces that query).
+    slots = {item["labels"]["instance"] for item in on_web(
+        "monitoring.query", "count by (instance) (pg_replication_slots_pg_wal_lsn_diff)",
+        check=True)}
+    assert slots == set(C.members), slots
     # Every host's certificates' ends, for CertificateExpiring (the node exporter's textfile),
     # each in the future.
     ends = on_web("monitoring.query", "pgcluster_certificate_not_after_seconds - time()",
