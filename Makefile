@@ -43,20 +43,20 @@ test: deps
 test-unit: venv
 	$(VENV)/bin/pytest -m "not lab" $(PYTEST_ARGS)
 
-# Benchmarks, about an hour in all; each prints its progress and also runs alone. The
+# Benchmarks, about two hours in all; each prints its progress and also runs alone. The
 # first rebuilds the lab from bare hosts (to time the deployment); the others use that cluster.
 bench: deps
 	@echo "bench: deployment from bare hosts, REBUILDS THE LAB (about 6 minutes)"
 	$(VENV)/bin/python bench/deploy.py
-	@echo "bench: failover write outage, project and stock timing, 3 runs each (about 30 minutes)"
+	@echo "bench: failover write outage, project and stock timing, a writer on each data path, 3 runs each (about 30 minutes)"
 	$(VENV)/bin/python bench/failover.py
 	@echo "bench: certificate rotation under write load, next to switchovers, 3 pairs (about 8 minutes)"
 	$(VENV)/bin/python bench/rotation.py
 	@echo "bench: the cost of TLS, off and on interleaved, 3 pairs (about 45 minutes)"
 	$(VENV)/bin/python bench/tls.py
-	@echo "bench: routing overhead, pgbench on four paths (about 3 minutes)"
+	@echo "bench: routing overhead, pgbench on six paths, 5 rounds interleaved (about 12 minutes)"
 	$(VENV)/bin/python bench/routing.py
-	@echo "bench: web app throughput next to its SQL, 8 and 32 connections (about 2 minutes)"
+	@echo "bench: web app on each data path, 5 rounds interleaved (about 5 minutes)"
 	$(VENV)/bin/python bench/web.py
 	@echo "bench: memory per host and service, idle and under pgbench (about 1 minute)"
 	$(VENV)/bin/python bench/memory.py

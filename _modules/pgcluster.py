@@ -240,6 +240,26 @@ def pgbackrest_config(minion_id=None, show_secrets=False):
     return __utils__["pgcluster_render.ini"](render(cfg, host, cipher, s3_keys))
 
 
+def webapp_config(show_secrets=False):
+    """
+    The web app's configuration (``/etc/webapp/config.json`` on the web hosts): its writer and
+    reader connections by pillar ``pgcluster:webapp:data_path`` (HAProxy's ports, or libpq's
+    multi-host strings to the members), Patroni's and Prometheus's URLs. The password and the
+    form tokens' key show as ``**********`` unless ``show_secrets=True`` (what the config
+    template asks for).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt web pgcluster.webapp_config
+    """
+    creds = _credentials()
+    if not show_secrets:
+        creds = dict.fromkeys(creds, REDACTED)
+    return __utils__["pgcluster_render.webapp_config"](config(), creds)
+
+
 def prometheus_config():
     """
     Prometheus's configuration (``/etc/prometheus/prometheus.yml`` on the Prometheus host): a

@@ -547,6 +547,7 @@ SCHEMA = Record({
     "webapp": Record({
         "port": Port(),
         "bind": HostPort(),
+        "data_path": Enum("haproxy", "libpq"),
         "workers": Int(1, 64),
         "packages": PACKAGES,
         "app_dir": Path(),

@@ -44,10 +44,11 @@ def pg_hba(cfg: dict, member: str, admins: list[str]) -> list[str]:
         rules.append(f"{remote} replication replicator {address}/32 scram-sha-256{peer}")
         rules.append(f"{remote} postgres rewind {address}/32 scram-sha-256{peer}")
     if cfg["pgbouncer"]["enabled"]:
-        # PgBouncer on this member (connecting to the member's own address) is the only way in.
+        # PgBouncer on this member (connecting to the member's own address).
         rules.append(f"{remote} {db} {app} {cfg['members'][member]['address']}/32 "
                      f"scram-sha-256{peer}")
-    else:
+    if not cfg["pgbouncer"]["enabled"] or cfg["webapp"]["data_path"] == "libpq":
+        # The web app itself: behind HAProxy without PgBouncer, or with no proxy at all.
         for name in cfg["web_names"]:
             rules.append(f"{remote} {db} {app} {cfg['web'][name]['address']}/32 scram-sha-256")
     # The admin sources (the salt-master, root on every host anyway, and the operators'
@@ -308,6 +309,54 @@ def firewall_rules(cfg: dict, host: str, masters: list[str], master_ports: list[
             if monitoring["alertmanager"] and admins:
                 allow("alertmanager", ports["alertmanager"], admins)
     return rules
+
+
+# A client straight on a member (no HAProxy to cut its sessions when the member is marked down)
+# whose member is cut off would wait on TCP for 15 minutes: keepalives (5 s idle, then 2 probes
+# 2 s apart) and tcp_user_timeout drop such a connection within about 9 s, and the client
+# reconnects to the new leader (seen in the lab: a partitioned leader held a writer for good).
+LIBPQ_DEAD_PEER = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2,
+                   "keepalives_count": 2, "tcp_user_timeout": 9000}
+
+
+def webapp_config(cfg: dict, credentials: dict) -> dict:
+    """The web app's /etc/webapp/config.json: its writer's and reader's connection parameters
+    by pgcluster:webapp:data_path, the members' Patroni REST APIs (the page's cluster view),
+    Prometheus's URL (its charts), the form tokens' key.
+
+    - ``haproxy``: HAProxy's primary and replica ports on the web host itself, TLS through it
+      to the server behind, verified by the CA only (verify-ca: its certificate names that
+      member, the app reaches it at HAProxy's address);
+    - ``libpq``: no proxy: every member's PostgreSQL in one multi-host string, libpq picking
+      the writer (target_session_attrs=read-write) or a standby (prefer-standby; the app
+      shuffles the hosts of each new reader connection, as Debian 12's libpq 15 has no
+      load_balance_hosts), each verified by its own address (verify-full). Not PgBouncer:
+      libpq decides from the in_hot_standby a server reports at login, and PgBouncer (1.18)
+      reports what its pool's first server connection said, however long ago: a member's
+      PgBouncer went on saying "primary" after a switchover made it a standby. The app keeps
+      its connections, so a pooler gives it nothing; they drop a member that went silent
+      (LIBPQ_DEAD_PEER). HAProxy still runs for clients that need one address."""
+    app, webapp = cfg["app"], cfg["webapp"]
+    db = {"dbname": app["database"], "user": app["user"], "password": credentials["app"]}
+    ca = {"sslrootcert": cfg["tls"]["ca_file"]}
+    if webapp["data_path"] == "libpq":
+        hosts = ",".join(cfg["members"][n]["address"] for n in cfg["member_names"])
+        verify = {"sslmode": "verify-full", **ca} if cfg["postgresql"]["tls"] else {}
+        writer = {**db, "host": hosts, "port": cfg["postgresql"]["port"],
+                  "target_session_attrs": "read-write", **LIBPQ_DEAD_PEER, **verify}
+        reader = {**writer, "target_session_attrs": "prefer-standby"}
+    else:
+        verify = {"sslmode": "verify-ca", **ca} if cfg["backend_tls"] else {}
+        writer = {**db, "host": "127.0.0.1", "port": cfg["haproxy"]["primary_port"], **verify}
+        reader = {**writer, "port": cfg["haproxy"]["replica_port"]}
+    config = {"writer": writer, "reader": reader, "spread_reads": webapp["data_path"] == "libpq",
+              "patroni": [cfg["patroni"]["urls"][n] for n in cfg["member_names"]],
+              "csrf_secret": credentials["webapp_csrf"]}
+    if cfg["monitoring"]["enabled"]:
+        config["prometheus"] = cfg["monitoring"]["url"]
+    if cfg["patroni"]["tls"]:
+        config["patroni_ca"] = cfg["tls"]["ca_file"]
+    return config
 
 
 def prometheus_config(cfg: dict) -> dict:

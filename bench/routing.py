@@ -1,14 +1,26 @@
 #!/usr/bin/env python3
-"""What the routing costs: pgbench directly to the leader, through PgBouncer, through HAProxy.
+"""What the routing costs: pgbench on every data path to the cluster, interleaved.
 
 Needs the lab up and the cluster deployed (`make lab`). pgbench runs on this machine (an admin
-source: the firewall and pg_hba let it reach the leader directly) with the same clients and
-duration on every path:
-- TPC-B-like (pgbench's built-in): leader:5432, leader's PgBouncer :6432, HAProxy 5000;
-- select-only (-S): the same three, and HAProxy 5001 (the replicas);
-- select-only with a new connection per transaction (-C), where a pooler should win.
+source: the firewall and pg_hba let it reach the members directly) with the same clients and
+duration on every path, over TLS as every client of the cluster:
+- direct: the leader's PostgreSQL (the baseline);
+- pgbouncer: the leader's PgBouncer;
+- haproxy: HAProxy's primary port on the web host, which leads to the leader's PgBouncer
+  (haproxy-replicas: its replica port, to a replica's PgBouncer);
+- libpq: no proxy: the members' PostgreSQL as one multi-host connection string, libpq
+  picking the writer (target_session_attrs=read-write) or a standby (prefer-standby,
+  libpq-standby), as the web app does with pgcluster:webapp:data_path libpq (not their
+  PgBouncers, which report a stale in_hot_standby: pgcluster_render.webapp_config).
+Workloads: TPC-B-like (pgbench's own), select-only (-S), and select-only with a new
+connection per transaction (-C), where a pooler and the cost of finding the writer show.
 
-    .venv/bin/python bench/routing.py [--clients 8] [--seconds 15] [--scale 5]
+Within a workload the paths run interleaved, their order turning round by round (A B C, C B A,
+...; bench/common.interleaved), and each path's TPS is divided by the direct run's of the same
+round: the table gives the median TPS of each path and the median, min and max of those
+ratios, which the machine's drift moves far less than it moves the TPS.
+
+    .venv/bin/python bench/routing.py [--rounds 5] [--clients 8] [--seconds 10] [--scale 5]
 
 Prints a table and writes bench/results/routing.json and routing.md.
 """
@@ -26,27 +38,64 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from bench.common import (  # noqa: E402
     PGBENCH,
+    interleaved,
     machine,
     now,
     progress,
+    ratios,
+    spread,
     write_results,
 )
 from lab.cluster import cluster, credentials, leader  # noqa: E402
 
+BASELINE = "direct"
 
-def pgbench_init(host: str, port: int, password: str, scale: int) -> None:
+
+def paths() -> dict[str, dict]:
+    """{name: pgbench's host, port and libpq environment} for each data path, from pillar."""
+    c = cluster()
+    primary = c.members[leader()]
+    direct, bouncer = c.model["postgresql"]["port"], c.model["pgbouncer"]["port"]
+    every = ",".join(c.members.values())
+    return {
+        "direct": {"host": primary, "port": direct},
+        "pgbouncer": {"host": primary, "port": bouncer},
+        "haproxy": {"host": c.web_address, "port": c.primary_port},
+        "haproxy-replicas": {"host": c.web_address, "port": c.replica_port},
+        "libpq": {"host": every, "port": direct,
+                  "env": {"PGTARGETSESSIONATTRS": "read-write"}},
+        "libpq-standby": {"host": every, "port": direct,
+                          "env": {"PGTARGETSESSIONATTRS": "prefer-standby"}},
+    }
+
+
+# (workload, pgbench's flags, the paths it runs on): reads only may go to a standby.
+PLAN = [
+    ("tpcb", [], ["direct", "pgbouncer", "haproxy", "libpq"]),
+    ("select-only", ["-S"], ["direct", "pgbouncer", "haproxy", "haproxy-replicas", "libpq",
+                             "libpq-standby"]),
+    ("connect-per-transaction", ["-S", "-C"], ["direct", "pgbouncer", "haproxy", "libpq"]),
+]
+
+
+def _env(path: dict, password: str) -> dict:
+    return {**os.environ, "PGPASSWORD": password, **path.get("env", {})}
+
+
+def pgbench_init(path: dict, password: str, scale: int) -> None:
     """pgbench's tables at ``scale`` (pgbench -i prints no figures to read)."""
     app = cluster().app
-    subprocess.run([PGBENCH, "-i", "-q", "-s", str(scale), "-h", host, "-p", str(port), "-U",
-                    app["user"], app["database"]], capture_output=True, text=True, check=True,
-                   env={**os.environ, "PGPASSWORD": password})
+    subprocess.run([PGBENCH, "-i", "-q", "-s", str(scale), "-h", path["host"], "-p",
+                    str(path["port"]), "-U", app["user"], app["database"]],
+                   capture_output=True, text=True, check=True, env=_env(path, password))
 
 
-def pgbench(host: str, port: int, password: str, *args: str) -> dict:
+def pgbench(path: dict, password: str, *args: str) -> dict:
     app = cluster().app
-    cmd = [PGBENCH, "-h", host, "-p", str(port), "-U", app["user"], *args, app["database"]]
+    cmd = [PGBENCH, "-h", path["host"], "-p", str(path["port"]), "-U", app["user"], *args,
+           app["database"]]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True,
-                         env={**os.environ, "PGPASSWORD": password}).stdout
+                         env=_env(path, password)).stdout
     return {"tps": float(re.search(r"tps = ([\d.]+)", out).group(1)),
             "latency_ms": float(re.search(r"latency average = ([\d.]+) ms", out).group(1))}
 
@@ -54,41 +103,54 @@ def pgbench(host: str, port: int, password: str, *args: str) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--seconds", type=int, default=15)
+    parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--scale", type=int, default=5)
     args = parser.parse_args()
-    c = cluster()
     password = credentials()["app"]
-    primary = c.members[leader()]
-    paths = {"direct": (primary, c.model["postgresql"]["port"]),
-             "pgbouncer": (primary, c.model["pgbouncer"]["port"]),
-             "haproxy": (c.web_address, c.primary_port),
-             "haproxy-replicas": (c.web_address, c.replica_port)}
-    progress(f"pgbench -i -s {args.scale} on the leader {primary} ...")
-    pgbench_init(primary, paths["direct"][1], password, args.scale)
+    by_name = paths()
+    progress(f"pgbench -i -s {args.scale} on the leader {by_name['direct']['host']} ...")
+    pgbench_init(by_name["direct"], password, args.scale)
     load = ["-n", "-c", str(args.clients), "-j", "2", "-T", str(args.seconds)]
-    plan = [("tpcb", [], ["direct", "pgbouncer", "haproxy"]),
-            ("select-only", ["-S"], ["direct", "pgbouncer", "haproxy", "haproxy-replicas"]),
-            ("connect-per-transaction", ["-S", "-C"], ["direct", "pgbouncer", "haproxy"])]
-    results = []
-    for workload, flags, names in plan:
-        direct = None
+    table = ["| workload | path | TPS, median (min-max) | latency avg ms, median | "
+             "TPS / direct, median of rounds (min-max) |", "| --- | --- | --- | --- | --- |"]
+    workloads = {}
+    for workload, flags, names in PLAN:
+        latencies: dict[str, list[float]] = {name: [] for name in names}
+
+        def run(name: str, flags=flags, latencies=latencies) -> float:
+            result = pgbench(by_name[name], password, *load, *flags)
+            latencies[name].append(result["latency_ms"])
+            return result["tps"]
+
+        tps = interleaved({name: (lambda name=name: run(name)) for name in names}, args.rounds,
+                          on_round=lambda n, name, workload=workload: progress(
+                              f"{workload}, round {n + 1}/{args.rounds}: {name} ..."))
+        relative = ratios(tps, BASELINE)
+        workloads[workload] = {
+            name: {"port": by_name[name]["port"], "tps": tps[name], "latency_ms": latencies[name],
+                   "tps_spread": spread(tps[name]), "ratio": relative.get(name)}
+            for name in names}
         for name in names:
-            progress(f"{workload} via {name} ...")
-            host, port = paths[name]
-            result = pgbench(host, port, password, *load, *flags)
-            direct = direct or result["tps"]
-            results.append({"workload": workload, "path": name, "port": port, **result,
-                            "ratio_to_direct": round(result["tps"] / direct, 2)})
-    data = {"date": now(), "machine": machine(), "clients": args.clients,
-            "seconds": args.seconds, "scale": args.scale, "runs": results}
-    table = ["| workload | path | TPS | latency avg ms | TPS / direct |", "| --- | --- | --- | --- | --- |"]
-    table += [f"| {r['workload']} | {r['path']} (:{r['port']}) | {r['tps']:.0f} | {r['latency_ms']:.2f} | "
-              f"{r['ratio_to_direct']} |" for r in results]
-    text = write_results("routing", data, f"Routing overhead, {data['date']}, {data['machine']}; "
-                         f"pgbench -c {args.clients} -j 2 -T {args.seconds}, scale {args.scale}, "
-                         "from the lab's host machine", table)
+            t, r = spread(tps[name]), relative.get(name)
+            cell = f"{r['median']:.2f} ({r['min']:.2f}-{r['max']:.2f})" if r else "1"
+            table.append(f"| {workload} | {name} (:{by_name[name]['port']}) | {t['median']:.0f} "
+                         f"({t['min']:.0f}-{t['max']:.0f}) | "
+                         f"{spread(latencies[name])['median']:.2f} | {cell} |")
+    data = {"date": now(), "machine": machine(), "rounds": args.rounds, "clients": args.clients,
+            "seconds": args.seconds, "scale": args.scale,
+            "paths": {name: {k: v for k, v in p.items() if k != "env"} | p.get("env", {})
+                      for name, p in by_name.items()},
+            "workloads": workloads}
+    text = write_results(
+        "routing", data,
+        f"Routing overhead, {data['date']}, {data['machine']}; pgbench -c {args.clients} -j 2 "
+        f"-T {args.seconds}, scale {args.scale}, from the lab's host machine, over TLS; "
+        f"{args.rounds} rounds, paths interleaved", table,
+        "libpq: the members' PostgreSQL in one connection string; libpq tries them in order "
+        "(Debian 12's libpq 15 has no load_balance_hosts), so libpq-standby's clients all "
+        "reach the first standby listed.")
     print(text)
     return 0
 

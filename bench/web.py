@@ -1,51 +1,99 @@
 #!/usr/bin/env python3
-"""The web app's throughput and latency, next to the same SQL without the web stack.
+"""The web app's throughput, latency and CPU per request on each of its data paths, interleaved.
 
-Needs the lab up and the cluster deployed (`make lab`). From this machine:
-- wrk GETs random messages by id (GET /api/messages/<id>) and adds messages
-  (POST /api/messages) through nginx on 10.0.0.10;
-- pgbench runs the app's own statements at the same concurrency through HAProxy: the SELECT by id
-  through 5001 (replicas), the INSERT through 5000 (leader).
-The ratio of the two shows what nginx + gunicorn + the app cost.
+Needs the lab up and the cluster deployed (`make lab`). From this machine, wrk GETs random
+messages by id (GET /api/messages/<id>) and adds messages (POST /api/messages) through nginx on
+the web host, with the app on each data path in turn (pgcluster:webapp:data_path, applied with
+`salt web state.sls webapp pillar=...`): `haproxy` (HAProxy's ports on the web host, then
+PgBouncer) and `libpq` (the members' PostgreSQL straight, libpq finding the writer or a
+standby). The paths take turns round by round, their order turning each round
+(bench/common.interleaved); each figure of libpq is divided by haproxy's of the same round.
+The web host's CPU per request is what its cgroups (the app's and nginx's services, HAProxy's)
+used during a run, divided by the requests served.
 
-    .venv/bin/python bench/web.py [--connections 8,32] [--seconds 15]
+    .venv/bin/python bench/web.py [--rounds 5] [--connections 8] [--seconds 10]
 
-Prints a table and writes bench/results/web.json and web.md. The load generators run on the
-same 2 cores as the lab, so every figure is a floor.
+Prints a table and writes bench/results/web.json and web.md; the pillar's own data path is
+applied again at the end. The load generator runs on the same 2 cores as the lab, so every
+figure is a floor.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import statistics
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from bench.common import PGBENCH, machine, now, progress, write_results  # noqa: E402
-from lab.cluster import cluster, credentials  # noqa: E402
+from bench.common import interleaved, machine, now, progress, ratios, spread, write_results  # noqa: E402
+from lab.cluster import cluster, salt  # noqa: E402
+from lab.workload import lab  # noqa: E402
 
-WEB = cluster().url
-SELECT = "SELECT id, text, created_at, host(inet_server_addr()) AS server FROM messages WHERE id = :id;"
-INSERT = "INSERT INTO messages (text) VALUES ('bench') RETURNING id;"
+PATHS = ("haproxy", "libpq")
+BASELINE = "haproxy"
+# The web host's services whose CPU a request costs (their systemd cgroups).
+SERVICES = ("webapp", "nginx", "haproxy")
 
 
 def add_messages(count: int) -> list[int]:
     ids = []
     for i in range(count):
-        request = urllib.request.Request(f"{WEB}/api/messages", method="POST",
+        request = urllib.request.Request(f"{cluster().url}/api/messages", method="POST",
                                          data=json.dumps({"text": f"bench seed {i}"}).encode(),
                                          headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=10) as answer:
             ids.append(json.load(answer)["id"])
     return ids
+
+
+def apply(targets: list[str], sls: str, path: str | None) -> None:
+    """``sls`` on ``targets`` with pgcluster:webapp:data_path ``path`` (None: the pillar's)."""
+    args = ["-L", ",".join(targets), "state.sls", sls]
+    if path:
+        args.append("pillar=" + json.dumps({"pgcluster": {"webapp": {"data_path": path}}}))
+    result = salt(*args, timeout=300, check=True)
+    failed = [s.get("comment") for ret in result.values()
+              for s in (ret.values() if isinstance(ret, dict) else [{"comment": ret}])
+              if not s.get("result")]
+    if failed or len(result) != len(targets):
+        raise SystemExit(f"{sls} with the data path {path or 'of the pillar'}: {failed or result}")
+
+
+def use_path(path: str | None) -> None:
+    """The app on ``path`` (None: the pillar's own), ready to serve."""
+    apply([cluster().web], "webapp", path)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"{cluster().url}/readyz", timeout=5) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the web app on {path} is not ready after 60 s")
+        time.sleep(0.5)
+
+
+def cpu_usec() -> int:
+    """CPU microseconds the web host's SERVICES have used so far: their cgroup v2 cpu.stat
+    (under /sys/fs/cgroup/unified in the lab's containers, whose systemd runs hybrid)."""
+    script = "; ".join(f"cat /sys/fs/cgroup/unified/system.slice/{s}.service/cpu.stat "
+                       f"2>/dev/null || cat /sys/fs/cgroup/system.slice/{s}.service/cpu.stat"
+                       for s in SERVICES)
+    out = lab("exec", cluster().web, "--", "sh", "-ec", script).stdout
+    found = re.findall(r"^usage_usec (\d+)$", out, re.M)
+    if len(found) != len(SERVICES):
+        raise SystemExit(f"the web host's cgroups gave {len(found)} CPU figures, not "
+                         f"{len(SERVICES)} ({', '.join(SERVICES)}):\n{out}")
+    return sum(map(int, found))
 
 
 def _ms(value: str) -> float:
@@ -57,74 +105,85 @@ def wrk(script: str, connections: int, seconds: int) -> dict:
     with tempfile.NamedTemporaryFile("w", suffix=".lua") as lua:
         lua.write(script)
         lua.flush()
+        before = cpu_usec()
         out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency",
-                              "-s", lua.name, WEB], capture_output=True, text=True, check=True).stdout
+                              "-s", lua.name, cluster().url], capture_output=True, text=True,
+                             check=True).stdout
+        used = cpu_usec() - before
     latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
     return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
             "p50_ms": _ms(latency["50"]), "p99_ms": _ms(latency["99"]),
-            "errors": int(errors.group(1)) if errors else 0}
-
-
-def pgbench(sql: str, port: int, password: str, connections: int, seconds: int, **variables) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        script = Path(tmp) / "script.sql"
-        script.write_text("".join(f"\\set {k} {v}\n" for k, v in variables.items()) + sql + "\n")
-        app = cluster().app
-        cmd = [PGBENCH, "-h", cluster().web_address, "-p", str(port), "-U", app["user"], "-n", "-f",
-               str(script), "-c", str(connections), "-j", "2", "-T", str(seconds), "-l",
-               "--log-prefix", f"{tmp}/log", app["database"]]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=tmp,
-                             env={**os.environ, "PGPASSWORD": password}).stdout
-        # Per-transaction log lines: client, transaction, latency in microseconds, ...
-        latencies = sorted(int(line.split()[2]) / 1000 for log in Path(tmp).glob("log.*")
-                           for line in log.read_text().splitlines())
-    quantiles = statistics.quantiles(latencies, n=100)
-    return {"rps": float(re.search(r"tps = ([\d.]+)", out).group(1)),
-            "p50_ms": round(quantiles[49], 2), "p99_ms": round(quantiles[98], 2), "errors": 0}
+            "errors": int(errors.group(1)) if errors else 0,
+            "cpu_us_per_request": round(used / max(requests, 1), 1)}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--connections", default="8,32",
-                        help="comma-separated: each concurrency is measured in turn")
-    parser.add_argument("--seconds", type=int, default=15)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--seconds", type=int, default=10)
     args = parser.parse_args()
-    password = credentials()["app"]
-    primary, replicas = cluster().primary_port, cluster().replica_port
-    s = args.seconds
     ids = add_messages(200)
-    get_lua = (f"ids = {{{', '.join(map(str, ids))}}}\n"
-               "request = function() return wrk.format('GET', '/api/messages/' .. "
-               "ids[math.random(#ids)]) end\n")
-    post_lua = ("wrk.method = 'POST'\nwrk.path = '/api/messages'\n"
-                "wrk.headers['Content-Type'] = 'application/json'\n"
-                "wrk.body = '{\"text\": \"bench\"}'\n")
-    names = {"get_web": "GET /api/messages/<id> through nginx",
-             "get_sql": f"its SELECT through {replicas}",
-             "post_web": "POST /api/messages through nginx", "post_sql": f"its INSERT through {primary}"}
-    table = ["| what | connections | requests/s | p50 ms | p99 ms | errors | web / SQL |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
-    runs = {}
-    for c in map(int, args.connections.split(",")):
-        progress(f"GET by id through nginx, {c} connections, {s}s ...")
-        run = {"get_web": wrk(get_lua, c, s)}
-        progress(f"the same SELECT through HAProxy {replicas} ...")
-        run["get_sql"] = pgbench(SELECT, replicas, password, c, s, id=f"random({min(ids)}, {max(ids)})")
-        progress(f"POST through nginx, {c} connections, {s}s ...")
-        run["post_web"] = wrk(post_lua, c, s)
-        progress(f"the same INSERT through HAProxy {primary} ...")
-        run["post_sql"] = pgbench(INSERT, primary, password, c, s)
-        runs[c] = run
-        for key, what in names.items():
-            r = run[key]
-            ratio = f"{r['rps'] / run[key.replace('web', 'sql')]['rps']:.2f}" if key.endswith("web") else ""
-            table.append(f"| {what} | {c} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
-                         f"{r['errors']} | {ratio} |")
-    data = {"date": now(), "machine": machine(), "seconds": s, "runs": runs}
-    text = write_results("web", data, f"Web app throughput, {data['date']}, {data['machine']}; "
-                         f"{s} s each, load generated on the same machine", table)
+    scripts = {
+        "GET": (f"ids = {{{', '.join(map(str, ids))}}}\n"
+                "request = function() return wrk.format('GET', '/api/messages/' .. "
+                "ids[math.random(#ids)]) end\n"),
+        "POST": ("wrk.method = 'POST'\nwrk.path = '/api/messages'\n"
+                 "wrk.headers['Content-Type'] = 'application/json'\n"
+                 "wrk.body = '{\"text\": \"bench\"}'\n"),
+    }
+    runs: dict[str, dict[str, list[dict]]] = {p: {m: [] for m in scripts} for p in PATHS}
+
+    def one_round(path: str) -> float:
+        use_path(path)
+        for method, script in scripts.items():
+            progress(f"  {method} on {path}, {args.connections} connections, {args.seconds} s ...")
+            runs[path][method].append(wrk(script, args.connections, args.seconds))
+        return runs[path]["GET"][-1]["rps"]
+
+    members = list(cluster().members)
+    try:
+        # The members' pg_hba lets the web host in for libpq (and keeps HAProxy's way in): the
+        # rounds then switch the app alone.
+        progress("pg_hba for both data paths on the members ...")
+        apply(members, "patroni", "libpq")
+        interleaved({p: (lambda p=p: one_round(p)) for p in PATHS}, args.rounds,
+                    on_round=lambda n, p: progress(f"round {n + 1}/{args.rounds}: {p}"))
+    finally:
+        progress("the pillar's own data path again ...")
+        use_path(None)
+        apply(members, "patroni", None)
+    table = ["| request | data path | requests/s, median (min-max) | p50 ms | p99 ms | "
+             "CPU per request on web, µs | requests/s / haproxy's, median of rounds (min-max) | "
+             "errors |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    summary = {}
+    for method in scripts:
+        rps = {p: [r["rps"] for r in runs[p][method]] for p in PATHS}
+        relative = ratios(rps, BASELINE)
+        for p in PATHS:
+            rs = runs[p][method]
+            med = {k: spread([r[k] for r in rs])["median"]
+                   for k in ("p50_ms", "p99_ms", "cpu_us_per_request")}
+            t, r = spread(rps[p]), relative.get(p)
+            summary.setdefault(method, {})[p] = {"rps": t, "ratio": r, **med,
+                                                 "errors": sum(x["errors"] for x in rs)}
+            cell = f"{r['median']:.2f} ({r['min']:.2f}-{r['max']:.2f})" if r else "1"
+            table.append(f"| {method} | {p} | {t['median']:.0f} ({t['min']:.0f}-{t['max']:.0f}) | "
+                         f"{med['p50_ms']:.2f} | {med['p99_ms']:.2f} | "
+                         f"{med['cpu_us_per_request']:.0f} | {cell} | "
+                         f"{summary[method][p]['errors']} |")
+    data = {"date": now(), "machine": machine(), "rounds": args.rounds,
+            "connections": args.connections, "seconds": args.seconds, "summary": summary,
+            "runs": runs}
+    text = write_results(
+        "web", data, f"Web app throughput by data path, {data['date']}, {data['machine']}; wrk "
+        f"-t2 -c{args.connections}, {args.seconds} s each, {args.rounds} rounds, paths "
+        "interleaved, load generated on the same machine", table,
+        f"CPU per request: the web host's {', '.join(SERVICES)} services' cgroups, during the "
+        "run, over the requests served.")
     print(text)
     return 0
 

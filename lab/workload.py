@@ -9,6 +9,7 @@ pillar (lab/cluster.py). Needs psycopg2 (the repo's .venv), unlike the rest of t
 from __future__ import annotations
 
 import base64
+import importlib.util
 import itertools
 import json
 import subprocess
@@ -23,6 +24,11 @@ from . import settings
 from .cluster import SYNCHRONOUS_ROLES, cluster, leader, on_web, roles
 
 LAB = settings.REPO / "bin" / "lab"
+# What the cluster's model renders (pure functions): the web app's libpq settings, as it uses them.
+_spec = importlib.util.spec_from_file_location("pgcluster_render",
+                                               settings.REPO / "_utils" / "pgcluster_render.py")
+render = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(render)
 INTERVAL = 0.1
 TABLE = "bench_writes"
 
@@ -64,6 +70,18 @@ def app_dsn(password: str, port: int | None = None) -> dict:
             "user": c.app["user"], "password": password, "connect_timeout": 2}
 
 
+def libpq_dsn(password: str, target_session_attrs: str = "read-write") -> dict:
+    """The app's database with no proxy (pgcluster:webapp:data_path libpq): every member's
+    PostgreSQL in one multi-host connection string, libpq picking the writer (read-write) or a
+    standby (prefer-standby) among them, in the pillar's order. PostgreSQL, not PgBouncer:
+    PgBouncer reports a stale in_hot_standby (pgcluster_render.webapp_config)."""
+    c = cluster()
+    return {"host": ",".join(c.members.values()), "port": c.model["postgresql"]["port"],
+            "dbname": c.app["database"],
+            "user": c.app["user"], "password": password, "connect_timeout": 2,
+            "target_session_attrs": target_session_attrs, **render.LIBPQ_DEAD_PEER}
+
+
 def ensure_table(password: str) -> None:
     import psycopg2  # only the venv has it; bin/lab runs without it
 
@@ -90,9 +108,9 @@ def in_recovery(host: str) -> bool | None:
 class _Loop(threading.Thread):
     """Run one statement every INTERVAL through a port, reconnecting after errors."""
 
-    def __init__(self, password: str, port: int):
+    def __init__(self, password: str, port: int, dsn: dict | None = None):
         super().__init__(daemon=True)
-        self.password, self.port = password, port
+        self.dsn = dsn or app_dsn(password, port)
         self.ok: list[tuple[float, int]] = []  # (monotonic time, n) of each success
         self.failed = 0
         self.stop = threading.Event()
@@ -108,7 +126,7 @@ class _Loop(threading.Thread):
             started = time.monotonic()
             try:
                 if conn is None:
-                    conn = psycopg2.connect(**app_dsn(self.password, self.port))
+                    conn = psycopg2.connect(**self.dsn)
                     conn.autocommit = True
                 with conn.cursor() as cur:
                     cur.execute("SET statement_timeout = '3s'")
@@ -138,10 +156,11 @@ class _Loop(threading.Thread):
 
 
 class Writer(_Loop):
-    """Inserts (tag, n) through the primary port; `acked` are the n the database acknowledged."""
+    """Inserts (tag, n) through the primary port (or ``dsn``); `acked` are the n the database
+    acknowledged."""
 
-    def __init__(self, password: str, tag: str):
-        super().__init__(password, cluster().primary_port)
+    def __init__(self, password: str, tag: str, dsn: dict | None = None):
+        super().__init__(password, cluster().primary_port, dsn)
         self.tag = tag
 
     def statement(self, cur, n):

@@ -1,7 +1,8 @@
 """The web project's app: add a message and get its id, show a message by id.
 
-A WSGI application (gunicorn on the web host, behind nginx). Writes go through HAProxy's
-port 5000 (the leader), reads through 5001 (the replicas, the leader when none is healthy).
+A WSGI application (gunicorn on the web host, behind nginx). Writes go to the leader, reads
+to the replicas (the leader when none is healthy): through HAProxy's ports 5000 and 5001, or
+with no proxy, libpq finding them in a list of the members (pgcluster:webapp:data_path).
 Connections are kept per worker and reopened after a failover. Every answer to bad input is a
 4xx with a clear message; a write that finds no leader is a 503 with Retry-After. /healthz is
 liveness (no database); /readyz answers 200 only when a primary takes writes and a reader answers.
@@ -11,7 +12,8 @@ PROMETHEUS_MULTIPROC_DIR set (the service sets it) each writes its values to a f
 /metrics sums every worker's; without it (the tests) the process's own default registry answers.
 
 Configuration: a JSON file named by WEBAPP_CONFIG (default /etc/webapp/config.json):
-{"writer": {dsn parts}, "reader": {dsn parts}, "patroni": ["https://10.0.0.11:8008", ...],
+{"writer": {dsn parts}, "reader": {dsn parts}, "spread_reads": false (true: shuffle the
+ reader's hosts at each connection), "patroni": ["https://10.0.0.11:8008", ...],
  "patroni_ca": "/etc/pgcluster/tls/ca.crt" (the CA that verifies the https URLs),
  "csrf_secret": "..." (optional: without it the form's key is derived from the DB password)}.
 """
@@ -23,6 +25,7 @@ import hmac
 import html
 import json
 import os
+import random
 import re
 import ssl
 import sys
@@ -277,17 +280,35 @@ class Csrf:
                                  f"hours old): reload the page and send it again.")
 
 
-class Database:
-    """One connection per role (writer, reader) per worker thread, reopened when it breaks."""
+def _shuffled_hosts(params: dict) -> dict:
+    """libpq's host (and port, when it is a list too) in a new random order, pairs kept."""
+    hosts = str(params["host"]).split(",")
+    ports = str(params.get("port", "")).split(",")
+    pairs = random.sample(list(zip(hosts, ports if len(ports) == len(hosts) else
+                                   [None] * len(hosts), strict=True)), len(hosts))
+    shuffled = {"host": ",".join(h for h, _ in pairs)}
+    if len(ports) == len(hosts) > 1:
+        shuffled["port"] = ",".join(p for _, p in pairs)
+    return shuffled
 
-    def __init__(self, writer: dict, reader: dict):
+
+class Database:
+    """One connection per role (writer, reader) per worker thread, reopened when it breaks.
+    With ``spread_reads`` (a reader with several hosts, libpq choosing a standby among them),
+    each new reader connection tries the hosts in a new order, so that the readers spread over
+    the standbys (libpq's own load_balance_hosts needs libpq 16)."""
+
+    def __init__(self, writer: dict, reader: dict, spread_reads: bool = False):
         self.params = {"writer": writer, "reader": reader}
+        self.spread_reads = spread_reads
         self.local = threading.local()
         self.schema_ready = False
 
     def _connect(self, role: str):
-        conn = psycopg2.connect(connect_timeout=3, application_name=f"webapp-{role}",
-                                **self.params[role])
+        params = self.params[role]
+        if role == "reader" and self.spread_reads:
+            params = {**params, **_shuffled_hosts(params)}
+        conn = psycopg2.connect(connect_timeout=3, application_name=f"webapp-{role}", **params)
         conn.autocommit = True
         return conn
 
@@ -331,7 +352,7 @@ class Database:
 
 class App:
     def __init__(self, config: dict):
-        self.db = Database(config["writer"], config["reader"])
+        self.db = Database(config["writer"], config["reader"], config.get("spread_reads", False))
         self.patroni = config.get("patroni", [])
         self.patroni_ca = config.get("patroni_ca")
         self.csrf = Csrf(csrf_secret(config))

@@ -1,7 +1,7 @@
-{#- The web app on the web host: gunicorn behind nginx, writing through HAProxy 5000 and reading
-    through 5001. #}
+{#- The web app on the web host: gunicorn behind nginx, on its data path (pgcluster:webapp:
+    data_path: HAProxy's ports, or libpq straight to the members; pgcluster.webapp_config). #}
 {%- from "webapp/map.jinja" import webapp, cluster with context %}
-{%- set tls = cluster.backend_tls or cluster.patroni.tls %}
+{%- set tls = cluster.backend_tls or cluster.postgresql.tls or cluster.patroni.tls %}
 {%- if tls %}
 
 include:

@@ -1,5 +1,5 @@
 """The web app on the web host, through nginx, as a user reaches it: and the original task's
-check: stop Patroni on the leader, then add a message."""
+check: stop Patroni on the leader, then add a message, on each of the app's data paths."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ import urllib.parse
 import urllib.request
 import uuid
 
-from lab.cluster import cluster, leader
+import pytest
+
+from lab.cluster import cluster, leader, salt
 from tests.lab.conftest import lab_exec, wait_healthy
 
 WEB = cluster().url
@@ -124,9 +126,40 @@ def test_a_retried_post_inserts_once(lab):
     assert count_after_replay(text) == 1
 
 
-def test_stop_patroni_on_the_leader_then_add_a_message(lab):
+def _apply_data_path(path: str | None) -> None:
+    """pgcluster:webapp:data_path as ``path`` (None: the pillar's own) on the members' pg_hba
+    (patroni) and the web app."""
+    args = ["pillar=" + json.dumps({"pgcluster": {"webapp": {"data_path": path}}})] if path else []
+    c = cluster()
+    for target, sls in ((",".join(c.members), "patroni"), (c.web, "webapp")):
+        result = salt("-L", target, "state.sls", sls, *args, timeout=300, check=True)
+        failed = [s["comment"] for ret in result.values() for s in ret.values() if not s["result"]]
+        assert len(result) == len(target.split(",")) and not failed, failed or result
+
+
+@pytest.fixture(params=["haproxy", "libpq"])
+def data_path(lab, request):
+    """The app on each data path; on libpq with HAProxy stopped, which it must not need."""
+    if request.param == cluster().model["webapp"]["data_path"]:
+        yield request.param
+        return
+    _apply_data_path(request.param)
+    if request.param == "libpq":
+        lab_exec(cluster().web, "systemctl", "stop", "haproxy")
+    try:
+        yield request.param
+    finally:
+        lab_exec(cluster().web, "systemctl", "start", "haproxy")
+        _apply_data_path(None)
+
+
+def test_stop_patroni_on_the_leader_then_add_a_message(data_path):
     """The original task's check, with every earlier message still there afterwards."""
     wait_healthy()
+    deadline = time.monotonic() + 30
+    while request("GET", "/readyz")[0] != 200:  # the app just restarted on its data path
+        assert time.monotonic() < deadline, request("GET", "/readyz")
+        time.sleep(0.5)
     before = [json.loads(request("POST", "/api/messages", {"text": f"before {i}"})[2])["id"]
               for i in range(3)]
     old = leader()

@@ -128,3 +128,36 @@ def test_own_address_is_the_pillars_with_its_key():
     pgcluster.__opts__["id"] = "stranger"
     with pytest.raises(CommandExecutionError, match="stranger is in neither pillar pgcluster:members"):
         pgcluster.own_address()
+
+
+def test_the_web_apps_config_follows_its_data_path_and_hides_secrets(pillar):
+    """haproxy (the default): HAProxy's two ports on the web host; libpq: every member's
+    PostgreSQL in one string (not PgBouncer, which reports a stale in_hot_standby), libpq
+    finding the writer or a standby, each verified by its address, and pg_hba letting the web
+    host in; the password and the form key hidden unless asked for."""
+    cfg = pgcluster.config()
+    shown = pgcluster.webapp_config()
+    assert shown["writer"]["password"] == "**********" and shown["csrf_secret"] == "**********"
+    config = pgcluster.webapp_config(show_secrets=True)
+    assert config["writer"]["password"] == CREDENTIALS["app"]
+    assert (config["writer"]["host"], config["writer"]["port"], config["reader"]["port"]) == (
+        "127.0.0.1", cfg["haproxy"]["primary_port"], cfg["haproxy"]["replica_port"])
+    assert config["writer"]["sslmode"] == "verify-ca" and config["spread_reads"] is False
+    pillar["pgcluster"].setdefault("webapp", {})["data_path"] = "libpq"
+    config = pgcluster.webapp_config(show_secrets=True)
+    hosts = ",".join(cfg["members"][n]["address"] for n in cfg["member_names"])
+    assert {k: config["writer"][k] for k in ("host", "port", "target_session_attrs", "sslmode")} \
+        == {"host": hosts, "port": cfg["postgresql"]["port"], "target_session_attrs": "read-write",
+            "sslmode": "verify-full"}
+    assert config["reader"] == {**config["writer"], "target_session_attrs": "prefer-standby"}
+    assert config["spread_reads"] is True
+    address = cfg["web"][cfg["web_names"][0]]["address"]
+    web = f"hostssl {cfg['app']['database']} {cfg['app']['user']} {address}/32"
+    hba = pgcluster.patroni_config()["postgresql"]["pg_hba"]
+    assert f"{web} scram-sha-256" in hba
+    pillar["pgcluster"]["webapp"]["data_path"] = "haproxy"
+    hba = pgcluster.patroni_config()["postgresql"]["pg_hba"]
+    assert not [rule for rule in hba if rule.startswith(web)]
+    pillar["pgcluster"]["webapp"]["data_path"] = "pgpool"
+    with pytest.raises(CommandExecutionError, match="pgcluster:webapp:data_path"):
+        pgcluster.config()

@@ -108,7 +108,7 @@ def dsn(port: int = PORT, dbname: str = "webapp") -> dict:
 
 
 def config(writer: dict | None = None, reader: dict | None = None, **extra) -> dict:
-    """The app's config.json, as salt/webapp/files/config.json.jinja writes it."""
+    """The app's config.json, as pgcluster.webapp_config writes it."""
     return {"writer": writer or dsn(), "reader": reader or dsn(), "patroni": [], **extra}
 
 
