@@ -49,3 +49,18 @@ def test_a_membership_step_lists_what_it_did_and_the_models_warnings():
     assert lines[0].endswith("postgres-srv4: into etcd; postgres-srv4: etcd running with 3 peers")
     assert lines[1].strip() == "warning: pgcluster:members: 4 members, an even number: ..."
     assert failures == []
+
+
+def test_a_minion_that_gave_no_result_is_named_with_why():
+    """Salt marks a minion that did not answer an orchestration's state step with False (seen
+    after a host was cut off and healed): the summary says so, not "postgres-srv3 (): False"."""
+    steps = {"a": {"name": "patroni", "result": False, "__run_num__": 1, "duration": 2000.0,
+                   "__id__": "patroni-others",
+                   "comment": "Run failed on minions: postgres-srv3\nMinion postgres-srv3 did "
+                              "not return a state result.",
+                   "changes": {"ret": {"postgres-srv3": False}}}}
+    lines, failures = deploy.summarize(steps)
+    assert "patroni-others    FAILED" in lines[0]
+    assert failures == ["postgres-srv3: its salt-minion did not answer (a host booting, cut off, "
+                        "or its minion not connected: salt HOST test.ping), so nothing was "
+                        "applied there"]
