@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import settings
-from .cluster import SYNCHRONOUS_ROLES, cluster, leader, on_web, roles
+from .cluster import SYNCHRONOUS_ROLES, cluster, cluster_ca_file, leader, on_web, roles
 
 LAB = settings.REPO / "bin" / "lab"
 # What the cluster's model renders (pure functions): the web app's libpq settings, as it uses them.
@@ -70,16 +70,16 @@ def app_dsn(password: str, port: int | None = None) -> dict:
             "user": c.app["user"], "password": password, "connect_timeout": 2}
 
 
-def libpq_dsn(password: str, target_session_attrs: str = "read-write") -> dict:
-    """The app's database with no proxy (pgcluster:webapp:data_path libpq): every member's
-    PostgreSQL in one multi-host connection string, libpq picking the writer (read-write) or a
-    standby (prefer-standby) among them, in the pillar's order. PostgreSQL, not PgBouncer:
-    PgBouncer reports a stale in_hot_standby (pgcluster_render.webapp_config)."""
+def libpq_dsn(password: str) -> dict:
+    """The app's writer with no proxy, as pgcluster:webapp:data_path libpq gives it
+    (pgcluster_render.webapp_config): every member's PostgreSQL in one multi-host connection
+    string, target_session_attrs=read-write, the keepalives; the CA as this machine has it."""
     c = cluster()
-    return {"host": ",".join(c.members.values()), "port": c.model["postgresql"]["port"],
-            "dbname": c.app["database"],
-            "user": c.app["user"], "password": password, "connect_timeout": 2,
-            "target_session_attrs": target_session_attrs, **render.LIBPQ_DEAD_PEER}
+    model = {**c.model, "webapp": {**c.model["webapp"], "data_path": "libpq"}}
+    dsn = render.webapp_config(model, {"app": password, "webapp_csrf": ""})["writer"]
+    if "sslrootcert" in dsn:
+        dsn["sslrootcert"] = str(cluster_ca_file(c.model))
+    return {**dsn, "connect_timeout": 2}
 
 
 def ensure_table(password: str) -> None:

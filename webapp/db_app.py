@@ -281,14 +281,13 @@ class Csrf:
 
 
 def _shuffled_hosts(params: dict) -> dict:
-    """libpq's host (and port, when it is a list too) in a new random order, pairs kept."""
-    hosts = str(params["host"]).split(",")
-    ports = str(params.get("port", "")).split(",")
-    pairs = random.sample(list(zip(hosts, ports if len(ports) == len(hosts) else
-                                   [None] * len(hosts), strict=True)), len(hosts))
-    shuffled = {"host": ",".join(h for h, _ in pairs)}
-    if len(ports) == len(hosts) > 1:
-        shuffled["port"] = ",".join(p for _, p in pairs)
+    """libpq's host list in a new random order (and its port list with it, when there is one
+    port per host)."""
+    hosts, ports = str(params["host"]).split(","), str(params["port"]).split(",")
+    order = random.sample(range(len(hosts)), len(hosts))
+    shuffled = {"host": ",".join(hosts[i] for i in order)}
+    if len(ports) == len(hosts):
+        shuffled["port"] = ",".join(ports[i] for i in order)
     return shuffled
 
 
