@@ -392,19 +392,31 @@ class App:
             MESSAGES_ADDED.inc()
         return row
 
-    def get(self, message_id: str, role: str = "reader") -> dict:
+    def get(self, message_id: str) -> dict:
+        """The message from a replica; one a replica does not have yet (it replays the
+        leader's WAL a moment later, or lags) from the leader, so that an id just returned
+        by a write is found. 404 only when the leader has none either (or, in a failover,
+        the replica's word: reads stay up)."""
         number = self._valid_id(message_id)
-        try:
-            row = self.db.run(role, "SELECT id, text, created_at, host(inet_server_addr()) AS "
-                                    "server FROM messages WHERE id = %s", (number,))
-        except psycopg2.errors.UndefinedTable:
-            row = None
-        except psycopg2.Error:
-            raise HTTPError(503, "No database server is reachable right now: retry in a few "
-                                 "seconds.", [("Retry-After", RETRY_AFTER)]) from None
+        row = self._message("reader", number)
+        if row is None:
+            try:
+                row = self._message("writer", number)
+            except HTTPError:
+                pass
         if row is None:
             raise HTTPError(404, f"There is no message {number}.")
         return row
+
+    def _message(self, role: str, number: int) -> dict | None:
+        try:
+            return self.db.run(role, "SELECT id, text, created_at, host(inet_server_addr()) AS "
+                                     "server FROM messages WHERE id = %s", (number,))
+        except psycopg2.errors.UndefinedTable:
+            return None
+        except psycopg2.Error:
+            raise HTTPError(503, "No database server is reachable right now: retry in a few "
+                                 "seconds.", [("Retry-After", RETRY_AFTER)]) from None
 
     def latest(self, limit: int = LATEST) -> list:
         try:

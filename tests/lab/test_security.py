@@ -126,15 +126,20 @@ def psql_from_web(user: str, password: str, dbname: str, *, port: int | None = N
                dsn, sql, input=password, check=False)
 
 
-def test_pg_hba_lets_the_app_in_through_pgbouncer_and_nobody_else(lab):
+def test_pg_hba_lets_the_app_in_on_its_data_path_and_nobody_else(lab):
     creds = credentials()
     user, db = C.app["user"], C.app["database"]
     bouncer = C.model["pgbouncer"]["port"]
     ok = psql_from_web(user, creds["app"], db, port=bouncer)
     assert ok.returncode == 0 and ok.stdout.strip() == user, ok.stderr
-    refused = {
+    straight = psql_from_web(user, creds["app"], db)
+    if C.model["webapp"]["data_path"] == "libpq":
+        # The app's own data path: the web host's app user straight to PostgreSQL.
+        assert straight.returncode == 0 and straight.stdout.strip() == user, straight.stderr
+    else:
         # PgBouncer connects from the member itself: nobody reaches PostgreSQL from web directly.
-        "app user straight to PostgreSQL": psql_from_web(user, creds["app"], db),
+        assert straight.returncode != 0 and "no pg_hba.conf entry" in straight.stderr
+    refused = {
         "replication user from web": psql_from_web("replicator", creds["replication"], "postgres",
                                                    replication=True),
         "app user on another database": psql_from_web(user, creds["app"], "postgres"),

@@ -41,8 +41,13 @@ def test_pg_hba_is_least_privilege(cfg):
     # Patroni's replication connection to itself goes over the socket: no certificate names
     # 127.0.0.1.
     assert "local replication replicator scram-sha-256" in hba
-    # Through PgBouncer on the member itself, showing the member's certificate; the web host
-    # and others are refused.
+    # The web host (the app's libpq data path, the default) and PgBouncer on the member
+    # itself, showing the member's certificate; others are refused.
+    assert [r for r in hba if " webapp " in r] == [
+        "hostssl webapp webapp 10.0.0.11/32 scram-sha-256 clientcert=verify-ca",
+        "hostssl webapp webapp 10.0.0.10/32 scram-sha-256"]
+    # On the haproxy data path the web host comes through PgBouncer only.
+    hba = render.pg_hba(build({"webapp": {"data_path": "haproxy"}}), "postgres-srv1", [])
     assert [r for r in hba if " webapp " in r] == [
         "hostssl webapp webapp 10.0.0.11/32 scram-sha-256 clientcert=verify-ca"]
 
@@ -96,6 +101,7 @@ def test_the_admin_sources_reach_the_apps_database_directly():
     hba = render.pg_hba(cfg, "postgres-srv1", render.admin_networks(cfg, [MASTER]))
     assert [r for r in hba if " webapp " in r] == [
         "hostssl webapp webapp 10.0.0.11/32 scram-sha-256 clientcert=verify-ca",
+        "hostssl webapp webapp 10.0.0.10/32 scram-sha-256",
         "hostssl webapp webapp 10.0.0.1/32 scram-sha-256",
         "hostssl webapp webapp 192.168.5.0/24 scram-sha-256"]
     assert not any("10.0.0.1/32" in r for r in hba if "webapp" not in r)

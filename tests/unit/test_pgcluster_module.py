@@ -131,20 +131,16 @@ def test_own_address_is_the_pillars_with_its_key():
 
 
 def test_the_web_apps_config_follows_its_data_path_and_hides_secrets(pillar):
-    """haproxy (the default): HAProxy's two ports on the web host; libpq: every member's
-    PostgreSQL in one string (not PgBouncer, which reports a stale in_hot_standby), libpq
-    finding the writer or a standby, each verified by its address, and pg_hba letting the web
-    host in; the password and the form key hidden unless asked for."""
+    """libpq (the default): every member's PostgreSQL in one string (not PgBouncer, which
+    reports a stale in_hot_standby), libpq finding the writer or a standby, each verified by
+    its address, and pg_hba letting the web host in; haproxy: HAProxy's two ports on the web
+    host, and the web host not let in; the password and the form key hidden unless asked for."""
     cfg = pgcluster.config()
+    assert cfg["webapp"]["data_path"] == "libpq"
     shown = pgcluster.webapp_config()
     assert shown["writer"]["password"] == "**********" and shown["csrf_secret"] == "**********"
     config = pgcluster.webapp_config(show_secrets=True)
     assert config["writer"]["password"] == CREDENTIALS["app"]
-    assert (config["writer"]["host"], config["writer"]["port"], config["reader"]["port"]) == (
-        "127.0.0.1", cfg["haproxy"]["primary_port"], cfg["haproxy"]["replica_port"])
-    assert config["writer"]["sslmode"] == "verify-ca" and config["spread_reads"] is False
-    pillar["pgcluster"].setdefault("webapp", {})["data_path"] = "libpq"
-    config = pgcluster.webapp_config(show_secrets=True)
     hosts = ",".join(cfg["members"][n]["address"] for n in cfg["member_names"])
     assert {k: config["writer"][k] for k in ("host", "port", "target_session_attrs", "sslmode")} \
         == {"host": hosts, "port": cfg["postgresql"]["port"], "target_session_attrs": "read-write",
@@ -155,7 +151,11 @@ def test_the_web_apps_config_follows_its_data_path_and_hides_secrets(pillar):
     web = f"hostssl {cfg['app']['database']} {cfg['app']['user']} {address}/32"
     hba = pgcluster.patroni_config()["postgresql"]["pg_hba"]
     assert f"{web} scram-sha-256" in hba
-    pillar["pgcluster"]["webapp"]["data_path"] = "haproxy"
+    pillar["pgcluster"].setdefault("webapp", {})["data_path"] = "haproxy"
+    config = pgcluster.webapp_config(show_secrets=True)
+    assert (config["writer"]["host"], config["writer"]["port"], config["reader"]["port"]) == (
+        "127.0.0.1", cfg["haproxy"]["primary_port"], cfg["haproxy"]["replica_port"])
+    assert config["writer"]["sslmode"] == "verify-ca" and config["spread_reads"] is False
     hba = pgcluster.patroni_config()["postgresql"]["pg_hba"]
     assert not [rule for rule in hba if rule.startswith(web)]
     pillar["pgcluster"]["webapp"]["data_path"] = "pgpool"

@@ -41,3 +41,20 @@ def test_spread_reads_tries_the_hosts_in_a_new_order_each_connection(standby):
             servers.add(db.run("reader", "SELECT inet_server_port() AS port")["port"])
         seen.add((spread, frozenset(servers)))
     assert seen == {(False, frozenset({PORT})), (True, frozenset({PORT, STANDBY_PORT}))}
+
+
+def test_a_message_the_standby_has_not_replayed_yet_is_read_from_the_leader(standby, closed_port):
+    """An id a write just returned is found though the reader's standby has not replayed it
+    (here: replay paused); an id nobody has is 404, also when the leader cannot be asked."""
+    app = db_app.App(config(writer=dsn(), reader=dsn(STANDBY_PORT)))
+    standby.sql("SELECT pg_wal_replay_pause()")
+    try:
+        added = call(app, "POST", "/api/messages", {"text": "not replayed yet"})
+        assert added.status == 201, added.text
+        found = call(app, "GET", f"/api/messages/{added.json()['id']}")
+        assert found.status == 200 and found.json()["text"] == "not replayed yet", found.text
+        assert call(app, "GET", "/api/messages/999999999").status == 404
+        no_leader = db_app.App(config(writer=dsn(closed_port), reader=dsn(STANDBY_PORT)))
+        assert call(no_leader, "GET", "/api/messages/999999999").status == 404
+    finally:
+        standby.sql("SELECT pg_wal_replay_resume()")
