@@ -71,6 +71,7 @@ members-join:
 
 # Prometheus's targets as the pillar says them now (a member taken out, a scheme switched),
 # before the steps below: no alert about a host that is gone. On a new cluster it comes here.
+# (Not beside the members' steps: the Prometheus host may be a member.)
 monitoring-targets:
   salt.state:
     - tgt: {{ cluster.get('monitoring', {}).get('host') or web[0] }}
@@ -79,38 +80,44 @@ monitoring-targets:
     - require:
       - salt: members-join
 
-# All members at once: each etcd waits for a quorum of the others.
-etcd:
-  salt.state:
-    - tgt: {{ members | join(',') }}
-    - tgt_type: list
-    - sls: etcd
-{{- override() }}
-    - require:
-      - salt: members-join
-
-# After the etcd switch: a switch refused changes nothing here either.
-postgresql:
-  salt.state:
-    - tgt: {{ members | join(',') }}
-    - tgt_type: list
-    - sls: postgresql
-{{- override() }}
-    - require:
-      - salt: etcd-tls-switch
-
-# pgBackRest and its TLS server on the members and on the repository host (a web host; the
-# state leaves the other web hosts alone) before Patroni: the leader archives its WAL from the
+# From here the members and the web hosts go side by side: a step marked parallel runs beside
+# the next ones, and each host runs one state run at a time, so no two steps that may run at
+# once share a host. The web hosts do all of theirs while the members install: the repository
+# host's pgBackRest TLS server, before any member's Patroni (the leader archives its WAL from the
 # start, and a new replica asks the repository for a backup, finds none yet, and clones the
-# leader at once (with no repository host serving, pgBackRest would retry for 2 minutes).
-pgbackrest:
+# leader at once; with no repository host serving, pgBackRest would retry for 2 minutes);
+# HAProxy (its checks find the leader once Patroni runs); the web app (it answers 503 until
+# the database is there: it needs no step of the members' to start); their exporters and
+# Prometheus. The pgbackrest state leaves a web host that is not the repository host alone.
+web-services:
   salt.state:
-    - tgt: {{ (members + web) | join(',') }}
+    - tgt: {{ web | join(',') }}
     - tgt_type: list
-    - sls: pgbackrest
+    - sls:
+      - pgbackrest
+      - haproxy
+      - webapp
+      - monitoring
+    - parallel: true
 {{- override() }}
     - require:
-      - salt: postgresql
+      - salt: monitoring-targets
+
+# Every member's etcd (all at once: each etcd waits for a quorum of the others), PostgreSQL,
+# pgBackRest and Patroni's install, in one state run. After the etcd switch: a switch refused
+# changes nothing here either.
+members-base:
+  salt.state:
+    - tgt: {{ members | join(',') }}
+    - tgt_type: list
+    - sls:
+      - etcd
+      - postgresql
+      - pgbackrest
+      - patroni.install
+{{- override() }}
+    - require:
+      - salt: monitoring-targets
 
 # The first member bootstraps the cluster (or rejoins it when it already exists)...
 patroni-first:
@@ -119,9 +126,8 @@ patroni-first:
     - sls: patroni
 {{- override() }}
     - require:
-      - salt: etcd
-      - salt: postgresql
-      - salt: pgbackrest
+      - salt: members-base
+      - salt: web-services
 
 # ...then the others clone from the leader.
 patroni-others:
@@ -150,7 +156,7 @@ app-database:
     - sls: postgresql.app
 {{- override() }}
     - require:
-      - salt: patroni-others
+      - salt: etcd-auth
 
 pgbouncer:
   salt.state:
@@ -161,34 +167,17 @@ pgbouncer:
     - require:
       - salt: app-database
 
-haproxy:
+# The members' exporters (and Prometheus when its host is a member), beside the backups, not
+# before them: neither stops the other.
+monitoring:
   salt.state:
-    - tgt: {{ web | join(',') }}
+    - tgt: {{ members | join(',') }}
     - tgt_type: list
-    - sls: haproxy
+    - sls: monitoring
+    - parallel: true
 {{- override() }}
     - require:
       - salt: pgbouncer
-
-webapp:
-  salt.state:
-    - tgt: {{ web | join(',') }}
-    - tgt_type: list
-    - sls: webapp
-{{- override() }}
-    - require:
-      - salt: haproxy
-
-# Every host's exporters, and Prometheus with the alert rules on its host. Beside the backups,
-# not before them: neither stops the other.
-monitoring:
-  salt.state:
-    - tgt: {{ (members + web) | join(',') }}
-    - tgt_type: list
-    - sls: monitoring
-{{- override() }}
-    - require:
-      - salt: webapp
 
 # Last, so that a cluster whose backups cannot start still serves: the repository host's
 # repositories, the stanza, a first full backup, the schedule (pgbackrest.repository acts on
@@ -200,4 +189,5 @@ backup-repository:
     - sls: pgbackrest.repository
 {{- override() }}
     - require:
-      - salt: webapp
+      - salt: pgbouncer
+      - salt: web-services
