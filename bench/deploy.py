@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -41,6 +42,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from bench.common import machine, now, progress, write_results  # noqa: E402
+from lab import settings  # noqa: E402
 from lab.cluster import on_web, salt  # noqa: E402
 
 SALT_RUN = REPO / ".venv" / "bin" / "salt-run"
@@ -75,23 +77,62 @@ def add(a: dict, b: dict) -> dict:
     return {k: a.get(k, 0) + b.get(k, 0) for k in a | b}
 
 
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds used so far by each lab host (its cgroup's cpu.stat; the lab's hosts run
+    under the hybrid hierarchy's unified tree) and by the whole machine (/proc/stat: every
+    core's time not idle), to see where a deployment's time goes on a machine it saturates."""
+    used = {}
+    for stat in sorted((settings.CGROUP_ROOT / "unified" / settings.NAME).glob("*/cpu.stat")):
+        fields = dict(line.split() for line in stat.read_text().splitlines())
+        used[stat.parent.name] = int(fields["usage_usec"]) / 1e6
+    # user nice system idle iowait irq softirq steal: all but idle and iowait is busy.
+    ticks = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+    used["machine"] = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+    return used
+
+
+def _clock(stamp: str) -> float:
+    hours, minutes, seconds = stamp.split(":")
+    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+
+
 def orchestrate() -> dict:
-    """Run the orchestration; the steps' durations and the minions' state counts."""
+    """Run the orchestration; each step's start (seconds from the first step's) and duration,
+    the minions' state counts, and the CPU the lab's hosts and the machine used meanwhile."""
+    before, started = cpu_seconds(), time.monotonic()
     out = subprocess.run([SALT_RUN, "state.orchestrate", "orch.cluster", "--out=json"], cwd=REPO,
                          capture_output=True, text=True, check=False)
+    wall, after = time.monotonic() - started, cpu_seconds()
     try:
         data = json.loads(out.stdout)["data"]
     except (json.JSONDecodeError, KeyError) as error:
         raise SystemExit(f"the orchestration failed:\n{out.stdout}{out.stderr}") from error
-    steps, totals = {}, {}
-    for step in next(iter(data.values())).values():
+    steps, starts, totals = {}, {}, {}
+    for step in sorted(next(iter(data.values())).values(), key=lambda s: s["__run_num__"]):
         if not step["result"]:
             raise SystemExit(f"orchestration step {step['__id__']} failed: {step['comment']}")
         steps[step["__id__"]] = round(step.get("duration", 0) / 1000, 1)
+        starts[step["__id__"]] = _clock(step["start_time"])
         # salt.state lists only the minions where something changed.
         for ret in (step.get("changes") or {}).get("ret", {}).values():
             totals = add(totals, count(ret))
-    return {"steps": steps, "changed": totals.get("changed", 0)}
+    first = min(starts.values())
+    cpu = {name: round(after[name] - before.get(name, 0), 1) for name in after}
+    return {"steps": steps, "changed": totals.get("changed", 0),
+            "starts": {name: round(start - first, 1) for name, start in starts.items()},
+            "cpu_s": cpu, "cores": os.cpu_count(),
+            "busy": round(cpu["machine"] / (wall * os.cpu_count()), 2)}
+
+
+def profile(run: dict) -> str:
+    """The steps as a timeline (start + duration: a step beside another starts before that one
+    ends) and where the CPU went."""
+    steps = ", ".join(f"{name} {run['starts'][name]}+{seconds}" for name, seconds in run["steps"].items())
+    hosts = ", ".join(f"{name} {seconds}" for name, seconds in run["cpu_s"].items() if name != "machine")
+    rest = round(run["cpu_s"]["machine"] - sum(v for k, v in run["cpu_s"].items() if k != "machine"), 1)
+    return (f"Orchestration steps, start + seconds: {steps}. CPU seconds: {hosts}, the salt-master "
+            f"and the rest of the machine {rest}; its {run['cores']} cores busy "
+            f"{run['busy']:.0%} of the time.")
 
 
 def apply_all(*args: str) -> dict:
@@ -162,8 +203,7 @@ def yandex() -> int:
              f"| from nothing to a healthy cluster | "
              f"{round(runs['cloud_up_s'] + runs['network_s'] + runs['map_s'] + runs['deploy_s'], 1)} |",
              f"| `make yandex-lab-down`: VMs and network deleted through salt-cloud | {runs['down_s']} |"]
-    notes = "Orchestration steps, seconds: " + ", ".join(
-        f"{step} {seconds}" for step, seconds in runs["deploy"]["steps"].items()) + "."
+    notes = profile(runs["deploy"])
     data = {"date": now(), "machine": machine(), **runs}
     print(write_results("deploy-yandex", data, f"The Yandex path on the emulated cloud, {data['date']}, "
                         f"{data['machine']}; packages from the emulated internet's mirror", table, notes))
@@ -208,10 +248,10 @@ def main() -> int:
             r = runs[key]
             table.append(f"| {what} | {runs[key + '_s']} | {r.get('states', '')} | "
                          f"{r.get('changed', 0)} | {r.get('pending', 0)} | {r.get('failed', 0)} |")
-    notes = ""
-    if "deploy" in runs:
-        notes = "Orchestration steps, seconds: " + ", ".join(
-            f"{step} {seconds}" for step, seconds in runs["deploy"]["steps"].items()) + "."
+    notes = profile(runs["deploy"]) if "deploy" in runs else ""
+    notes += ("\n\nSecond orchestration, start + seconds: " + ", ".join(
+        f"{name} {runs['second_orchestration']['starts'][name]}+{seconds}"
+        for name, seconds in runs["second_orchestration"]["steps"].items()) + ".")
     data = {"date": now(), "machine": machine(), **runs}
     text = write_results("deploy", data, f"Deployment, {data['date']}, {data['machine']}; packages "
                          "from the lab's local mirror", table, notes)

@@ -82,18 +82,18 @@ def use_path(path: str | None) -> None:
         time.sleep(0.5)
 
 
-def cpu_usec() -> int:
-    """CPU microseconds the web host's SERVICES have used so far: their cgroup v2 cpu.stat
-    (under /sys/fs/cgroup/unified in the lab's containers, whose systemd runs hybrid)."""
-    script = "; ".join(f"cat /sys/fs/cgroup/unified/system.slice/{s}.service/cpu.stat "
+def cpu_usec() -> dict[str, int]:
+    """CPU microseconds each of the web host's SERVICES has used so far: their cgroup v2
+    cpu.stat (under /sys/fs/cgroup/unified in the lab's containers, whose systemd runs hybrid)."""
+    script = "; ".join(f"echo {s}; cat /sys/fs/cgroup/unified/system.slice/{s}.service/cpu.stat "
                        f"2>/dev/null || cat /sys/fs/cgroup/system.slice/{s}.service/cpu.stat"
                        for s in SERVICES)
     out = lab("exec", cluster().web, "--", "sh", "-ec", script).stdout
-    found = re.findall(r"^usage_usec (\d+)$", out, re.M)
-    if len(found) != len(SERVICES):
-        raise SystemExit(f"the web host's cgroups gave {len(found)} CPU figures, not "
-                         f"{len(SERVICES)} ({', '.join(SERVICES)}):\n{out}")
-    return sum(map(int, found))
+    found = dict(re.findall(r"^(\S+)\nusage_usec (\d+)$", out, re.M))
+    if set(found) != set(SERVICES):
+        raise SystemExit(f"the web host's cgroups gave CPU figures for {sorted(found)}, not "
+                         f"{', '.join(SERVICES)}:\n{out}")
+    return {service: int(usec) for service, usec in found.items()}
 
 
 def _ms(value: str) -> float:
@@ -109,14 +109,17 @@ def wrk(script: str, connections: int, seconds: int) -> dict:
         out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency",
                               "-s", lua.name, cluster().url], capture_output=True, text=True,
                              check=True).stdout
-        used = cpu_usec() - before
+        after = cpu_usec()
+        used = {service: after[service] - before[service] for service in SERVICES}
     latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     requests = int(re.search(r"(\d+) requests in", out).group(1))
     return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
             "p50_ms": _ms(latency["50"]), "p99_ms": _ms(latency["99"]),
             "errors": int(errors.group(1)) if errors else 0,
-            "cpu_us_per_request": round(used / max(requests, 1), 1)}
+            "cpu_us_per_request": round(sum(used.values()) / max(requests, 1), 1),
+            **{f"cpu_us_{service}": round(used[service] / max(requests, 1), 1)
+               for service in SERVICES}}
 
 
 def main() -> int:
@@ -157,7 +160,8 @@ def main() -> int:
         use_path(None)
         apply(members, "patroni", None)
     table = ["| request | data path | requests/s, median (min-max) | p50 ms | p99 ms | "
-             "CPU per request on web, µs | requests/s / haproxy's, median of rounds (min-max) | "
+             f"CPU per request on web, µs (its {' / '.join(SERVICES)}) | "
+             "requests/s / haproxy's, median of rounds (min-max) | "
              "errors |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     summary = {}
     for method in scripts:
@@ -166,14 +170,17 @@ def main() -> int:
         for p in PATHS:
             rs = runs[p][method]
             med = {k: spread([r[k] for r in rs])["median"]
-                   for k in ("p50_ms", "p99_ms", "cpu_us_per_request")}
+                   for k in ("p50_ms", "p99_ms", "cpu_us_per_request",
+                             *(f"cpu_us_{service}" for service in SERVICES))}
             t, r = spread(rps[p]), relative.get(p)
             summary.setdefault(method, {})[p] = {"rps": t, "ratio": r, **med,
                                                  "errors": sum(x["errors"] for x in rs)}
             cell = f"{r['median']:.2f} ({r['min']:.2f}-{r['max']:.2f})" if r else "1"
+            by_service = " / ".join(f"{med['cpu_us_' + service]:.0f}" for service in SERVICES)
             table.append(f"| {method} | {p} | {t['median']:.0f} ({t['min']:.0f}-{t['max']:.0f}) | "
                          f"{med['p50_ms']:.2f} | {med['p99_ms']:.2f} | "
-                         f"{med['cpu_us_per_request']:.0f} | {cell} | "
+                         f"{med['cpu_us_per_request']:.0f} ({by_service}) | "
+                         f"{cell} | "
                          f"{summary[method][p]['errors']} |")
     data = {"date": now(), "machine": machine(), "rounds": args.rounds,
             "connections": args.connections, "seconds": args.seconds, "summary": summary,

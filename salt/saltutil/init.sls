@@ -1,8 +1,9 @@
-{#- The repo's custom modules on every minion; reports a change only when a file was synced.
-    (state.apply syncs by itself; state.sls, used by the orchestration, does not.)
+{#- The repo's custom modules on every minion, then the minion's pillar refreshed; reports a
+    change only when a file was synced. (state.apply syncs by itself; state.sls, used by the
+    orchestration, does not.)
     Only the kinds the repo has (salt/_modules, _states, _utils, _output; a test checks that
     every salt/_* folder is here): saltutil.sync_all asks the master for each of Salt's twenty
-    kinds over a new authenticated channel, 13 s on the lab's minions, these four 3 s. #}
+    kinds over a new authenticated channel, 13 s on the lab's minions, these 2 s. #}
 saltutil-sync-utils:
   saltutil.sync_utils:
     - saltenv: base
@@ -22,10 +23,20 @@ saltutil-sync-states:
     - require:
       - saltutil: saltutil-sync-modules
 
-# The last one reloads the minion's modules, with everything above in place.
 saltutil-sync-output:
   saltutil.sync_output:
     - saltenv: base
-    - refresh: true
+    - refresh: false
     - require:
       - saltutil: saltutil-sync-states
+
+# No custom grains here, but syncing them is the sync that refreshes the minion's pillar (and
+# with it its modules), as sync_all did: the runners' calls to minions read the pillar the
+# minion holds, and a member just added to pillar must be in it (the member test saw one
+# missing when only the modules were refreshed).
+saltutil-sync-grains-refresh-pillar:
+  saltutil.sync_grains:
+    - saltenv: base
+    - refresh: true
+    - require:
+      - saltutil: saltutil-sync-output
