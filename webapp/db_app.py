@@ -395,15 +395,18 @@ class App:
     def get(self, message_id: str) -> dict:
         """The message from a replica; one a replica does not have yet (it replays the
         leader's WAL a moment later, or lags) from the leader, so that an id just returned
-        by a write is found. 404 only when the leader has none either (or, in a failover,
-        the replica's word: reads stay up)."""
+        by a write is found. 404 only when the leader has none either; 503 when no leader
+        answers to say so (as a write would wait for it: at most the writer's connect and
+        keepalive timeouts)."""
         number = self._valid_id(message_id)
         row = self._message("reader", number)
         if row is None:
             try:
                 row = self._message("writer", number)
             except HTTPError:
-                pass
+                raise HTTPError(503, f"Message {number} is not on the replica that answered, and "
+                                     "no leader answers to look for it there: retry in a few "
+                                     "seconds.", [("Retry-After", RETRY_AFTER)]) from None
         if row is None:
             raise HTTPError(404, f"There is no message {number}.")
         return row

@@ -1,14 +1,11 @@
 {#- HAProxy on the web host: 5000 to the leader, 5001 to the replicas (the leader as fallback). #}
 {%- from "haproxy/map.jinja" import haproxy, cluster with context %}
-{%- if cluster.patroni.tls %}
 
 include:
+  - haproxy.install
+{%- if cluster.patroni.tls %}
   - tls
 {%- endif %}
-
-haproxy-packages:
-  pkg.installed:
-    - pkgs: {{ haproxy.packages | json }}
 
 # Validated with `haproxy -c` before it replaces the running config.
 haproxy-config:

@@ -82,22 +82,21 @@ monitoring-targets:
 
 # From here the members and the web hosts go side by side: a step marked parallel runs beside
 # the next ones, and each host runs one state run at a time, so no two steps that may run at
-# once share a host. The web hosts do all of theirs while the members install: the repository
-# host's pgBackRest TLS server, before any member's Patroni (the leader archives its WAL from the
-# start, and a new replica asks the repository for a backup, finds none yet, and clones the
-# leader at once; with no repository host serving, pgBackRest would retry for 2 minutes);
-# HAProxy (its checks find the leader once Patroni runs); the web app (it answers 503 until
-# the database is there: it needs no step of the members' to start); their exporters and
-# Prometheus. The pgbackrest state leaves a web host that is not the repository host alone.
-web-services:
+# once share a host. While the members install, the web hosts install too: the repository
+# host's pgBackRest and its TLS server, before any member's Patroni (the leader archives its
+# WAL from the start, and a new replica asks the repository for a backup, finds none yet, and
+# clones the leader at once; with no repository host serving, pgBackRest would retry for 2
+# minutes), and HAProxy's and the web app's packages. Their configuration waits for the
+# members' (web-services): a change (TLS, the app's data path) reaches the servers first.
+# The pgbackrest state leaves a web host that is not the repository host alone.
+web-base:
   salt.state:
     - tgt: {{ web | join(',') }}
     - tgt_type: list
     - sls:
       - pgbackrest
-      - haproxy
-      - webapp
-      - monitoring
+      - haproxy.install
+      - webapp.install
     - parallel: true
 {{- override() }}
     - require:
@@ -127,7 +126,7 @@ patroni-first:
 {{- override() }}
     - require:
       - salt: members-base
-      - salt: web-services
+      - salt: web-base
 
 # ...then the others clone from the leader.
 patroni-others:
@@ -167,8 +166,24 @@ pgbouncer:
     - require:
       - salt: app-database
 
-# The members' exporters (and Prometheus when its host is a member), beside the backups, not
-# before them: neither stops the other.
+# The web hosts' HAProxy, web app, exporters and Prometheus, once the members serve as the
+# pillar says; beside the members' monitoring.
+web-services:
+  salt.state:
+    - tgt: {{ web | join(',') }}
+    - tgt_type: list
+    - sls:
+      - haproxy
+      - webapp
+      - monitoring
+    - parallel: true
+{{- override() }}
+    - require:
+      - salt: pgbouncer
+      - salt: web-base
+
+# The members' exporters (and Prometheus when its host is a member), beside the web hosts'
+# steps and the backups, not before them: neither stops the other.
 monitoring:
   salt.state:
     - tgt: {{ members | join(',') }}
@@ -189,5 +204,4 @@ backup-repository:
     - sls: pgbackrest.repository
 {{- override() }}
     - require:
-      - salt: pgbouncer
       - salt: web-services

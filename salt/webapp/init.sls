@@ -2,15 +2,12 @@
     data_path: HAProxy's ports, or libpq straight to the members; pgcluster.webapp_config). #}
 {%- from "webapp/map.jinja" import webapp, cluster with context %}
 {%- set tls = cluster.backend_tls or cluster.postgresql.tls or cluster.patroni.tls %}
-{%- if tls %}
 
 include:
+  - webapp.install
+{%- if tls %}
   - tls
 {%- endif %}
-
-webapp-packages:
-  pkg.installed:
-    - pkgs: {{ webapp.packages | json }}
 
 webapp-code:
   file.managed:

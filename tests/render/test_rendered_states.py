@@ -103,7 +103,8 @@ def rendered(tmp_path_factory) -> dict:
 MEMBER_STATES = {"common.address", "common", "firewall", "tls", "etcd", "etcd.member", "postgresql",
                  "pgbackrest", "patroni.install", "patroni", "etcd.auth", "postgresql.app", "pgbouncer",
                  "monitoring.exporters", "monitoring.prometheus", "monitoring.alertmanager"}
-WEB_STATES = {"common.address", "common", "firewall", "tls", "haproxy", "webapp", "pgbackrest",
+WEB_STATES = {"common.address", "common", "firewall", "tls", "haproxy.install", "haproxy",
+              "webapp.install", "webapp", "pgbackrest",
               "pgbackrest.repository", "monitoring.exporters", "monitoring.prometheus",
               "monitoring.alertmanager"}
 # Where each pillar runs Prometheus (it alone has the reload helper, monitoring.reload).

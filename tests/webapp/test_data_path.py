@@ -45,7 +45,8 @@ def test_spread_reads_tries_the_hosts_in_a_new_order_each_connection(standby):
 
 def test_a_message_the_standby_has_not_replayed_yet_is_read_from_the_leader(standby, closed_port):
     """An id a write just returned is found though the reader's standby has not replayed it
-    (here: replay paused); an id nobody has is 404, also when the leader cannot be asked."""
+    (here: replay paused); an id nobody has is 404, and 503 (retry) when no leader answers to
+    say so."""
     app = db_app.App(config(writer=dsn(), reader=dsn(STANDBY_PORT)))
     standby.sql("SELECT pg_wal_replay_pause()")
     try:
@@ -55,6 +56,7 @@ def test_a_message_the_standby_has_not_replayed_yet_is_read_from_the_leader(stan
         assert found.status == 200 and found.json()["text"] == "not replayed yet", found.text
         assert call(app, "GET", "/api/messages/999999999").status == 404
         no_leader = db_app.App(config(writer=dsn(closed_port), reader=dsn(STANDBY_PORT)))
-        assert call(no_leader, "GET", "/api/messages/999999999").status == 404
+        answer = call(no_leader, "GET", "/api/messages/999999999")
+        assert answer.status == 503 and answer.headers.get("Retry-After"), answer.text
     finally:
         standby.sql("SELECT pg_wal_replay_resume()")
