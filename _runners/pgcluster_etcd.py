@@ -1,7 +1,8 @@
 """
 etcd's TLS (``pgcluster:etcd:tls``) switched on or off under a running cluster, one member at
 a time, with Patroni in maintenance mode; the orchestration orch.cluster runs it before its
-etcd step, and it changes nothing when every member already runs as the pillar says.
+members-base step (each member's etcd state), and it changes nothing when every member
+already runs as the pillar says.
 
 etcd keeps each member's peer URL, and so its scheme, in its own data, and a member's clients
 and peers must use the scheme it listens with; Patroni reads etcd's endpoints and CA only when

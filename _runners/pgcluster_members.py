@@ -8,12 +8,12 @@ a time, under the running cluster.
   no longer lists it, then removed from etcd's member list; its etcd, PgBouncer and
   pgBackRest's server stopped and disabled, and its etcd data moved aside, so that the host can
   be deleted (``salt-cloud -d``) or come back later as a new member.
-- ``join``, before the etcd step: a member new to the pillar is added to etcd's member list
-  (``member add``) and its etcd started as a member of the running cluster; a member whose
-  host was made again with the same name (etcd lists it, its host has no etcd data) is removed
-  and added the same way. Patroni then clones it in the patroni step (from the backup
-  repository when there is one), and the later steps put it in every host's firewall, pg_hba
-  and HAProxy; no running member's PostgreSQL restarts.
+- ``join``, before the members-base step (etcd's state): a member new to the pillar is added
+  to etcd's member list (``member add``) and its etcd started as a member of the running
+  cluster; a member whose host was made again with the same name (etcd lists it, its host has
+  no etcd data) is removed and added the same way. Patroni then clones it in the patroni
+  step (from the backup repository when there is one), and the later steps put it in every
+  host's firewall, pg_hba and HAProxy; no running member's PostgreSQL restarts.
 
 Refused, before anything changes: more than one member changed at a time (etcd keeps its quorum
 through one change, and a member that is not yet running counts in the quorum), or a change
@@ -63,7 +63,7 @@ def changes(wanted, listed, has_data):
     ``join`` (wanted, not listed, or added but never started) and ``replace`` (listed, has run,
     but its host has no etcd data: the host was made again), each a sorted list of names; and
     ``refusal``, why not (more than one change), or None. A member of a new cluster's initial
-    list that never ran (no client URLs yet) is left to the etcd step, which starts it.
+    list that never ran (no client URLs yet) is left to the members-base step, which starts it.
 
     ``wanted``: {pillar member: address}; ``listed``: etcd's member list (``name``,
     ``status``, ``peer_urls``, ``client_urls``); ``has_data``: {pillar member: whether its host
