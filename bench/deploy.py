@@ -248,10 +248,11 @@ def main() -> int:
             r = runs[key]
             table.append(f"| {what} | {runs[key + '_s']} | {r.get('states', '')} | "
                          f"{r.get('changed', 0)} | {r.get('pending', 0)} | {r.get('failed', 0)} |")
-    notes = profile(runs["deploy"]) if "deploy" in runs else ""
-    notes += ("\n\nSecond orchestration, start + seconds: " + ", ".join(
-        f"{name} {runs['second_orchestration']['starts'][name]}+{seconds}"
-        for name, seconds in runs["second_orchestration"]["steps"].items()) + ".")
+    second = runs["second_orchestration"]
+    notes = "\n\n".join([*([profile(runs["deploy"])] if "deploy" in runs else []),
+                          "Second orchestration, start + seconds: " + ", ".join(
+                              f"{name} {second['starts'][name]}+{seconds}"
+                              for name, seconds in second["steps"].items()) + "."])
     data = {"date": now(), "machine": machine(), **runs}
     text = write_results("deploy", data, f"Deployment, {data['date']}, {data['machine']}; packages "
                          "from the lab's local mirror", table, notes)

@@ -63,8 +63,8 @@ etcd-tls-copies:
 {%- endif %}
 
 {#- etcd keeps its members' peer URLs in its data: a running cluster changes TLS member by
-    member, which bin/deploy (orch.cluster) does before its members-base step. A plain state.apply that
-    would change it is refused before anything changes. #}
+    member, which bin/deploy (orch.cluster) does before its members-base step. A plain
+    state.apply that would change it is refused before anything changes. #}
 {%- set refused = stage.pending and not switch_stage %}
 {%- if refused %}
 
