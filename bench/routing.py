@@ -11,7 +11,9 @@ duration on every path, over TLS as every client of the cluster:
 - libpq: no proxy: the members' PostgreSQL as one multi-host connection string, libpq
   picking the writer (target_session_attrs=read-write) or a standby (prefer-standby,
   libpq-standby), as the web app does with pgcluster:webapp:data_path libpq (not their
-  PgBouncers, which report a stale in_hot_standby: pgcluster_render.webapp_config).
+  PgBouncers, which report a stale in_hot_standby: pgcluster_render.webapp_config). The
+  writer is listed first; libpq-writer-last lists it last, the cost of a new connection when
+  the member the pillar lists last leads.
 Workloads: TPC-B-like (pgbench's own), select-only (-S), and select-only with a new
 connection per transaction (-C), where a pooler and the cost of finding the writer show.
 
@@ -20,11 +22,13 @@ Within a workload the paths run interleaved, their order turning round by round 
 round: the table gives the median TPS of each path and the median, min and max of those
 ratios, which the machine's drift moves far less than it moves the TPS.
 
-    .venv/bin/python bench/routing.py [--rounds 10] [--clients 8] [--seconds 5] [--scale 5]
+    .venv/bin/python bench/routing.py [--rounds 40] [--clients 8] [--seconds 1] [--scale 5]
 
-Ten rounds of 5 s rather than five of 10 s: the same time, twice the pairs, and the two runs of
-a pair closer together, so that the machine's drift cancels in more of them (two runs at five
-rounds of 10 s agreed within 5 % on TPC-B and select-only, not on -C).
+Forty rounds of 1 s rather than ten of 5 s: about the same time, four times the pairs. A
+round's ratio scatters about as much at 1 s as at 5 s (6-9 % measured 2026-12-05, at 5 s
+6-11 %: the machine's noise falls on whole runs, not evenly within one), so more pairs is what
+narrows the median: two runs at ten rounds of 5 s agreed within 5 % on 11 of 13 ratios.
+pgbench leaves its clients' first connections out of the TPS of -T 1 too.
 
 Prints a table and writes bench/results/routing.json and routing.md.
 """
@@ -60,15 +64,21 @@ def paths() -> dict[str, dict]:
     c = cluster()
     primary = c.members[leader()]
     direct, bouncer = c.model["postgresql"]["port"], c.model["pgbouncer"]["port"]
-    every = ",".join(c.members.values())
+    others = [address for address in c.members.values() if address != primary]
+    # libpq tries the hosts in the order given, each a whole connection (TLS, password) until
+    # one is the writer: the writer listed first and last, not in the pillar's order, so that
+    # the figures do not depend on which member leads today.
+    writer_first, writer_last = ",".join([primary, *others]), ",".join([*others, primary])
     return {
         "direct": {"host": primary, "port": direct},
         "pgbouncer": {"host": primary, "port": bouncer},
         "haproxy": {"host": c.web_address, "port": c.primary_port},
         "haproxy-replicas": {"host": c.web_address, "port": c.replica_port},
-        "libpq": {"host": every, "port": direct,
+        "libpq": {"host": writer_first, "port": direct,
                   "env": {"PGTARGETSESSIONATTRS": "read-write"}},
-        "libpq-standby": {"host": every, "port": direct,
+        "libpq-writer-last": {"host": writer_last, "port": direct,
+                              "env": {"PGTARGETSESSIONATTRS": "read-write"}},
+        "libpq-standby": {"host": writer_first, "port": direct,
                           "env": {"PGTARGETSESSIONATTRS": "prefer-standby"}},
     }
 
@@ -78,7 +88,8 @@ PLAN = [
     ("tpcb", [], ["direct", "pgbouncer", "haproxy", "libpq"]),
     ("select-only", ["-S"], ["direct", "pgbouncer", "haproxy", "haproxy-replicas", "libpq",
                              "libpq-standby"]),
-    ("connect-per-transaction", ["-S", "-C"], ["direct", "pgbouncer", "haproxy", "libpq"]),
+    ("connect-per-transaction", ["-S", "-C"], ["direct", "pgbouncer", "haproxy", "libpq",
+                                               "libpq-writer-last"]),
 ]
 
 
@@ -107,9 +118,9 @@ def pgbench(path: dict, password: str, *args: str) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--seconds", type=int, default=1)
     parser.add_argument("--scale", type=int, default=5)
     args = parser.parse_args()
     password = credentials()["app"]
@@ -152,9 +163,10 @@ def main() -> int:
         f"Routing overhead, {data['date']}, {data['machine']}; pgbench -c {args.clients} -j 2 "
         f"-T {args.seconds}, scale {args.scale}, from the lab's host machine, over TLS; "
         f"{args.rounds} rounds, paths interleaved", table,
-        "libpq: the members' PostgreSQL in one connection string; libpq tries them in order "
-        "(Debian 12's libpq 15 has no load_balance_hosts), so libpq-standby's clients all "
-        "reach the first standby listed.")
+        "libpq: the members' PostgreSQL in one connection string, the writer listed first "
+        "(libpq-writer-last: last, so that each new connection first logs in to both "
+        "standbys); libpq tries them in order (Debian 12's libpq 15 has no "
+        "load_balance_hosts), so libpq-standby's clients all reach the first standby listed.")
     print(text)
     return 0
 
