@@ -32,6 +32,11 @@ ENABLE_STEP = "enable authentication"
 POLL_INTERVAL = 1.0
 # Seconds either switch waits for the other hosts of a state.apply (their patroni or etcd state).
 DEFAULT_WAIT = 300
+# Seconds the state asks again while no etcd endpoint answers: a member that just formed the
+# cluster may not answer within a call's 2 s while its neighbours install their packages (seen
+# in the lab, every endpoint at once: etcd's writes wait on a disk busy with dpkg's).
+ANSWER_WAIT = 60
+UNANSWERED = "no etcd endpoint answered"
 
 __virtualname__ = "etcd_cluster"
 
@@ -59,7 +64,19 @@ def _wait_for_logins(wait):
         time.sleep(POLL_INTERVAL)
 
 
-def auth_managed(name, enable=True, wait=DEFAULT_WAIT):
+def _plan(apply, enable, answer_wait):
+    """etcd_cluster.auth_plan, asked again while no endpoint answers, for ``answer_wait`` s."""
+    deadline = time.monotonic() + answer_wait
+    while True:
+        try:
+            return __salt__["etcd_cluster.auth_plan"](apply=apply, enable=enable, fresh=False)
+        except CommandExecutionError as exc:
+            if UNANSWERED not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(POLL_INTERVAL)
+
+
+def auth_managed(name, enable=True, wait=DEFAULT_WAIT, answer_wait=ANSWER_WAIT):
     """
     Users, roles and authentication in etcd as ``pgcluster:etcd:auth`` wants them, by this
     run's pillar (a ``pillar=`` override included).
@@ -75,10 +92,13 @@ def auth_managed(name, enable=True, wait=DEFAULT_WAIT):
         Seconds to wait, before turning authentication on, for every member's Patroni to run
         with its login (their patroni states give it, maybe at this moment on other hosts);
         past it authentication stays off and the state fails, naming them.
+    answer_wait
+        Seconds to ask etcd again while none of its endpoints answers (not in test mode, which
+        says at once that etcd cannot tell); past it the state fails with their errors.
     """
     ret = {"name": name, "changes": {}, "result": True, "comment": ""}
     try:
-        steps = __salt__["etcd_cluster.auth_plan"](apply=False, enable=enable, fresh=False)
+        steps = _plan(False, enable, 0 if __opts__["test"] else answer_wait)
         if ENABLE_STEP in steps:
             missing = _without_login() if __opts__["test"] else _wait_for_logins(wait)
             if missing and not __opts__["test"]:
@@ -91,7 +111,7 @@ def auth_managed(name, enable=True, wait=DEFAULT_WAIT):
                 steps = [*steps[:-1], f"{ENABLE_STEP} once every Patroni has its etcd login "
                                       f"(not yet: {', '.join(sorted(missing))})"]
         if not __opts__["test"] and steps:
-            steps = __salt__["etcd_cluster.auth_plan"](apply=True, enable=enable, fresh=False)
+            steps = _plan(True, enable, answer_wait)
     except CommandExecutionError as exc:
         if __opts__["test"]:  # e.g. a new host: its etcd is not running yet
             ret.update(result=None, comment=f"etcd's authentication would be set up; etcd "

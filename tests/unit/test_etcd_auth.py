@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import threading
 import time
 
@@ -23,6 +24,7 @@ PREFIX = "/service/auth-test/"
 PASSWORDS = {"root": "root-secret", "patroni": "patroni-secret", "reader": "reader-secret"}
 PILLAR: dict = {}
 CONFIG: dict = {}
+PROCESS: list = []  # the test's etcd
 LOGIN = {patroni.ETCD_USER_HEADER: "patroni"}
 
 pytestmark = pytest.mark.skipif(not shutil.which("etcd"), reason="etcd-server is not installed "
@@ -55,6 +57,7 @@ def patronis():
 def etcd(tmp_path):
     """One etcd member on loopback, its authentication off as a new cluster's is."""
     process, client, _peer = start_etcd(tmp_path / "data")
+    PROCESS[:] = [process]
     url = f"http://127.0.0.1:{client}"
     CONFIG.clear()
     CONFIG.update({"member_names": ["e1"], "tls": {"ca_file": None},
@@ -157,6 +160,32 @@ def test_the_state_enables_only_when_asked_and_acts_on_its_runs_pillar(monkeypat
                         lambda fresh=False: CONFIG if fresh else runs)
     off = auth_state.auth_managed("auth-test", enable=False)
     assert off["changes"] == {"etcd": ["disable authentication"]}
+
+
+def test_the_state_asks_again_while_etcd_does_not_answer_then_names_its_errors():
+    """A member that just formed the cluster may answer nothing for seconds while its
+    neighbours install their packages (seen in the lab: the deployment failed). The state asks
+    again for answer_wait seconds, then fails with every endpoint's error."""
+    etcd = PROCESS[0]
+    etcd.send_signal(signal.SIGSTOP)  # etcd takes the connection and answers nothing
+    timer = threading.Timer(3, etcd.send_signal, [signal.SIGCONT])
+    timer.start()
+    started = time.monotonic()
+    try:
+        done = auth_state.auth_managed("auth-test", enable=False, answer_wait=30)
+    finally:
+        timer.join()
+    assert done["result"] is True, done["comment"]
+    assert done["changes"]["etcd"][0] == "add role root"
+    assert time.monotonic() - started >= 3
+    etcd.send_signal(signal.SIGSTOP)
+    try:
+        failed = auth_state.auth_managed("auth-test", enable=False, answer_wait=1)
+    finally:
+        etcd.send_signal(signal.SIGCONT)
+    assert failed["result"] is False and failed["changes"] == {}
+    assert failed["comment"].startswith("etcd's authentication: no etcd endpoint answered: ")
+    assert CONFIG["etcd"]["urls"]["e1"] in failed["comment"]
 
 
 def test_authentication_goes_on_only_once_every_patroni_runs_with_its_login(patronis):
