@@ -11,6 +11,7 @@
 {%- set members = cluster.members | sort %}
 {%- set web = cluster.web | sort %}
 {%- set first = members[0] %}
+{%- set prometheus_host = cluster.get('monitoring', {}).get('host') or web[0] %}
 
 modules-synced:
   salt.state:
@@ -69,17 +70,6 @@ members-join:
     - require:
       - salt: etcd-tls-switch
 
-# Prometheus's targets as the pillar says them now (a member taken out, a scheme switched),
-# before the steps below: no alert about a host that is gone. On a new cluster it comes here.
-# (Not beside the members' steps: the Prometheus host may be a member.)
-monitoring-targets:
-  salt.state:
-    - tgt: {{ cluster.get('monitoring', {}).get('host') or web[0] }}
-    - sls: monitoring.prometheus
-{{- override() }}
-    - require:
-      - salt: members-join
-
 # From here the members and the web hosts go side by side: a step marked parallel runs beside
 # the next ones, and each host runs one state run at a time, so no two steps that may run at
 # once share a host. While the members install, the web hosts install too: the repository
@@ -89,18 +79,23 @@ monitoring-targets:
 # minutes), and HAProxy's and the web app's packages. Their configuration waits for the
 # members' (web-services): a change (TLS, the app's data path) reaches the servers first.
 # The pgbackrest state leaves a web host that is not the repository host alone.
+# Monitoring comes first in the base step of its hosts: Prometheus's targets as the pillar says
+# them now (a member taken out, a scheme switched), so that no alert waits on a host that is
+# gone; on the web hosts their exporters and Alertmanager too, which need nothing of the
+# members. A Prometheus host that is a member gets its targets in members-base.
 web-base:
   salt.state:
     - tgt: {{ web | join(',') }}
     - tgt_type: list
     - sls:
+      - monitoring
       - pgbackrest
       - haproxy.install
       - webapp.install
     - parallel: true
 {{- override() }}
     - require:
-      - salt: monitoring-targets
+      - salt: members-join
 
 # Every member's etcd (all at once: each etcd waits for a quorum of the others), PostgreSQL,
 # pgBackRest and Patroni's install, in one state run. After the etcd switch: a switch refused
@@ -110,13 +105,16 @@ members-base:
     - tgt: {{ members | join(',') }}
     - tgt_type: list
     - sls:
+{%- if prometheus_host in members %}
+      - monitoring.prometheus
+{%- endif %}
       - etcd
       - postgresql
       - pgbackrest
       - patroni.install
 {{- override() }}
     - require:
-      - salt: monitoring-targets
+      - salt: members-join
 
 # The first member bootstraps the cluster (or rejoins it when it already exists)...
 patroni-first:
@@ -166,8 +164,8 @@ pgbouncer:
     - require:
       - salt: app-database
 
-# The web hosts' HAProxy, web app, exporters and Prometheus, once the members serve as the
-# pillar says; beside the members' monitoring.
+# The web hosts' HAProxy and web app, once the members serve as the pillar says; beside the
+# members' monitoring.
 web-services:
   salt.state:
     - tgt: {{ web | join(',') }}
@@ -175,7 +173,6 @@ web-services:
     - sls:
       - haproxy
       - webapp
-      - monitoring
     - parallel: true
 {{- override() }}
     - require:

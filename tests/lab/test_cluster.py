@@ -48,7 +48,7 @@ def test_deploy_reads_as_success_at_a_glance(lab):
     steps = re.findall(r"^  (\S+) +(ok|FAILED|not run) +[\d.]+ s", out, re.M)
     assert [name for name, _ in steps] == [
         "modules-synced", "addresses", "members-leave", "common", "etcd-tls-switch", "members-join",
-        "monitoring-targets", "web-base", "members-base", "patroni-first", "patroni-others",
+        "web-base", "members-base", "patroni-first", "patroni-others",
         "etcd-auth", "app-database", "pgbouncer", "web-services", "monitoring", "backup-repository"]
     assert {status for _, status in steps} == {"ok"}
     assert C.name in out and "Leader" in out

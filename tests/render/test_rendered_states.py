@@ -570,3 +570,58 @@ def test_the_modules_step_syncs_every_kind_of_custom_module_the_repo_has():
     assert {"refresh": True} in args
     assert all({"refresh": True} not in args for state in list(states.values())[:-1]
                for args in state.values())
+
+
+def _orchestration(pillar: dict) -> dict[str, dict]:
+    """orch.cluster rendered for ``pillar`` (its Jinja reads the pillar alone): {step: its
+    arguments merged, with "function" salt.state or salt.runner}."""
+    env = jinja2.Environment()
+    env.filters["json"] = json.dumps
+    text = (REPO / "salt" / "orch" / "cluster.sls").read_text()
+    rendered = env.from_string(text).render(salt={"pillar.get": lambda key, default=None:
+                                                  pillar.get(key, default)})
+    steps = {}
+    for step, body in yaml.safe_load(rendered).items():
+        (function, args), = body.items()
+        steps[step] = {"function": function, **{k: v for arg in args for k, v in arg.items()}}
+    return steps
+
+
+def _step_hosts(step: dict, hosts: list[str]) -> set[str]:
+    if step["function"] != "salt.state":
+        return set(hosts)  # a runner may act on any host through its own jobs
+    tgt = step["tgt"]
+    return set(hosts) if tgt == "*" else set(tgt.split(","))
+
+
+@pytest.mark.parametrize("pillar", ["lab", "variant"])
+def test_no_two_steps_that_may_run_at_once_share_a_host(pillar):
+    """A host runs one state run at a time (a second is refused): a step marked parallel may
+    overlap every later step that does not require it, directly or through another step, and
+    must share no host with one. Prometheus's targets come in the first step on its host after
+    the membership steps, before any Patroni starts (no alert waits on a host gone)."""
+    cfg = (yaml.safe_load((REPO / "pillar/cluster.sls").read_text()) if pillar == "lab"
+           else PILLARS[pillar])["pgcluster"]
+    hosts = [*cfg["members"], *cfg["web"]]
+    steps = _orchestration({"pgcluster": cfg})
+    order = list(steps)
+
+    def required(name: str) -> set[str]:
+        direct = {req["salt"] for req in steps[name].get("require", [])}
+        return direct.union(*(required(r) for r in direct))
+
+    for i, first in enumerate(order):
+        if not steps[first].get("parallel"):
+            continue
+        for later in order[i + 1:]:
+            if first not in required(later):
+                shared = _step_hosts(steps[first], hosts) & _step_hosts(steps[later], hosts)
+                assert not shared, (first, later, shared)
+
+    prometheus = cfg.get("monitoring", {}).get("host") or sorted(cfg["web"])[0]
+    on_it = [name for name in order if steps[name]["function"] == "salt.state"
+             and "members-join" in required(name)
+             and prometheus in _step_hosts(steps[name], hosts)]
+    sls = steps[on_it[0]]["sls"]
+    assert {"monitoring", "monitoring.prometheus"} & set(sls), (on_it[0], sls)
+    assert order.index(on_it[0]) < order.index("patroni-first")
