@@ -79,6 +79,14 @@ def test_steps_that_ran_at_the_same_time_say_so():
     lines, _ = deploy.summarize(steps)
     assert lines[0].endswith("(beside members-base)") and lines[1].endswith("(beside web-services)")
     assert "beside" not in lines[2]
+    # Salt gives the time of day only: a deployment that runs past midnight reads the same.
+    steps = {"a": step("monitoring", 1, "23:59:50.000", 30),
+             "b": step("backup-repository", 2, "00:00:05.000", 20),
+             "c": step("patroni-first", 3, "00:00:31.020", 6)}
+    lines, _ = deploy.summarize(steps)
+    assert lines[0].endswith("(beside backup-repository)")
+    assert lines[1].endswith("(beside monitoring)")
+    assert "beside" not in lines[2]
 
 
 def test_a_runner_that_raised_is_the_steps_failure_with_its_last_line():
