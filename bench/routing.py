@@ -27,8 +27,11 @@ ratios, which the machine's drift moves far less than it moves the TPS.
 Forty rounds of 1 s rather than ten of 5 s: about the same time, four times the pairs. A
 round's ratio scatters about as much at 1 s as at 5 s (6-9 % measured 2026-12-05, at 5 s
 6-11 %: the machine's noise falls on whole runs, not evenly within one), so more pairs is what
-narrows the median: two runs at ten rounds of 5 s agreed within 5 % on 11 of 13 ratios.
-pgbench leaves its clients' first connections out of the TPS of -T 1 too.
+narrows the median: two runs at ten rounds of 5 s agreed within 5 % on 11 of 13 ratios, two
+at forty of 1 s, back to back, on all 14. What a proxy costs relative to direct also moves with
+the machine's load itself, which interleaving cannot cancel (a third run 44 minutes later, on a
+slower machine, moved three ratios by 6-7 %): compare runs made back to back. pgbench leaves
+its clients' first connections out of the TPS of -T 1 too.
 
 Prints a table and writes bench/results/routing.json and routing.md.
 """
