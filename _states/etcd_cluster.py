@@ -32,9 +32,9 @@ ENABLE_STEP = "enable authentication"
 POLL_INTERVAL = 1.0
 # Seconds either switch waits for the other hosts of a state.apply (their patroni or etcd state).
 DEFAULT_WAIT = 300
-# Seconds the state asks again while no etcd endpoint answers: a member that just formed the
-# cluster may not answer within a call's 2 s while its neighbours install their packages (seen
-# in the lab, every endpoint at once: etcd's writes wait on a disk busy with dpkg's).
+# Seconds the state asks again while no etcd endpoint answers: members that just formed the
+# cluster may not answer within a call's 2 s while their hosts install their packages (seen
+# in the lab: every endpoint at once timed out or refused, and the deployment failed).
 ANSWER_WAIT = 60
 UNANSWERED = "no etcd endpoint answered"
 
