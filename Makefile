@@ -54,7 +54,7 @@ bench: deps
 	$(VENV)/bin/python bench/rotation.py
 	@echo "bench: the cost of TLS, off and on interleaved, 3 pairs (about 45 minutes)"
 	$(VENV)/bin/python bench/tls.py
-	@echo "bench: routing overhead, pgbench on seven paths, 40 rounds of 1 s interleaved (about 13 minutes)"
+	@echo "bench: routing overhead, pgbench on seven paths, 40 rounds of 1 s interleaved (about 11 minutes)"
 	$(VENV)/bin/python bench/routing.py
 	@echo "bench: web app on each data path, 5 rounds interleaved (about 5 minutes)"
 	$(VENV)/bin/python bench/web.py

@@ -53,6 +53,10 @@ class _NoAnswer(CommandExecutionError):
     """An etcd endpoint did not answer, or not with what the gateway answers."""
 
 
+class _Unanswered(CommandExecutionError):
+    """No endpoint of a call answered (each one's error in the message)."""
+
+
 class _Refused(_NoAnswer):
     """etcd answered with an error of its own (``error``: its message, e.g. permission denied).
     A kind of _NoAnswer so that a round keeps it as that endpoint's result."""
@@ -209,7 +213,7 @@ def _first_good(round_, keys):
             refusals.append(answer)
     if refusals:
         raise refusals[0]
-    raise CommandExecutionError("no etcd endpoint answered: " + "; ".join(errors.values()))
+    raise _Unanswered("no etcd endpoint answered: " + "; ".join(errors.values()))
 
 
 def _rpc(urls, path, body, timeout, *, tls=None, token=None):
@@ -438,7 +442,7 @@ def _write(urls, path, body, timeout, *, tls, token):
             raise
         except _NoAnswer as exc:
             errors.append(str(exc))
-    raise CommandExecutionError("no etcd endpoint answered: " + "; ".join(errors))
+    raise _Unanswered("no etcd endpoint answered: " + "; ".join(errors))
 
 
 def _refused_with(call, *needles):
@@ -545,7 +549,7 @@ def auth_enabled(timeout=DEFAULT_TIMEOUT, fresh=True):
                                       tls=_tls(cfg)), "user name is empty") is None
 
 
-def auth_plan(timeout=DEFAULT_TIMEOUT, apply=False, enable=True, fresh=True):
+def auth_plan(timeout=DEFAULT_TIMEOUT, apply=False, enable=True, fresh=True, wait=0):
     """
     What etcd's authentication as ``pgcluster:etcd:auth`` wants takes from here. On: the root
     user (role root), a ``patroni`` user whose role reads and writes the cluster's prefix only,
@@ -559,6 +563,9 @@ def auth_plan(timeout=DEFAULT_TIMEOUT, apply=False, enable=True, fresh=True):
     included).
 
     Every read asks every endpoint at once (each within ``timeout``); each change goes to one.
+    While no endpoint answers, the plan is made again, a second apart, for up to ``wait``
+    seconds (members that just formed the cluster may answer nothing for seconds while their
+    hosts install packages: seen in the lab), then their errors raised.
 
     CLI Example:
 
@@ -567,6 +574,17 @@ def auth_plan(timeout=DEFAULT_TIMEOUT, apply=False, enable=True, fresh=True):
         salt postgres-srv1 etcd_cluster.auth_plan
     """
     cfg = _config(fresh)
+    deadline = time.monotonic() + float(wait)
+    while True:
+        try:
+            return _auth_steps(cfg, timeout, apply, enable)
+        except _Unanswered:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(1)
+
+
+def _auth_steps(cfg, timeout, apply, enable):
     plan = _Plan(cfg, timeout, apply)
     if not cfg["etcd"]["auth"]:
         if plan.token is not None:

@@ -32,11 +32,10 @@ ENABLE_STEP = "enable authentication"
 POLL_INTERVAL = 1.0
 # Seconds either switch waits for the other hosts of a state.apply (their patroni or etcd state).
 DEFAULT_WAIT = 300
-# Seconds the state asks again while no etcd endpoint answers: members that just formed the
-# cluster may not answer within a call's 2 s while their hosts install their packages (seen
-# in the lab: every endpoint at once timed out or refused, and the deployment failed).
+# Seconds the state asks etcd again while none of its endpoints answers (etcd_cluster.auth_plan's
+# wait): members that just formed the cluster may not answer within a call's 2 s while their
+# hosts install their packages (seen in the lab: the deployment failed).
 ANSWER_WAIT = 60
-UNANSWERED = "no etcd endpoint answered"
 
 __virtualname__ = "etcd_cluster"
 
@@ -64,18 +63,6 @@ def _wait_for_logins(wait):
         time.sleep(POLL_INTERVAL)
 
 
-def _plan(apply, enable, answer_wait):
-    """etcd_cluster.auth_plan, asked again while no endpoint answers, for ``answer_wait`` s."""
-    deadline = time.monotonic() + answer_wait
-    while True:
-        try:
-            return __salt__["etcd_cluster.auth_plan"](apply=apply, enable=enable, fresh=False)
-        except CommandExecutionError as exc:
-            if UNANSWERED not in str(exc) or time.monotonic() >= deadline:
-                raise
-        time.sleep(POLL_INTERVAL)
-
-
 def auth_managed(name, enable=True, wait=DEFAULT_WAIT, answer_wait=ANSWER_WAIT):
     """
     Users, roles and authentication in etcd as ``pgcluster:etcd:auth`` wants them, by this
@@ -98,7 +85,8 @@ def auth_managed(name, enable=True, wait=DEFAULT_WAIT, answer_wait=ANSWER_WAIT):
     """
     ret = {"name": name, "changes": {}, "result": True, "comment": ""}
     try:
-        steps = _plan(False, enable, 0 if __opts__["test"] else answer_wait)
+        steps = __salt__["etcd_cluster.auth_plan"](
+            apply=False, enable=enable, fresh=False, wait=0 if __opts__["test"] else answer_wait)
         if ENABLE_STEP in steps:
             missing = _without_login() if __opts__["test"] else _wait_for_logins(wait)
             if missing and not __opts__["test"]:
@@ -111,7 +99,8 @@ def auth_managed(name, enable=True, wait=DEFAULT_WAIT, answer_wait=ANSWER_WAIT):
                 steps = [*steps[:-1], f"{ENABLE_STEP} once every Patroni has its etcd login "
                                       f"(not yet: {', '.join(sorted(missing))})"]
         if not __opts__["test"] and steps:
-            steps = _plan(True, enable, answer_wait)
+            steps = __salt__["etcd_cluster.auth_plan"](apply=True, enable=enable, fresh=False,
+                                                        wait=answer_wait)
     except CommandExecutionError as exc:
         if __opts__["test"]:  # e.g. a new host: its etcd is not running yet
             ret.update(result=None, comment=f"etcd's authentication would be set up; etcd "
