@@ -30,6 +30,7 @@ import functools
 import http.client
 import json
 import os
+import re
 import ssl
 import time
 import urllib.error
@@ -650,13 +651,20 @@ def _tls_if_any(cfg):
     return None
 
 
+def _metrics(url, tls, timeout):
+    """A member's /metrics text; None when it does not answer."""
+    try:
+        with urllib.request.urlopen(url + "/metrics", timeout=timeout, context=tls) as answer:
+            return answer.read().decode(errors="replace")
+    except (OSError, http.client.HTTPException, ValueError):
+        return None
+
+
 def _active_peers(url, tls, timeout):
     """How many peers a member has a live raft connection with (its /metrics'
     etcd_network_active_peers, one series per peer); None when it does not answer."""
-    try:
-        with urllib.request.urlopen(url + "/metrics", timeout=timeout, context=tls) as answer:
-            text = answer.read().decode(errors="replace")
-    except (OSError, http.client.HTTPException, ValueError):
+    text = _metrics(url, tls, timeout)
+    if text is None:
         return None
     return sum(1 for line in text.splitlines()
                if line.startswith("etcd_network_active_peers{") and float(line.split()[-1]) > 0)
@@ -760,18 +768,59 @@ def _named_rows(cfg, rows):
 
 
 def _membership_write(urls, path, body, timeout, *, tls, token, wait):
-    """A member list change. etcd refuses one ("unhealthy cluster") unless its leader has been
-    connected to every voting member for the last 5 s, which a peer connection just made again
-    (an etcd restarted, a firewall reloaded) breaks for a moment: asked again, a second apart,
-    for up to ``wait`` seconds, then etcd's refusal raised."""
+    """A member list change. etcd refuses one ("unhealthy cluster") unless the member asked has
+    been connected to every voting member for the last 5 s, which a peer connection just made
+    again (an etcd restarted, a firewall reloaded) breaks for a moment: asked again, a second
+    apart, for up to ``wait`` seconds, then etcd's refusal raised with each member's peer
+    links as they are then (which one is down, how often each dropped)."""
     deadline = time.monotonic() + float(wait)
     while True:
         try:
             return _write(urls, path, body, timeout, tls=tls, token=token)
         except _Refused as exc:
-            if "unhealthy cluster" not in exc.error or time.monotonic() > deadline:
+            if "unhealthy cluster" not in exc.error:
                 raise
+            if time.monotonic() > deadline:
+                raise _Refused(f"{exc} (asked for {wait} s; peer links now: "
+                               f"{_peer_links(urls, tls, timeout)})", exc.error) from None
         time.sleep(1)
+
+
+def _peer_links(urls, tls, timeout):
+    """Each member's raft connections from its /metrics, named from the member list: "srv1:
+    srv2 up, srv3 DOWN (dropped 4 times)"; a member that does not answer says so."""
+    try:
+        names = {row["id"]: row["name"] or row["peer_urls"][0]
+                 for row in _member_rows(_rpc(urls, "/v3/cluster/member/list", {}, timeout, tls=tls))}
+    except CommandExecutionError as exc:
+        return f"unknown ({exc})"
+    texts = __utils__["pgcluster_rounds.at_once"](
+        {u: functools.partial(_metrics, u, tls, float(timeout)) for u in urls}, timeout,
+        "etcd-metrics")
+    reports = []
+    for url in urls:
+        text = texts.get(url)[1]
+        if text is None:
+            reports.append(f"{url} does not answer")
+            continue
+        series = {}
+        for line in text.splitlines():
+            found = re.match(r'etcd_network_(active_peers|disconnected_peers_total)'
+                             r'\{Local="(\w+)",Remote="(\w+)"\} (\S+)$', line)
+            if found:
+                metric, local, remote, value = found.groups()
+                series.setdefault("local", local)
+                series.setdefault(remote, {})[metric] = float(value)
+        local = series.pop("local", None)
+        links = []
+        for remote, values in sorted(series.items(), key=lambda kv: names.get(kv[0], kv[0])):
+            if remote not in names:
+                continue  # a member removed before
+            drops = int(values.get("disconnected_peers_total", 0))
+            links.append(f"{names[remote]} {'up' if values.get('active_peers') else 'DOWN'}"
+                         + (f" (dropped {drops} times)" if drops else ""))
+        reports.append(f"{names.get(local, url)}: {', '.join(links) or 'no peer'}")
+    return "; ".join(reports)
 
 
 def member_add(name, timeout=DEFAULT_TIMEOUT, pillar=None, wait=15):

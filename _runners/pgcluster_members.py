@@ -191,7 +191,10 @@ class _Members:
     def join(self, name, replace):
         """``name`` (made again when ``replace``) into etcd, its etcd started and connected."""
         others = [m for m in self.members if m != name]
-        self.etcd_healthy(f"before {name} joins", others)
+        # etcd takes a member only once the member asked has had a live link with every other
+        # for 5 s: the others connected with each other first (a reconnect just made, as after
+        # a reboot, settles here rather than in member_add's refusals).
+        self.etcd_healthy(f"before {name} joins", others, peers=len(others) - 1)
         if replace:
             _on_one(others, "etcd_cluster.member_remove", [name], {"pillar": self.pillar})
             self.done.append(f"{name}: its old member out of etcd")

@@ -7,6 +7,7 @@ itself runs in the lab (tests/lab/test_members.py)."""
 from __future__ import annotations
 
 import importlib.util
+import re
 import shutil
 
 import pytest
@@ -91,8 +92,12 @@ def test_a_change_refused_while_a_peer_just_reconnected_is_asked_again(etcd, tmp
                              added["initial_cluster"])[0]
 
     restart_e2()
-    with pytest.raises(etcd_cluster.CommandExecutionError, match="unhealthy cluster"):
+    with pytest.raises(etcd_cluster.CommandExecutionError, match="unhealthy cluster") as refused:
         etcd_cluster.member_add("e3", wait=0)
+    # The refusal says what each member's peer links are then (up or DOWN, how often each
+    # dropped): here both up again, only not for 5 s yet.
+    assert re.search(r"\(asked for 0 s; peer links now: e1: e2 up[^;]*; e2: e1 up[^;]*\)$",
+                     str(refused.value)), refused.value
     assert etcd_cluster.member_add("e3")["changed"] is True
     assert len(_listed()) == 3
     # One never started is taken out at once (etcd: not part of the quorum).
