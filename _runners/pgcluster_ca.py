@@ -53,11 +53,7 @@ def __virtual__():
 
 
 def _store():
-    store = __opts__.get("pgcluster_ca_store")
-    if not store:
-        roots = __opts__.get("pillar_roots", {}).get("base") or ["."]
-        store = os.path.join(roots[0], "generated", "pki")
-    return store
+    return __utils__["pgcluster_x509.ca_store"](__opts__)
 
 
 def _x509(fun, **kwargs):
@@ -189,7 +185,8 @@ def ca():
     ``pillar/generated/pki/ca.crt``); a CA of the user's (``pgcluster:tls:ca``) is its
     certificate file as it is, the chain included.
 
-    CLI Example (the state ``pgcluster_tls.ca_managed`` does it):
+    CLI Example (the state ``pgcluster_tls.ca_managed`` does it when its pillar has no
+    ``pgcluster_tls_ca``, _pillar/pgcluster_ca.py):
 
     .. code-block:: bash
 

@@ -2,8 +2,9 @@
 This host's certificate from the cluster's CA on the salt-master (``_runners/pgcluster_ca.py``).
 
 The host's key is made here and stays here (Salt's ``x509.private_key_managed``); these states
-fetch the CA's certificate and have the master sign the host's key when the certificate is
-missing, for another key, from another CA, for other names, or near its end. Under
+write the CA's certificate (with the pillar, or asked of the master) and have the master sign
+the host's key when the certificate is missing, for another key, from another CA, for other
+names, or near its end. Under
 ``test=True`` they say what they would do; the CA is asked, nothing is signed.
 
 .. code-block:: yaml
@@ -92,15 +93,20 @@ def _ret(name):
 
 def ca_managed(name, certificate=None):
     """
-    The CA's certificate at ``name`` (0644), as the master has it. ``certificate``: this host's
+    The CA's certificate at ``name`` (0644), as the master has it (from the pillar, else asked
+    of the master's runner). ``certificate``: this host's
     certificate. While it is from the CA at ``name`` and the master now has another CA, the
     switch is refused and nothing changes (see ``_switch_refused``).
     """
     ret = _ret(name)
-    try:
-        pem = _ask("ca")["ca"]
-    except RuntimeError as exc:
-        return {**ret, "result": False, "comment": str(exc)}
+    # The master's own CA comes with the pillar once made (_pillar/pgcluster_ca.py); a first
+    # deployment, or a CA of the user's, is asked of the master's runner.
+    pem = __pillar__.get("pgcluster_tls_ca")
+    if not pem:
+        try:
+            pem = _ask("ca")["ca"]
+        except RuntimeError as exc:
+            return {**ret, "result": False, "comment": str(exc)}
     have = _read(name)
     if have == pem:
         ret["comment"] = "the cluster's CA certificate is in place"

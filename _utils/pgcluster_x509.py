@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import os
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -24,6 +25,16 @@ SPKI = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyIn
 # How far in the future a certificate's start may be: the signer's clock runs a little ahead.
 CLOCK_SKEW = datetime.timedelta(minutes=5)
 USAGES = {ExtendedKeyUsageOID.SERVER_AUTH: "serverAuth", ExtendedKeyUsageOID.CLIENT_AUTH: "clientAuth"}
+
+
+def ca_store(opts) -> str:
+    """The folder of the master's own CA (``ca.key``, ``ca.crt``): the master option
+    ``pgcluster_ca_store``, else ``generated/pki`` beside the pillar."""
+    store = opts.get("pgcluster_ca_store")
+    if not store:
+        roots = opts.get("pillar_roots", {}).get("base") or ["."]
+        store = os.path.join(roots[0], "generated", "pki")
+    return store
 
 
 def same_key(a, b) -> bool:

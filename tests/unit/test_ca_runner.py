@@ -29,6 +29,7 @@ from tests.unit.conftest import load_module, salt_utils
 tls_state = load_module("_states/pgcluster_tls.py")
 
 MEMBERS = {"db1": "192.168.7.1", "db2": "192.168.7.2", "db3": "192.168.7.3"}
+PILLAR: dict = {}  # db1's, as its state run has it
 
 
 def write_pillar(master_dir, **tls) -> None:
@@ -55,7 +56,9 @@ def configure_loader_modules(master_dir):
 
     minion_opts = salt.config.minion_config(None)
     create_csr = salt.loader.minion_mods(minion_opts)["x509.create_csr"]  # Salt's own x509_v2
+    PILLAR.clear()
     return {tls_state: {"__opts__": {"test": False, "id": "db1"}, "__utils__": salt_utils(),
+                        "__pillar__": PILLAR,
                         "__salt__": {"publish.runner": publish_runner,
                                      "x509.create_csr": create_csr}}}
 
@@ -83,7 +86,8 @@ def salt_run(master_dir, asking: str, *args: str) -> dict:
         "pillar_dirs": [str(REPO / "_pillar")], "utils_dirs": [str(REPO / "_utils")],
         "runner_dirs": [str(REPO / "_runners")],
         "ext_pillar": [{"pgcluster_defaults": {}},
-                       {"pgcluster_credentials": {"store": str(master_dir / "secret" / "creds.yaml")}}],
+                       {"pgcluster_credentials": {"store": str(master_dir / "secret" / "creds.yaml")}},
+                       {"pgcluster_ca": {}}],
         "pgcluster_ca_store": str(master_dir / "secret" / "pki"), "log_level": "quiet"}))
     out = subprocess.run([VENV_BIN / "salt-run", "-c", master_dir, "--out=json", *args],
                          capture_output=True, text=True, check=True, timeout=120)
@@ -125,6 +129,34 @@ def test_a_host_gets_its_own_names_for_its_key_whatever_it_asks(master_dir):
     again = salt_run(master_dir, "front", "pgcluster_ca.sign", csr_for("front")[0])
     assert again["ca"] == answer["ca"]
     assert salt_run(master_dir, "db1", "pgcluster_ca.ca") == {"ca": answer["ca"]}
+
+
+def test_the_masters_ca_comes_with_the_pillar_once_made_and_the_host_asks_no_runner(
+        master_dir, users_ca, tmp_path):
+    """_pillar/pgcluster_ca.py: a cluster host's pillar carries the master's CA certificate once
+    the master has made it, so that ca_managed writes it without a runner job and a pillar
+    compile on the master in every state run. Before it is made, for a minion that is no
+    cluster host, or with a CA of the user's, the pillar has none (the runner is asked)."""
+    def pillar(minion):
+        return salt_run(master_dir, "db1", "pillar.show_pillar", minion).get("pgcluster_tls_ca")
+
+    assert pillar("db2") is None  # no CA made yet
+    made = salt_run(master_dir, "db1", "pgcluster_ca.ca")["ca"]
+    assert pillar("db2") == made and pillar("front") == made
+    assert pillar("monitoring") is None
+    folder = tmp_path / "host"
+    PILLAR["pgcluster_tls_ca"] = made
+
+    def no_runner(fun, arg, timeout):
+        raise AssertionError(f"asked the runner {fun}")
+
+    tls_state.__salt__["publish.runner"] = no_runner
+    ret = tls_state.ca_managed(str(folder / "ca.crt"), certificate=str(folder / "host.crt"))
+    assert ret["result"] is True and ret["changes"] == {"ca": "CN=elsewhere CA"}, ret
+    assert (folder / "ca.crt").read_text() == made
+    # A CA of the user's: the runner checks it and answers; the pillar has none of its own.
+    write_pillar(master_dir, ca={"certificate": "org-ca/ca.crt", "key": "org-ca/ca.key"})
+    assert pillar("db2") is None
 
 
 def test_a_minion_that_is_no_cluster_host_is_refused(master_dir):
