@@ -660,23 +660,44 @@ def _metrics(url, tls, timeout):
         return None
 
 
+def _peer_series(text):
+    """(this member's id, {peer id: (whether its link is active, how often it dropped)}) from a
+    member's /metrics text."""
+    local, peers = None, {}
+    for line in text.splitlines():
+        found = _PEER_SERIES.match(line)
+        if found:
+            metric, local, remote, value = found.groups()
+            active, drops = peers.get(remote, (False, 0))
+            if metric == "active_peers":
+                active = float(value) > 0
+            else:
+                drops = int(float(value))
+            peers[remote] = (active, drops)
+    return local, peers
+
+
+_PEER_SERIES = re.compile(r'etcd_network_(active_peers|disconnected_peers_total)'
+                          r'\{Local="(\w+)",Remote="(\w+)"\} (\S+)$')
+
+
 def _active_peers(url, tls, timeout):
-    """How many peers a member has a live raft connection with (its /metrics'
-    etcd_network_active_peers, one series per peer); None when it does not answer."""
+    """(how many peers a member has a live raft connection with, their ids), from its
+    /metrics' etcd_network_active_peers; None when it does not answer."""
     text = _metrics(url, tls, timeout)
     if text is None:
         return None
-    return sum(1 for line in text.splitlines()
-               if line.startswith("etcd_network_active_peers{") and float(line.split()[-1]) > 0)
+    active = sorted(peer for peer, (up, _drops) in _peer_series(text)[1].items() if up)
+    return len(active), active
 
 
 def tls_switch_health(timeout=DEFAULT_TIMEOUT, pillar=None):
     """
     Each member during a TLS switch: whether it is healthy, the scheme it serves clients (None
     when it answers on neither), how many peers it has a live connection with (``peers``: a
-    member that cannot dial a peer leaves that peer without one), and its peer and client URLs
-    in etcd's member list. Every member is asked on both schemes at once: returns within
-    ``timeout`` seconds (twice that for the member list).
+    member that cannot dial a peer leaves that peer without one) and which (``linked``: their
+    names), and its peer and client URLs in etcd's member list. Every member is asked on both
+    schemes at once: returns within ``timeout`` seconds (twice that for the member list).
 
     CLI Example:
 
@@ -696,11 +717,12 @@ def tls_switch_health(timeout=DEFAULT_TIMEOUT, pillar=None):
             _rpc(urls, "/v3/cluster/member/list", {}, timeout, tls=tls))}
     except CommandExecutionError:
         listed = {}
+    names = {m["id"]: name for name, m in listed.items()}
     port = cfg["etcd"]["client_port"]
     report = {}
     for name in cfg["member_names"]:
         address = cfg["members"][name]["address"]
-        entry = {"healthy": False, "serves": None, "peers": None, "errors": [],
+        entry = {"healthy": False, "serves": None, "peers": None, "linked": [], "errors": [],
                  "peer_urls": listed.get(name, {}).get("peer_urls", []),
                  "client_urls": listed.get(name, {}).get("client_urls", [])}
         answers = {scheme: round_.result(f"{scheme}://{address}:{port}")[0]
@@ -710,7 +732,10 @@ def tls_switch_health(timeout=DEFAULT_TIMEOUT, pillar=None):
             entry["errors"] = [str(a) for a in answers.values()]
         else:
             scheme = entry["serves"] = served[0]
-            entry["peers"] = peers.get(f"{scheme}://{address}:{port}")[1]
+            counted = peers.get(f"{scheme}://{address}:{port}")[1]
+            if counted is not None:
+                entry["peers"] = counted[0]
+                entry["linked"] = sorted(names.get(peer, peer) for peer in counted[1])
             entry["healthy"] = answers[scheme].get("health") == "true"
             if not entry["healthy"]:
                 entry["errors"] = [answers[scheme].get("reason") or "etcd reports itself unhealthy"]
@@ -769,26 +794,37 @@ def _named_rows(cfg, rows):
 
 def _membership_write(urls, path, body, timeout, *, tls, token, wait):
     """A member list change. etcd refuses one ("unhealthy cluster") unless the member asked has
-    been connected to every voting member for the last 5 s, which a peer connection just made
-    again (an etcd restarted, a firewall reloaded) breaks for a moment: asked again, a second
-    apart, for up to ``wait`` seconds, then etcd's refusal raised with each member's peer
-    links as they are then (which one is down, how often each dropped)."""
+    seen every voting member's link come up at least 5 s ago. A link made again (an etcd
+    restarted, a firewall reloaded) breaks that for a moment; and after a member crashed, a
+    message sent to it before the crash may fail only once it is back, which leaves the sender
+    counting it down (until a link is made again) although every link works: the members are
+    asked in turn, then all again a second apart for up to ``wait`` seconds, then the last
+    refusal raised with each member's peer links as they are then."""
     deadline = time.monotonic() + float(wait)
     while True:
-        try:
-            return _write(urls, path, body, timeout, tls=tls, token=token)
-        except _Refused as exc:
-            if "unhealthy cluster" not in exc.error:
-                raise
-            if time.monotonic() > deadline:
-                raise _Refused(f"{exc} (asked for {wait} s; peer links now: "
-                               f"{_peer_links(urls, tls, timeout)})", exc.error) from None
+        refusal, refused, unanswered = None, [], []
+        for url in urls:
+            try:
+                return _write([url], path, body, timeout, tls=tls, token=token)
+            except _Refused as exc:
+                if "unhealthy cluster" not in exc.error:
+                    raise
+                refusal = exc
+                refused.append(url)
+            except _Unanswered as exc:
+                unanswered.append(str(exc))
+        if refusal is None:
+            raise _Unanswered("; ".join(unanswered))
+        if time.monotonic() > deadline:
+            raise _Refused(f"etcd refused POST {path} at {', '.join(refused)} for {wait} s: "
+                           f"{refusal.error} (peer links now: {_peer_links(urls, tls, timeout)})"
+                           + "".join(f"; {u}" for u in unanswered), refusal.error)
         time.sleep(1)
 
 
 def _peer_links(urls, tls, timeout):
-    """Each member's raft connections from its /metrics, named from the member list: "srv1:
-    srv2 up, srv3 DOWN (dropped 4 times)"; a member that does not answer says so."""
+    """Each member's raft links from its /metrics, named from the member list: "srv1: srv2 up,
+    srv3 DOWN (dropped 4 times)"; a member that does not answer says so."""
     try:
         names = {row["id"]: row["name"] or row["peer_urls"][0]
                  for row in _member_rows(_rpc(urls, "/v3/cluster/member/list", {}, timeout, tls=tls))}
@@ -803,22 +839,10 @@ def _peer_links(urls, tls, timeout):
         if text is None:
             reports.append(f"{url} does not answer")
             continue
-        series = {}
-        for line in text.splitlines():
-            found = re.match(r'etcd_network_(active_peers|disconnected_peers_total)'
-                             r'\{Local="(\w+)",Remote="(\w+)"\} (\S+)$', line)
-            if found:
-                metric, local, remote, value = found.groups()
-                series.setdefault("local", local)
-                series.setdefault(remote, {})[metric] = float(value)
-        local = series.pop("local", None)
-        links = []
-        for remote, values in sorted(series.items(), key=lambda kv: names.get(kv[0], kv[0])):
-            if remote not in names:
-                continue  # a member removed before
-            drops = int(values.get("disconnected_peers_total", 0))
-            links.append(f"{names[remote]} {'up' if values.get('active_peers') else 'DOWN'}"
-                         + (f" (dropped {drops} times)" if drops else ""))
+        local, peers = _peer_series(text)
+        links = [f"{names[peer]} {'up' if up else 'DOWN'}" + (f" (dropped {drops} times)" if drops else "")
+                 for peer, (up, drops) in sorted(peers.items(), key=lambda kv: names.get(kv[0], ""))
+                 if peer in names]  # not a member removed before
         reports.append(f"{names.get(local, url)}: {', '.join(links) or 'no peer'}")
     return "; ".join(reports)
 

@@ -88,6 +88,17 @@ def changes(wanted, listed, has_data):
     return {"leave": leave, "join": join, "replace": replace, "refusal": refusal}
 
 
+def unlinked(report, members):
+    """{member: the others of ``members`` it has no live raft link with}, from each member's
+    ``linked`` in ``report`` (etcd_cluster.tls_switch_health). A link counts as live when
+    either end has it up: a member that sent a message to a peer just before the peer crashed
+    may see that send fail only once the peer is back, and then counts the peer down until a
+    link is made again, although both links work and the peer counts it up; a link truly
+    down is down at both ends."""
+    return {m: [n for n in members if n != m and n not in report[m]["linked"]
+                and m not in report[n]["linked"]] for m in members}
+
+
 class _Members:
     """The live cluster's members and what the pillar wants of them."""
 
@@ -118,21 +129,22 @@ class _Members:
         wanted = {n: self.model["members"][n]["address"] for n in self.members}
         return listed, changes(wanted, listed, self.has_data())
 
-    def etcd_healthy(self, why, members, peers=None):
-        """Until each of ``members`` is healthy in etcd and, with ``peers``, connected with that
-        many peers."""
+    def etcd_healthy(self, why, members, linked=False):
+        """Until each of ``members`` is healthy in etcd and, with ``linked``, has a live link
+        with each other one of them (see ``unlinked``)."""
         deadline = time.monotonic() + self.wait
         while True:
             report = _on_one(self.members, "etcd_cluster.tls_switch_health",
                              kwarg={"pillar": self.pillar})
-            wrong = {m: report[m] for m in members if not report[m]["healthy"]
-                     or (peers is not None and report[m]["peers"] != peers)}
+            missing = unlinked(report, members) if linked else {}
+            wrong = [m for m in members if not report[m]["healthy"] or missing.get(m)]
             if not wrong:
                 return
             if time.monotonic() > deadline:
                 raise CommandExecutionError(f"{why}: etcd not healthy after {self.wait} s: " + "; ".join(
-                    f"{m}: connected with {e['peers']} peers: {' '.join(e['errors']) or 'no error'}"
-                    for m, e in wrong.items()))
+                    f"{m}: " + (f"no live link with {', '.join(missing[m])}" if missing.get(m)
+                                else ' '.join(report[m]["errors"]) or "not healthy")
+                    for m in wrong))
             time.sleep(1)
 
     def patroni_rows(self, pillar):
@@ -191,10 +203,9 @@ class _Members:
     def join(self, name, replace):
         """``name`` (made again when ``replace``) into etcd, its etcd started and connected."""
         others = [m for m in self.members if m != name]
-        # etcd takes a member only once the member asked has had a live link with every other
-        # for 5 s: the others connected with each other first (a reconnect just made, as after
-        # a reboot, settles here rather than in member_add's refusals).
-        self.etcd_healthy(f"before {name} joins", others, peers=len(others) - 1)
+        # etcd takes a member only when the member asked has had a live link with every other
+        # for 5 s: the others linked with each other first (a link down shows here, named).
+        self.etcd_healthy(f"before {name} joins", others, linked=True)
         if replace:
             _on_one(others, "etcd_cluster.member_remove", [name], {"pillar": self.pillar})
             self.done.append(f"{name}: its old member out of etcd")
@@ -205,7 +216,7 @@ class _Members:
         self.done.append(f"{name}: into etcd")
         __utils__["pgcluster_orch.state"](__opts__, [name], "etcd.member", {
             **self.pillar, "etcd_join": {"initial_cluster": added["initial_cluster"]}})
-        self.etcd_healthy(f"{name} joining", self.members, peers=len(self.members) - 1)
+        self.etcd_healthy(f"{name} joining", self.members, linked=True)
         self.done.append(f"{name}: etcd running with {len(others)} peers")
 
 

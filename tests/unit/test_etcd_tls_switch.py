@@ -98,7 +98,7 @@ def test_each_member_shows_the_scheme_it_serves_and_whether_it_is_healthy(etcd):
     client, peer = CONFIG["etcd"]["client_port"], CONFIG["etcd"]["peer_port"]
     report = etcd_cluster.tls_switch_health(timeout=2)
     # One member: no peer to be connected with.
-    assert report == {"e1": {"healthy": True, "serves": "http", "peers": 0, "errors": [],
+    assert report == {"e1": {"healthy": True, "serves": "http", "peers": 0, "linked": [], "errors": [],
                              "peer_urls": [f"http://127.0.0.1:{peer}"],
                              "client_urls": [f"http://127.0.0.1:{client}"]}}
     etcd.terminate()
