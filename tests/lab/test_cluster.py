@@ -147,8 +147,10 @@ def test_etcd_reports_three_healthy_endpoints(lab):
     assert sorted(re.findall(r"started, ([^,]+),", members)) == sorted(MEMBERS)
 
 
-def _etcd_leader() -> dict:
-    return next(r for r in on_web("etcd_cluster.status", check=True) if r.get("is_leader"))
+def _etcd_leader() -> str | None:
+    """The endpoint etcd's status names leader; None while an election or a transfer runs."""
+    return next((r["endpoint"] for r in on_web("etcd_cluster.status", check=True)
+                 if r.get("is_leader")), None)
 
 
 def test_etcd_leadership_is_handed_away_from_the_postgresql_primary(lab):
@@ -157,11 +159,15 @@ def test_etcd_leadership_is_handed_away_from_the_postgresql_primary(lab):
     primary = leader()
     primary_url = C.etcd_url(primary)
     ids = {m["client_urls"][0]: m["id"] for m in on_web("etcd_cluster.members", check=True)}
-    current = _etcd_leader()["endpoint"]
+    deadline = time.monotonic() + 30
+    while (current := _etcd_leader()) is None:
+        assert time.monotonic() < deadline, "etcd has no leader"
+        time.sleep(1)
     if current != primary_url:  # put it on the primary's host, as after an election
         lab_exec(primary, "etcdctl", f"--endpoints={current}", "move-leader", ids[primary_url])
+    # Moved there, then away: no leader for a moment in between (CI once read none).
     deadline = time.monotonic() + 30
-    while (etcd_leader := _etcd_leader()["endpoint"]) == primary_url:
+    while (etcd_leader := _etcd_leader()) in (primary_url, None):
         assert time.monotonic() < deadline, f"etcd's leader stayed on {primary}, the primary"
         time.sleep(1)
     assert etcd_leader in ids
