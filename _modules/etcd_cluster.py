@@ -682,13 +682,12 @@ _PEER_SERIES = re.compile(r'etcd_network_(active_peers|disconnected_peers_total)
 
 
 def _active_peers(url, tls, timeout):
-    """(how many peers a member has a live raft connection with, their ids), from its
-    /metrics' etcd_network_active_peers; None when it does not answer."""
+    """The ids of the peers a member has a live raft connection with, from its /metrics'
+    etcd_network_active_peers; None when it does not answer."""
     text = _metrics(url, tls, timeout)
     if text is None:
         return None
-    active = sorted(peer for peer, (up, _drops) in _peer_series(text)[1].items() if up)
-    return len(active), active
+    return sorted(peer for peer, (up, _drops) in _peer_series(text)[1].items() if up)
 
 
 def tls_switch_health(timeout=DEFAULT_TIMEOUT, pillar=None):
@@ -732,10 +731,10 @@ def tls_switch_health(timeout=DEFAULT_TIMEOUT, pillar=None):
             entry["errors"] = [str(a) for a in answers.values()]
         else:
             scheme = entry["serves"] = served[0]
-            counted = peers.get(f"{scheme}://{address}:{port}")[1]
-            if counted is not None:
-                entry["peers"] = counted[0]
-                entry["linked"] = sorted(names.get(peer, peer) for peer in counted[1])
+            active = peers.get(f"{scheme}://{address}:{port}")[1]
+            if active is not None:
+                entry["peers"] = len(active)
+                entry["linked"] = sorted(names.get(peer, peer) for peer in active)
             entry["healthy"] = answers[scheme].get("health") == "true"
             if not entry["healthy"]:
                 entry["errors"] = [answers[scheme].get("reason") or "etcd reports itself unhealthy"]
