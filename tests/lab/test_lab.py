@@ -80,6 +80,15 @@ def test_salt_cloud_lists_four_running_nodes(lab):
         assert node["image"] == "debian-12"
 
 
+def test_every_minion_and_the_master_look_a_function_up_in_its_own_module_only(lab):
+    # etc/salt/cloud gives every minion salt-cloud makes the loader's strict matching (a
+    # lookup that misses would import every state and execution module, in every state run).
+    assert salt("*", "config.get", "lazy_loader_strict_matching", timeout=30) == \
+        {name: True for name in HOSTS}
+    master = run(VENV_BIN / "salt-run", "config.get", "lazy_loader_strict_matching", "--out=json")
+    assert json.loads(master.stdout) is True
+
+
 def test_running_the_map_again_creates_nothing(lab):
     before = {name: h["pid"] for name, h in status().items()}
     out = run(VENV_BIN / "salt-cloud", "-m", "cloud.maps.d/lab.map", "-P", "-y")

@@ -97,6 +97,9 @@ def test_the_map_makes_each_vm_in_its_zone_with_cloud_init_and_the_bootstrapped_
         assert Path(settings.HOSTS_DIR / name / "upper/opt/pgcluster/salt/bin/salt-minion").exists()
     versions = salt("*", "test.version", timeout=30)
     assert versions == {name: settings.SALT_VERSION for name in vms}
+    # The minion's config salt-cloud laid: etc/salt/cloud's minion settings with the provider's.
+    assert salt("*", "config.get", "lazy_loader_strict_matching", timeout=30) == \
+        {name: True for name in vms}
 
 
 def test_the_cluster_spans_three_subnets_and_the_web_app_works(yandex_cluster):
